@@ -1,0 +1,51 @@
+//! # shmpool — many processes, one memory
+//!
+//! shmpool gives processes a shared memory *segment* and the tools to use it: forked
+//! children inherit it, unrelated processes attach to it by name or by path, or receive
+//! its file descriptor over a Unix socket.
+//!
+//! ```text
+//!   process A                 process B (unrelated)        process C (got the fd)
+//!   ┌──────────┐              ┌──────────┐                 ┌──────────┐
+//!   │ mapping ─┼──┐        ┌──┼─ mapping │              ┌──┼─ mapping │
+//!   └──────────┘  │        │  └──────────┘              │  └──────────┘
+//!                 ▼        ▼                            ▼
+//!        ┌────────┬──────────────────────────┬ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ┐
+//!        │ header │ data (committed)         │  reserved, not committed
+//!        └────────┴──────────────────────────┴ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ┘
+//!        0       4096                  committed()                  reserved()
+//! ```
+//!
+//! Every process maps the whole *reserved* capacity once; the *committed* part grows
+//! with `ftruncate`/`fallocate` and every mapping sees the new pages at once, so
+//! mappings never need to be redone. Shared memory holds offsets, never pointers.
+//!
+//! ```
+//! use shmpool::segment::{Segment, SegmentOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let seg = SegmentOptions::new().size(64 << 10).max_size(16 << 20).create_memfd("doc")?;
+//! let off = seg.data_start();
+//! seg.write_bytes(off, b"hello")?;
+//! let mut back = [0u8; 5];
+//! seg.read_bytes(off, &mut back)?;
+//! assert_eq!(&back, b"hello");
+//! seg.grow_to(1 << 20)?; // every process mapping this segment now sees 1 MiB
+//! assert!(seg.committed() >= 1 << 20);
+//! # Ok(()) }
+//! ```
+//!
+//! The layers are listed in `DESIGN.md`; this crate currently provides [`segment`].
+//!
+//! # Unsafe code
+//! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
+//! `segment::mapping` (mmap/munmap), `segment::access` (raw reads and writes of the
+//! mapping), `segment::fdpass` (none: rustix is safe) and `segment` itself (Send/Sync of
+//! the handle).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub(crate) mod loom;
+pub mod segment;
+
+pub use segment::{AttachError, CreateError, GrowError, Segment, SegmentOptions};

@@ -1,0 +1,24 @@
+//! Integration tests of the shmpool crate: one binary, one module per concern.
+//!
+//! The binary is also the program that multi-process tests start as an *unrelated*
+//! process: when `SHMPOOL_TEST_PEER` is set, `main` runs that peer role instead of the
+//! tests (see `support::peer`).
+
+mod attach_errors;
+mod conformance;
+mod huge;
+mod multiproc;
+mod support;
+
+fn main() {
+    if let Some(code) = support::peer::dispatch() {
+        std::process::exit(code);
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let mut trials = Vec::new();
+    trials.extend(conformance::tests());
+    trials.extend(attach_errors::tests());
+    trials.extend(multiproc::tests());
+    trials.extend(huge::tests());
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -1,0 +1,198 @@
+//! Processes sharing one segment: forked children, an unrelated process attaching by
+//! name, a descriptor passed over a Unix socket, growth seen by a reading process, and
+//! two processes growing at once. Every child runs under the watchdog.
+
+use crate::support::{
+    fork, pattern, spawn_peer, trial, unique_name, wait_peer, wait_until, ShmGuard, TempDir,
+};
+use libtest_mimic::Trial;
+use shmpool::segment::{Access, BackendKind};
+use shmpool::{Segment, SegmentOptions};
+use std::sync::atomic::Ordering;
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("multiproc::forked_children_share_one_segment", forked_children_share_one_segment),
+        trial("multiproc::unrelated_process_attaches_by_name", unrelated_process_attaches_by_name),
+        trial("multiproc::fd_passed_to_unrelated_process", fd_passed_to_unrelated_process),
+        trial("multiproc::growth_seen_by_reading_process", growth_seen_by_reading_process),
+        trial("multiproc::concurrent_growth_ends_at_larger_size", concurrent_growth_ends_at_larger_size),
+    ]
+}
+
+const D: u64 = shmpool::segment::HEADER_LEN;
+
+fn forked_children_share_one_segment() {
+    let name = unique_name("fork");
+    let _g = ShmGuard(name.clone());
+    let seg = SegmentOptions::new().size(1 << 20).create_shm(&name).unwrap();
+    const N: u64 = 20_000;
+    let children: Vec<_> = (0..4u64)
+        .map(|i| {
+            let seg = &seg;
+            fork(move || {
+                let counter = seg.atomic_u64(D).unwrap();
+                let region = D + 4096 + i * 65536;
+                seg.write_bytes(region, &pattern(region, 65536, i)).unwrap();
+                for _ in 0..N {
+                    counter.fetch_add(1, Ordering::AcqRel);
+                }
+                0
+            })
+        })
+        .collect();
+    for c in children {
+        assert_eq!(c.wait(), 0);
+    }
+    assert_eq!(seg.load_u64(D).unwrap(), 4 * N, "no increment lost");
+    for i in 0..4u64 {
+        let region = D + 4096 + i * 65536;
+        let mut back = vec![0; 65536];
+        seg.read_bytes(region, &mut back).unwrap();
+        assert_eq!(back, pattern(region, 65536, i), "child {i}'s region");
+    }
+}
+
+fn unrelated_process_attaches_by_name() {
+    let name = unique_name("byname");
+    let _g = ShmGuard(name.clone());
+    let seg = SegmentOptions::new().size(1 << 20).create_shm(&name).unwrap();
+    seg.write_bytes(D, &pattern(D, 8192, 11)).unwrap();
+    assert_eq!(wait_peer(spawn_peer("attach-name", &[&name])), 0);
+    let mut back = vec![0; 8192];
+    seg.read_bytes(D + 65536, &mut back).unwrap();
+    assert_eq!(back, pattern(D + 65536, 8192, 12), "the peer's reply");
+}
+
+pub fn peer_attach_name(args: &[&str]) -> i32 {
+    let seg = Segment::open_shm(args[0], Access::ReadWrite).unwrap();
+    assert_eq!(seg.kind(), BackendKind::PosixShm);
+    let mut got = vec![0; 8192];
+    seg.read_bytes(D, &mut got).unwrap();
+    if got != pattern(D, 8192, 11) {
+        return 3;
+    }
+    seg.write_bytes(D + 65536, &pattern(D + 65536, 8192, 12)).unwrap();
+    0
+}
+
+fn fd_passed_to_unrelated_process() {
+    let dir = TempDir::new("fdpass");
+    let sock_path = dir.path("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let seg = SegmentOptions::new().size(1 << 20).create_memfd("fdpass").unwrap();
+    seg.write_bytes(D, &pattern(D, 8192, 21)).unwrap();
+    let peer = spawn_peer("recv-fd", &[sock_path.to_str().unwrap()]);
+    let (conn, _) = listener.accept().unwrap();
+    seg.send_to(&conn).unwrap();
+    assert_eq!(wait_peer(peer), 0);
+    assert!(seg.committed() >= 4 << 20, "the peer's growth is visible here");
+    let last = seg.committed() - 8192;
+    let mut back = vec![0; 8192];
+    seg.read_bytes(last, &mut back).unwrap();
+    assert_eq!(back, pattern(last, 8192, 22), "the peer wrote into the pages it grew");
+}
+
+pub fn peer_recv_fd(args: &[&str]) -> i32 {
+    let conn = std::os::unix::net::UnixStream::connect(args[0]).unwrap();
+    let seg = Segment::receive(&conn, Access::ReadWrite).unwrap();
+    assert_eq!(seg.kind(), BackendKind::Memfd);
+    let mut got = vec![0; 8192];
+    seg.read_bytes(D, &mut got).unwrap();
+    if got != pattern(D, 8192, 21) {
+        return 3;
+    }
+    let size = seg.grow_to(4 << 20).unwrap();
+    let last = size - 8192;
+    seg.write_bytes(last, &pattern(last, 8192, 22)).unwrap();
+    0
+}
+
+const CHUNK: u64 = 64 << 10;
+const CHUNKS: u64 = 64;
+
+fn growth_seen_by_reading_process() {
+    let name = unique_name("growread");
+    let _g = ShmGuard(name.clone());
+    let seg = SegmentOptions::new().size(8192).max_size(64 << 20).create_shm(&name).unwrap();
+    let published = seg.atomic_u64(D).unwrap();
+    let reader = spawn_peer("grow-reader", &[&name]);
+    for i in 0..CHUNKS {
+        let start = 8192 + i * CHUNK;
+        seg.grow_to(start + CHUNK).unwrap();
+        seg.write_bytes(start, &pattern(start, CHUNK as usize, i)).unwrap();
+        // SYNC: Release pairs with the reader's Acquire load of the count.
+        published.store(i + 1, Ordering::Release);
+    }
+    assert_eq!(wait_peer(reader), 0);
+    assert_eq!(seg.load_u64(D + 8).unwrap(), CHUNKS, "the reader verified every chunk");
+}
+
+pub fn peer_grow_reader(args: &[&str]) -> i32 {
+    let seg = Segment::open_shm(args[0], Access::ReadWrite).unwrap();
+    let mut seen = 0;
+    let mut buf = vec![0; CHUNK as usize];
+    while seen < CHUNKS {
+        let ready = seg.load_u64(D).unwrap();
+        for i in seen..ready {
+            let start = 8192 + i * CHUNK;
+            assert!(seg.committed() >= start + CHUNK, "published before committed");
+            seg.read_bytes(start, &mut buf).unwrap();
+            if buf != pattern(start, CHUNK as usize, i) {
+                return 3;
+            }
+        }
+        seen = ready;
+        std::thread::yield_now();
+    }
+    seg.atomic_u64(D + 8).unwrap().store(seen, Ordering::Release);
+    0
+}
+
+/// Two processes grow the same segment at the same moments, one to a smaller size than
+/// the other, and each writes a marker at the end of its new range. If a smaller
+/// `ftruncate` could land after a larger one, the larger grower's marker would be cut
+/// off (zeroed, or a `SIGBUS`).
+fn concurrent_growth_ends_at_larger_size() {
+    const ROUNDS: u64 = 200;
+    const BASE: u64 = 1 << 20;
+    let name = unique_name("growrace");
+    let _g = ShmGuard(name.clone());
+    let seg = SegmentOptions::new().size(BASE).max_size(64 << 20).create_shm(&name).unwrap();
+    let target = |round: u64, who: u64| BASE + round * CHUNK + if who == 0 { 16 << 10 } else { 48 << 10 };
+    let children: Vec<_> = (0..2u64)
+        .map(|who| {
+            let seg = &seg;
+            fork(move || {
+                let arrivals = seg.atomic_u64(D).unwrap();
+                let barrier = |n: u64| {
+                    arrivals.fetch_add(1, Ordering::AcqRel);
+                    wait_until("the other grower", || arrivals.load(Ordering::Acquire) >= n);
+                };
+                for r in 0..ROUNDS {
+                    barrier(4 * r + 2);
+                    let end = target(r, who);
+                    seg.grow_to(end).unwrap();
+                    seg.atomic_u64(end - 8).unwrap().store(r << 1 | who, Ordering::Release);
+                    barrier(4 * r + 4);
+                    for w in 0..2 {
+                        let end = target(r, w);
+                        if seg.load_u64(end - 8).unwrap() != r << 1 | w {
+                            return 3;
+                        }
+                    }
+                    let file_len = seg.info().backing_len;
+                    if file_len < target(r, 1) {
+                        return 4;
+                    }
+                }
+                0
+            })
+        })
+        .collect();
+    for c in children {
+        assert_eq!(c.wait(), 0, "markers survive and the file never shrinks");
+    }
+    assert_eq!(seg.committed(), target(ROUNDS - 1, 1));
+    assert_eq!(seg.info().backing_len, target(ROUNDS - 1, 1));
+}

@@ -1,0 +1,161 @@
+//! Test support: unique names, forked children and spawned peers under a watchdog.
+#![allow(unsafe_code, dead_code)]
+
+use libtest_mimic::Trial;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long any child process may run before the test kills it and fails.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// A trial from a plain function; a panic fails it.
+pub fn trial(name: &str, f: fn()) -> Trial {
+    Trial::test(name, move || {
+        f();
+        Ok(())
+    })
+}
+
+/// A segment name no other test (or test run) uses.
+pub fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("shmpool-test-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Unlinks a POSIX shm name when dropped, so a failed test leaves nothing behind.
+pub struct ShmGuard(pub String);
+
+impl Drop for ShmGuard {
+    fn drop(&mut self) {
+        let _ = shmpool::Segment::unlink_shm(&self.0);
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A forked child process.
+pub struct Forked(libc::pid_t);
+
+/// Forks; the child runs `f` and exits with its return value (101 if it panics).
+pub fn fork(f: impl FnOnce() -> i32) -> Forked {
+    // SAFETY: each test runs in its own process (nextest) with a single thread, so the
+    // child inherits no lock held by another thread; it leaves through `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    Forked(pid)
+}
+
+impl Forked {
+    pub fn pid(&self) -> libc::pid_t {
+        self.0
+    }
+
+    /// Waits for the child's exit code; kills it and panics after the watchdog.
+    pub fn wait(self) -> i32 {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            let mut status = 0;
+            // SAFETY: plain waitpid on our own child.
+            let r = unsafe { libc::waitpid(self.0, &mut status, libc::WNOHANG) };
+            assert!(r >= 0, "waitpid failed");
+            if r == self.0 {
+                if libc::WIFEXITED(status) {
+                    return libc::WEXITSTATUS(status);
+                }
+                panic!("child {} died by signal {}", self.0, libc::WTERMSIG(status));
+            }
+            if Instant::now() > deadline {
+                // SAFETY: killing our own child.
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+                panic!("watchdog: child {} ran longer than {WATCHDOG:?}", self.0);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Starts this test binary again as an unrelated process running peer `role`.
+pub fn spawn_peer(role: &str, args: &[&str]) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("current exe"))
+        .env("SHMPOOL_TEST_PEER", role)
+        .env("SHMPOOL_TEST_PEER_ARGS", args.join("\u{1f}"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn peer")
+}
+
+/// Waits for a spawned peer's exit code under the watchdog.
+pub fn wait_peer(mut child: std::process::Child) -> i32 {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code().unwrap_or_else(|| panic!("peer died by a signal: {status:?}"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watchdog: peer ran longer than {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Spins (with short sleeps) until `cond` holds; panics after the watchdog.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "watchdog: waited too long for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// The byte pattern tests write at `offset` with `seed`: easy to check, hard to fake.
+pub fn pattern(offset: u64, len: usize, seed: u64) -> Vec<u8> {
+    (0..len as u64).map(|i| ((offset + i).wrapping_mul(31) ^ seed) as u8).collect()
+}
+
+pub mod peer {
+    //! Peer roles: what an unrelated process started by `spawn_peer` does.
+    pub fn dispatch() -> Option<i32> {
+        let role = std::env::var("SHMPOOL_TEST_PEER").ok()?;
+        let args = std::env::var("SHMPOOL_TEST_PEER_ARGS").unwrap_or_default();
+        let args: Vec<&str> = args.split('\u{1f}').collect();
+        let run = match role.as_str() {
+            "attach-name" => super::super::multiproc::peer_attach_name,
+            "recv-fd" => super::super::multiproc::peer_recv_fd,
+            "grow-reader" => super::super::multiproc::peer_grow_reader,
+            other => {
+                eprintln!("unknown peer role {other}");
+                return Some(2);
+            }
+        };
+        Some(match std::panic::catch_unwind(|| run(&args)) {
+            Ok(code) => code,
+            Err(_) => 101,
+        })
+    }
+}
