@@ -1,1 +1,127 @@
-fn main(){}
+//! `shmpool`: create, inspect, list and remove shared-memory segments, and run the demo.
+//!
+//! Errors are one line on stderr and a non-zero exit: 1 when the command failed, 2 when
+//! the command line was wrong.
+
+mod cmd;
+mod demo;
+mod procs;
+mod units;
+
+use clap::{Parser, Subcommand};
+use cmd::Target;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "shmpool", version, about = "Shared-memory segments for many processes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a named segment (in /dev/shm, or a file with --file).
+    Create {
+        /// Segment name (or file path with --file).
+        name: String,
+        /// Bytes committed now (K, M, G suffixes).
+        #[arg(long, default_value = "1M", value_parser = units::parse_size)]
+        size: u64,
+        /// Bytes reserved: the most it can grow to.
+        #[arg(long, default_value = "1G", value_parser = units::parse_size)]
+        max_size: u64,
+        /// Permission bits, in octal.
+        #[arg(long, default_value = "600", value_parser = parse_mode)]
+        mode: u32,
+        /// NAME is a file path: create a mapped-file segment.
+        #[arg(long)]
+        file: bool,
+    },
+    /// Show a segment's header and who maps it.
+    Info {
+        /// Segment name (or file path with --file).
+        name: String,
+        /// NAME is a file path.
+        #[arg(long)]
+        file: bool,
+    },
+    /// List the shmpool segments in /dev/shm.
+    Ls,
+    /// Remove a segment's name (processes that map it keep their mapping).
+    Rm {
+        /// Segment name (or file path with --file).
+        name: String,
+        /// NAME is a file path.
+        #[arg(long)]
+        file: bool,
+        /// Remove even if it does not look like a shmpool segment.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run four worker processes that share one growing segment, and report.
+    Demo {
+        /// Records (4 KiB each) per writer.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        records: u64,
+    },
+    /// A demo worker (started by `shmpool demo`).
+    #[command(name = "__demo-worker", hide = true)]
+    DemoWorker {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        socket: Option<String>,
+        #[arg(long)]
+        slot: u64,
+        #[arg(long)]
+        reader: bool,
+    },
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("invalid mode {text:?}: expected octal digits such as 600"))
+}
+
+fn run(command: Command) -> Result<(), String> {
+    let out = match command {
+        Command::Create { name, size, max_size, mode, file } => {
+            cmd::create(&Target::new(&name, file)?, size, max_size, mode)?
+        }
+        Command::Info { name, file } => cmd::info(&Target::new(&name, file)?)?,
+        Command::Ls => cmd::ls()?,
+        Command::Rm { name, file, force } => cmd::rm(&Target::new(&name, file)?, force)?,
+        Command::Demo { records } => return demo::run(records),
+        Command::DemoWorker { name, socket, slot, reader } => {
+            return demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)
+        }
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid command line");
+            eprintln!("shmpool: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shmpool: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

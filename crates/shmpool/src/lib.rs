@@ -47,5 +47,7 @@
 
 pub(crate) mod loom;
 pub mod segment;
+#[cfg(test)]
+mod tests;
 
 pub use segment::{AttachError, CreateError, GrowError, Segment, SegmentOptions};

@@ -5,7 +5,7 @@
 //! Structures that live in a real shared mapping are `#[repr(C)]` and use these types
 //! directly; under loom they are built in ordinary memory for the model instead, and the
 //! layout assertions that pin their size do not apply.
-#![allow(unused_imports)]
+#![allow(unused_imports, dead_code)]
 
 #[cfg(loom)]
 pub(crate) use loom::{

@@ -10,8 +10,8 @@
 //! share as they are.
 #![allow(unsafe_code)]
 
-use super::error::AccessError;
 use super::backend::{Backend, BackendKind};
+use super::error::AccessError;
 use super::header::{Header, HeaderFields, FLAG_HUGE_PAGES, HEADER_LEN, LAYOUT_VERSION};
 use super::Segment;
 use core::ptr::NonNull;
@@ -62,9 +62,7 @@ impl Segment {
     /// Bytes usable now: every offset below this is mapped and backed.
     #[inline]
     pub fn committed(&self) -> u64 {
-        // SYNC: Acquire pairs with the Release `fetch_max` in `Segment::grow_to`: once a
-        // size is seen, the file has been grown to it.
-        self.header().committed.load(Ordering::Acquire)
+        self.header().committed.load()
     }
 
     /// Checks that `offset..offset + len` lies in the committed data area.
@@ -129,7 +127,7 @@ impl Segment {
     }
 
     fn shared_word(&self, offset: u64) -> Result<&AtomicU64, AccessError> {
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(AccessError::Misaligned { offset, align: 8 });
         }
         let ptr = self.ptr_at(offset, 8)?;

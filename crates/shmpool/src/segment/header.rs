@@ -24,10 +24,12 @@
 //! [`validate`] checks a copy of these bytes before anything is mapped; it is pure so
 //! every rejection can be unit-tested with crafted bytes.
 
+use super::committed::Committed;
 use super::error::AttachError;
 // The header lives in real shared memory, never in a loom model: plain atomics.
-use core::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
 use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// `"SHMPOOL\0"` read as a native-endian `u64`.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"SHMPOOL\0");
@@ -56,7 +58,7 @@ pub(crate) struct Header {
     pub creator_pid: u32,
     pub flags: u64,
     pub check: u64,
-    pub committed: AtomicU64,
+    pub committed: Committed,
     /// Room for the process registry and the named-root table of later layers.
     pub room: [AtomicU64; ROOM_WORDS],
 }
@@ -145,7 +147,7 @@ impl Header {
         self.creator_pid = fields.creator_pid;
         self.flags = fields.flags;
         self.check = fields.checksum();
-        self.committed.store(committed, Ordering::Relaxed);
+        self.committed.init(committed);
         // SYNC: Release pairs with the Acquire load in `Segment::check_published` and
         // with attachers' `pread` of the header (the file write is ordered by the kernel):
         // every field above is visible once the magic is.
@@ -168,9 +170,7 @@ impl Header {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -228,17 +228,17 @@ fn check_sizes(f: &HeaderFields, committed: u64, file_len: u64, host_page: u64) 
     if !f.page_size.is_power_of_two() || f.page_size < HEADER_LEN || f.page_size > 1 << 30 {
         return corrupted(format!("page size {} is not a power of two in 4 KiB..=1 GiB", f.page_size));
     }
-    if f.page_size % host_page != 0 {
+    if !f.page_size.is_multiple_of(host_page) {
         return Err(AttachError::PageSizeMismatch { found: f.page_size, host: host_page });
     }
-    if f.reserved_len < HEADER_LEN || f.reserved_len > MAX_RESERVED || f.reserved_len % f.page_size != 0 {
+    if f.reserved_len < HEADER_LEN
+        || f.reserved_len > MAX_RESERVED
+        || !f.reserved_len.is_multiple_of(f.page_size)
+    {
         return corrupted(format!("reserved size {} is out of range", f.reserved_len));
     }
     if committed < HEADER_LEN || committed > f.reserved_len {
-        return corrupted(format!(
-            "committed size {committed} is outside {HEADER_LEN}..={}",
-            f.reserved_len
-        ));
+        return corrupted(format!("committed size {committed} is outside {HEADER_LEN}..={}", f.reserved_len));
     }
     if committed > file_len {
         return Err(AttachError::CommittedBeyondFile { committed, file_len });

@@ -38,8 +38,7 @@ impl HugePageSize {
 
     /// Free pages of this size in the pool now, from sysfs; `None` if unreadable.
     pub fn free_pages(self) -> Option<u64> {
-        let path =
-            format!("/sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages", self.bytes() >> 10);
+        let path = format!("/sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages", self.bytes() >> 10);
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 }

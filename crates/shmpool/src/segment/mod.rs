@@ -38,6 +38,7 @@
 
 mod access;
 mod backend;
+pub(crate) mod committed;
 mod error;
 mod fd;
 mod fdpass;
@@ -60,7 +61,6 @@ pub use name::{ShmName, MAX_NAME_LEN};
 pub use private::PrivateHeap;
 
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
 use error::os;
 use fd::NewFd;
 use std::path::Path;
@@ -136,9 +136,9 @@ impl SegmentOptions {
         let reserved = self.max_size.checked_next_multiple_of(page);
         match (initial, reserved) {
             (Some(i), Some(r)) if i <= r && r <= header::MAX_RESERVED => Ok((i, r)),
-            (Some(i), Some(r)) if i > r => Err(CreateError::InvalidSize(format!(
-                "size {i} is larger than max_size {r}"
-            ))),
+            (Some(i), Some(r)) if i > r => {
+                Err(CreateError::InvalidSize(format!("size {i} is larger than max_size {r}")))
+            }
             _ => Err(CreateError::InvalidSize(format!(
                 "max_size {} is above the limit of {} bytes",
                 self.max_size,
@@ -287,10 +287,8 @@ impl Segment {
         let len = len.checked_next_multiple_of(self.page_size()).filter(|&l| l <= reserved);
         let len = len.ok_or(GrowError::BeyondReserved { requested: len.unwrap_or(u64::MAX), reserved })?;
         self.backend.grow(len)?;
-        // SYNC: Release pairs with the Acquire load in `committed()`: the file has grown
-        // before any process can see the new size.
-        let before = self.header().committed.fetch_max(len, Ordering::Release);
-        Ok(before.max(len))
+        // The file has grown: now every process may see the new size.
+        Ok(self.header().committed.publish(len))
     }
 
     /// First data offset (the header's length).
@@ -364,4 +362,3 @@ pub(crate) fn random_id() -> u64 {
         _ => now_ns() ^ (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 40),
     }
 }
-

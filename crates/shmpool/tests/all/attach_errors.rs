@@ -182,7 +182,10 @@ fn create_refuses_existing_and_bad_sizes() {
     assert!(matches!(SegmentOptions::new().create_shm(&name), Err(CreateError::AlreadyExists(_))));
     let bad = SegmentOptions::new().size(2 << 20).max_size(1 << 20);
     assert!(matches!(bad.create_memfd("x"), Err(CreateError::InvalidSize(_))));
-    assert!(matches!(SegmentOptions::new().max_size(u64::MAX).create_heap(), Err(CreateError::InvalidSize(_))));
+    assert!(matches!(
+        SegmentOptions::new().max_size(u64::MAX).create_heap(),
+        Err(CreateError::InvalidSize(_))
+    ));
     assert!(matches!(SegmentOptions::new().create_shm(""), Err(CreateError::Name(_))));
     let dir = TempDir::new("err");
     let path = real_segment(&dir);

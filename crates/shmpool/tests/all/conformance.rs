@@ -80,19 +80,16 @@ macro_rules! suite {
         pub fn tests() -> Vec<Trial> {
             let mut v = Vec::new();
             $(
-                v.push(trial(concat!("conformance::", stringify!($backend), "::create_reports_layout"),
-                    || create_reports_layout($backend())));
-                v.push(trial(concat!("conformance::", stringify!($backend), "::write_then_read"),
-                    || write_then_read($backend())));
-                v.push(trial(concat!("conformance::", stringify!($backend), "::grow_is_seen_by_every_mapping"),
-                    || grow_is_seen_by_every_mapping($backend())));
-                v.push(trial(concat!("conformance::", stringify!($backend), "::bounds_are_enforced"),
-                    || bounds_are_enforced($backend())));
-                v.push(trial(concat!("conformance::", stringify!($backend), "::forked_child_writes"),
-                    || forked_child_writes($backend())));
+                let name = |check: &str| format!("conformance::{}::{check}", stringify!($backend));
+                v.extend([
+                    trial(&name("create_reports_layout"), || create_reports_layout($backend())),
+                    trial(&name("write_then_read"), || write_then_read($backend())),
+                    trial(&name("grow_is_seen_by_every_mapping"), || grow_is_seen_by_every_mapping($backend())),
+                    trial(&name("bounds_are_enforced"), || bounds_are_enforced($backend())),
+                    trial(&name("forked_child_writes"), || forked_child_writes($backend())),
+                ]);
                 if stringify!($backend) != "heap" {
-                    v.push(trial(concat!("conformance::", stringify!($backend), "::second_mapping_sees_writes"),
-                        || second_mapping_sees_writes($backend())));
+                    v.push(trial(&name("second_mapping_sees_writes"), || second_mapping_sees_writes($backend())));
                 }
             )*
             v

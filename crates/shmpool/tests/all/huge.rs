@@ -43,7 +43,9 @@ fn fallback_then_huge_path() {
     // 2. The real thing.
     let before = read_nr();
     let provisioned = page.free_pages().unwrap_or(0) >= 2
-        || before.is_some_and(|n| std::fs::write(NR, (n + 2).to_string()).is_ok() && page.free_pages().unwrap_or(0) >= 2);
+        || before.is_some_and(|n| {
+            std::fs::write(NR, (n + 2).to_string()).is_ok() && page.free_pages().unwrap_or(0) >= 2
+        });
     let seg = SegmentOptions::new().size(2 << 20).max_size(64 << 20).create_huge("huge", page).unwrap();
     if provisioned {
         assert_eq!(seg.kind(), BackendKind::HugePages, "pool has pages: {:?}", seg.huge_fallback());

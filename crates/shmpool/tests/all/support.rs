@@ -153,9 +153,6 @@ pub mod peer {
                 return Some(2);
             }
         };
-        Some(match std::panic::catch_unwind(|| run(&args)) {
-            Ok(code) => code,
-            Err(_) => 101,
-        })
+        Some(std::panic::catch_unwind(|| run(&args)).unwrap_or(101))
     }
 }

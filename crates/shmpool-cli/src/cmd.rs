@@ -1,0 +1,166 @@
+//! `create`, `info`, `ls` and `rm`: managing segments from the shell.
+
+use crate::procs::mapping_pids;
+use crate::units::{human, utc};
+use shmpool::segment::{AttachError, HeaderInfo, ShmName};
+use shmpool::{Segment, SegmentOptions};
+use std::path::{Path, PathBuf};
+
+/// Where a segment lives: a POSIX shm name, or a file path.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Shm(ShmName),
+    File(PathBuf),
+}
+
+impl Target {
+    pub fn new(name: &str, file: bool) -> Result<Self, String> {
+        if file {
+            Ok(Self::File(PathBuf::from(name)))
+        } else {
+            ShmName::new(name).map(Self::Shm).map_err(|e| e.to_string())
+        }
+    }
+
+    /// The path of the backing file (`/dev/shm/NAME` for shm).
+    fn path(&self) -> PathBuf {
+        match self {
+            Self::Shm(n) => Path::new("/dev/shm").join(n.bare()),
+            Self::File(p) => p.clone(),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::Shm(n) => n.to_string(),
+            Self::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+pub fn create(target: &Target, size: u64, max_size: u64, mode: u32) -> Result<String, String> {
+    let opts = SegmentOptions::new().size(size).max_size(max_size).mode(mode);
+    let seg = match target {
+        Target::Shm(n) => opts.create_shm(n.as_str()),
+        Target::File(p) => opts.create_file(p),
+    }
+    .map_err(|e| format!("create {}: {e}", target.label()))?;
+    Ok(format!(
+        "created {} ({}): {} committed, {} reserved, mode {:04o}",
+        target.label(),
+        seg.kind(),
+        human(seg.committed()),
+        human(seg.reserved()),
+        mode
+    ))
+}
+
+fn inspect(target: &Target) -> Result<HeaderInfo, String> {
+    let path = target.path();
+    Segment::inspect_file(&path).map_err(|e| match e {
+        AttachError::NotFound(_) => format!("{}: no such segment", target.label()),
+        e => format!("{}: {e}", target.label()),
+    })
+}
+
+pub fn info(target: &Target) -> Result<String, String> {
+    let h = inspect(target)?;
+    let path = target.path();
+    let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let f = &h.fields;
+    let pids = mapping_pids(&path.to_string_lossy());
+    let pct = 100.0 * h.committed as f64 / f.reserved_len as f64;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<11} {v}\n"));
+    line("segment", format!("{} ({})", target.label(), path.display()));
+    line(
+        "layout",
+        format!("version {}, page size {}, id {:016x}", f.version, human(f.page_size), f.segment_id),
+    );
+    line(
+        "committed",
+        format!(
+            "{} ({} bytes), {pct:.1}% of {} reserved",
+            human(h.committed),
+            h.committed,
+            human(f.reserved_len)
+        ),
+    );
+    line("file", format!("{} ({file_len} bytes)", human(file_len)));
+    line("created", format!("{} by uid {}, pid {}", utc(f.created_ns), f.creator_uid, f.creator_pid));
+    line(
+        "huge pages",
+        if f.flags & shmpool::segment::header::FLAG_HUGE_PAGES != 0 { "yes" } else { "no" }.into(),
+    );
+    line("mapped by", describe_pids(&pids));
+    Ok(out.trim_end().to_string())
+}
+
+fn describe_pids(pids: &[u32]) -> String {
+    match pids.len() {
+        0 => "no process".into(),
+        n => format!(
+            "{n} process{} (pid {})",
+            if n == 1 { "" } else { "es" },
+            pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The segments in `/dev/shm`: every entry whose header carries the shmpool magic.
+pub fn ls() -> Result<String, String> {
+    let dir = std::fs::read_dir("/dev/shm").map_err(|e| format!("/dev/shm: {e}"))?;
+    let mut rows = Vec::new();
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mapped = mapping_pids(&path.to_string_lossy()).len();
+        match Segment::inspect_file(&path) {
+            Ok(h) => rows.push(format!(
+                "{name:<32} {:>10} {:>10} {:>7}  {}",
+                human(h.committed),
+                human(h.fields.reserved_len),
+                mapped,
+                utc(h.fields.created_ns)
+            )),
+            // Ours, but damaged or from another version: list it so it can be removed.
+            Err(
+                e @ (AttachError::VersionMismatch { .. }
+                | AttachError::Corrupted(_)
+                | AttachError::BadMagic { .. }
+                | AttachError::CommittedBeyondFile { .. }
+                | AttachError::PageSizeMismatch { .. }),
+            ) => rows.push(format!("{name:<32} {:>10} {:>10} {mapped:>7}  unusable: {e}", "-", "-")),
+            Err(_) => {}
+        }
+    }
+    rows.sort();
+    let mut out =
+        format!("{:<32} {:>10} {:>10} {:>7}  {}\n", "NAME", "COMMITTED", "RESERVED", "MAPPED", "CREATED");
+    if rows.is_empty() {
+        out.push_str("(no shmpool segments in /dev/shm)");
+    }
+    out.push_str(&rows.join("\n"));
+    Ok(out.trim_end().to_string())
+}
+
+/// Removes a segment; refuses a file that is not a shmpool segment unless `force`.
+pub fn rm(target: &Target, force: bool) -> Result<String, String> {
+    if !force {
+        if let Err(e) = Segment::inspect_file(target.path()) {
+            return Err(match e {
+                AttachError::NotFound(_) => format!("{}: no such segment", target.label()),
+                e => format!("{}: {e}; not removed (use --force to remove it anyway)", target.label()),
+            });
+        }
+    }
+    let r = match target {
+        Target::Shm(n) => Segment::unlink_shm(n.as_str()).map_err(|e| e.to_string()),
+        Target::File(p) => std::fs::remove_file(p).map_err(|e| e.to_string()),
+    };
+    r.map_err(|e| format!("rm {}: {e}", target.label()))?;
+    Ok(format!("removed {}", target.label()))
+}

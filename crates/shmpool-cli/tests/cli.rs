@@ -1,0 +1,130 @@
+//! The `shmpool` binary as a user runs it: each command, its output and exit code, under
+//! a watchdog.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn shmpool(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmpool"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shmpool");
+    let deadline = Instant::now() + WATCHDOG;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watchdog: shmpool {args:?} ran longer than {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn unique(tag: &str) -> String {
+    format!("shmpool-clitest-{tag}-{}", std::process::id())
+}
+
+/// Asserts a failure: the exit code, and exactly one line on stderr containing `needle`.
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line, got: {err:?}");
+    assert!(err.starts_with("shmpool: ") && err.contains(needle), "{err:?}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err:?}");
+}
+
+#[test]
+fn demo_shows_four_processes_sharing_a_growing_segment() {
+    let out = shmpool(&["demo", "--records", "1024"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("4 worker processes shared"), "{stdout}");
+    for how in ["fork", "name /shmpool-demo-", "fd over a Unix socket"] {
+        assert!(stdout.contains(how), "missing {how:?}: {stdout}");
+    }
+    assert!(stdout.contains("all 2048 records were verified byte for byte"), "{stdout}");
+    let grew = stdout.lines().find(|l| l.contains("the segment grew")).expect("growth line");
+    assert!(grew.contains("1.0 MiB -> 9.0 MiB"), "{grew}");
+    let pid = stdout.split("/shmpool-demo-").nth(1).and_then(|s| s.split(' ').next()).unwrap();
+    assert!(!std::path::Path::new(&format!("/dev/shm/shmpool-demo-{pid}")).exists(), "demo cleans up");
+}
+
+#[test]
+fn create_info_ls_rm_round_trip() {
+    let name = unique("trip");
+    let out = shmpool(&["create", &name, "--size", "64K", "--max-size", "16M", "--mode", "640"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o640);
+
+    let info = text(&shmpool(&["info", &name]).stdout);
+    assert!(info.contains("committed   64.0 KiB (65536 bytes)"), "{info}");
+    assert!(info.contains("16.0 MiB reserved"), "{info}");
+    assert!(info.contains("mapped by   no process"), "{info}");
+
+    let ls = text(&shmpool(&["ls"]).stdout);
+    let row = ls.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("{name} not in {ls}"));
+    assert!(row.contains("64.0 KiB") && row.contains("16.0 MiB"), "{row}");
+
+    assert_one_line_error(&shmpool(&["create", &name]), 1, "already exists");
+    assert!(shmpool(&["rm", &name]).status.success());
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+    assert_one_line_error(&shmpool(&["info", &name]), 1, "no such segment");
+}
+
+#[test]
+fn info_on_a_corrupted_file_is_one_line() {
+    let path = std::env::temp_dir().join(unique("corrupt"));
+    std::fs::write(&path, b"SHMPOOL\0 but not really a header").unwrap();
+    let p = path.to_str().unwrap();
+    assert_one_line_error(&shmpool(&["info", "--file", p]), 1, "truncated");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    assert_one_line_error(&shmpool(&["info", "--file", p]), 1, "not a shmpool segment");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn rm_refuses_foreign_files_unless_forced() {
+    let name = unique("foreign");
+    let path = format!("/dev/shm/{name}");
+    std::fs::write(&path, vec![1u8; 8192]).unwrap();
+    assert_one_line_error(&shmpool(&["rm", &name]), 1, "--force");
+    assert!(std::path::Path::new(&path).exists());
+    let ls = text(&shmpool(&["ls"]).stdout);
+    assert!(!ls.contains(&name), "ls lists only shmpool segments: {ls}");
+    assert!(shmpool(&["rm", "--force", &name]).status.success());
+    assert!(!std::path::Path::new(&path).exists());
+}
+
+#[test]
+fn bad_command_lines_are_one_line_with_exit_2() {
+    assert_one_line_error(&shmpool(&["create", "x", "--size", "12Q"]), 2, "unknown unit");
+    assert_one_line_error(&shmpool(&["create", "x", "--mode", "999"]), 2, "invalid mode");
+    assert_one_line_error(&shmpool(&["frobnicate"]), 2, "unrecognized subcommand");
+    assert_one_line_error(&shmpool(&["create", "a/b"]), 1, "contains '/'");
+    assert_one_line_error(
+        &shmpool(&["create", "x", "--size", "2M", "--max-size", "1M"]),
+        1,
+        "larger than max_size",
+    );
+}
+
+#[test]
+fn file_segments_work_from_the_cli() {
+    let path = std::env::temp_dir().join(unique("file"));
+    let p = path.to_str().unwrap();
+    assert!(shmpool(&["create", "--file", p, "--size", "128K"]).status.success());
+    let info = text(&shmpool(&["info", "--file", p]).stdout);
+    assert!(info.contains("128.0 KiB"), "{info}");
+    assert!(shmpool(&["rm", "--file", p]).status.success());
+    assert!(!path.exists());
+}

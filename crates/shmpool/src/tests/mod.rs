@@ -1,0 +1,3 @@
+//! loom models of the crate's lock-free protocols (`RUSTFLAGS="--cfg loom"`).
+#[cfg(loom)]
+mod loom_committed;
