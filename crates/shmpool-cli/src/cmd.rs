@@ -1,6 +1,6 @@
 //! `create`, `info`, `ls` and `rm`: managing segments from the shell.
 
-use crate::procs::mapping_pids;
+use crate::procs::mapped_files;
 use crate::units::{human, utc};
 use shmpool::segment::{AttachError, HeaderInfo, ShmName};
 use shmpool::{Segment, SegmentOptions};
@@ -68,7 +68,8 @@ pub fn info(target: &Target) -> Result<String, String> {
     let path = target.path();
     let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let f = &h.fields;
-    let pids = mapping_pids(&path.to_string_lossy());
+    let pids: Vec<u32> =
+        mapped_files().remove(path.to_string_lossy().as_ref()).unwrap_or_default().into_iter().collect();
     let pct = 100.0 * h.committed as f64 / f.reserved_len as f64;
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<11} {v}\n"));
@@ -111,13 +112,14 @@ fn describe_pids(pids: &[u32]) -> String {
 pub fn ls() -> Result<String, String> {
     let dir = std::fs::read_dir("/dev/shm").map_err(|e| format!("/dev/shm: {e}"))?;
     let mut rows = Vec::new();
+    let mapped = mapped_files();
     for entry in dir.flatten() {
         let path = entry.path();
         if !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let mapped = mapping_pids(&path.to_string_lossy()).len();
+        let mapped = mapped.get(path.to_string_lossy().as_ref()).map_or(0, |pids| pids.len());
         match Segment::inspect_file(&path) {
             Ok(h) => rows.push(format!(
                 "{name:<32} {:>10} {:>10} {:>7}  {}",

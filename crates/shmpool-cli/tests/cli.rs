@@ -128,3 +128,16 @@ fn file_segments_work_from_the_cli() {
     assert!(shmpool(&["rm", "--file", p]).status.success());
     assert!(!path.exists());
 }
+
+#[test]
+fn info_and_ls_show_processes_mapping_the_segment() {
+    let name = unique("mapped");
+    let seg = shmpool::SegmentOptions::new().size(64 << 10).create_shm(&name).unwrap();
+    let info = text(&shmpool(&["info", &name]).stdout);
+    let me = std::process::id();
+    assert!(info.contains(&format!("mapped by   1 process (pid {me})")), "{info}");
+    let ls = text(&shmpool(&["ls"]).stdout);
+    let row = ls.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("{name} not in {ls}"));
+    assert_eq!(row.split_whitespace().nth(5), Some("1"), "MAPPED column: {row}");
+    seg.unlink().unwrap();
+}

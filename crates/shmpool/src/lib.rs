@@ -39,9 +39,9 @@
 //!
 //! # Unsafe code
 //! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
-//! `segment::mapping` (mmap/munmap), `segment::access` (raw reads and writes of the
-//! mapping), `segment::fdpass` (none: rustix is safe) and `segment` itself (Send/Sync of
-//! the handle).
+//! `segment::mapping` (mmap and munmap) and `segment::access` (the header, checked raw
+//! reads and writes of the mapping, `Send`/`Sync` of `Segment`). The loom models in
+//! `tests/` use `unsafe` on modelled cells only.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -213,6 +213,9 @@ pub enum FdPassError {
     /// The segment has no file descriptor (a private heap segment).
     #[error("this segment has no file descriptor to pass")]
     NoFd,
+    /// A descriptor must travel with at least one byte of message body.
+    #[error("a descriptor needs a message body of at least one byte")]
+    EmptyBody,
     /// The peer closed the socket before a descriptor arrived.
     #[error("the peer closed the socket")]
     Closed,

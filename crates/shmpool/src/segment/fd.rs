@@ -62,6 +62,14 @@ pub(crate) struct NewFd {
     pub fallback: Option<HugeFallback>,
 }
 
+impl NewFd {
+    /// A descriptor on normal pages.
+    pub(crate) fn new(kind: BackendKind, fd: OwnedFd, locator: Locator, commit: Commit) -> Self {
+        let page_size = rustix::param::page_size() as u64;
+        Self { kind, fd, locator, page_size, commit, fallback: None }
+    }
+}
+
 impl FdBackend {
     /// Sizes a freshly created (empty) file to `initial` bytes and maps `reserved`.
     pub(crate) fn create(new: NewFd, initial: u64, reserved: u64) -> Result<Self, CreateError> {
@@ -120,8 +128,7 @@ pub(crate) fn adopt(fd: OwnedFd) -> Result<NewFd, AttachError> {
     } else {
         BackendKind::MappedFile
     };
-    let page_size = rustix::param::page_size() as u64;
-    Ok(NewFd { kind, fd, locator: Locator::Fd, page_size, commit: Commit::Eager, fallback: None })
+    Ok(NewFd::new(kind, fd, Locator::Fd, Commit::Eager))
 }
 
 /// Reads and validates the header of `fd` without mapping anything.

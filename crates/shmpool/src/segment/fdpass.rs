@@ -16,7 +16,9 @@ use rustix::net::{
 
 /// Sends `fd` and `body` (at least one byte) as one message on the Unix socket `sock`.
 pub fn send_fd(sock: impl AsFd, fd: BorrowedFd<'_>, body: &[u8]) -> Result<(), FdPassError> {
-    assert!(!body.is_empty(), "a descriptor must travel with at least one byte");
+    if body.is_empty() {
+        return Err(FdPassError::EmptyBody);
+    }
     let fds = [fd];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);

@@ -19,7 +19,7 @@ pub(crate) fn create(path: &Path, mode: u32, commit: Commit) -> Result<NewFd, Cr
         let _ = std::fs::remove_file(path);
         return Err(CreateError::Os { op: "fchmod", errno });
     }
-    Ok(new_fd(path, fd, commit))
+    Ok(NewFd::new(BackendKind::MappedFile, fd, Locator::Path(path.to_path_buf()), commit))
 }
 
 /// Opens the existing file `path`.
@@ -28,18 +28,7 @@ pub(crate) fn open(path: &Path, writable: bool) -> Result<NewFd, AttachError> {
         let access = if rw { OFlags::RDWR } else { OFlags::RDONLY };
         rustix::fs::open(path, access | OFlags::CLOEXEC, Mode::empty())
     })?;
-    Ok(new_fd(path, fd, Commit::Eager))
-}
-
-fn new_fd(path: &Path, fd: rustix::fd::OwnedFd, commit: Commit) -> NewFd {
-    NewFd {
-        kind: BackendKind::MappedFile,
-        fd,
-        locator: Locator::Path(path.to_path_buf()),
-        page_size: rustix::param::page_size() as u64,
-        commit,
-        fallback: None,
-    }
+    Ok(NewFd::new(BackendKind::MappedFile, fd, Locator::Path(path.to_path_buf()), Commit::Eager))
 }
 
 /// Removes the file at `path`.

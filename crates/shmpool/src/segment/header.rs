@@ -148,9 +148,9 @@ impl Header {
         self.flags = fields.flags;
         self.check = fields.checksum();
         self.committed.init(committed);
-        // SYNC: Release pairs with the Acquire load in `Segment::check_published` and
-        // with attachers' `pread` of the header (the file write is ordered by the kernel):
-        // every field above is visible once the magic is.
+        // SYNC: Release, so that a reader of the mapping that sees the magic also sees every
+        // field above. Attachers validate a `pread` copy instead; a copy torn by a creator
+        // still writing shows no magic (written last) or fails the checksum.
         self.magic.store(MAGIC, Ordering::Release);
     }
 

@@ -58,14 +58,8 @@ pub(crate) fn create(
     let fallback = match rustix::fs::memfd_create(label, flags) {
         Err(errno) => HugeFallback::Unsupported { page_size: page, errno },
         Ok(fd) => {
-            let new = NewFd {
-                kind: BackendKind::HugePages,
-                fd,
-                locator: Locator::Fd,
-                page_size: page,
-                commit: Commit::Eager,
-                fallback: None,
-            };
+            let mut new = NewFd::new(BackendKind::HugePages, fd, Locator::Fd, Commit::Eager);
+            new.page_size = page;
             match FdBackend::create(new, initial_huge, reserved_huge) {
                 Ok(backend) => return Ok(backend),
                 Err(CreateError::NoSpace { .. }) => HugeFallback::NoFreePages {

@@ -29,14 +29,7 @@ pub(crate) fn create(label: &str, commit: Commit) -> Result<NewFd, CreateError> 
     check_label(label)?;
     let fd = rustix::fs::memfd_create(label, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(os("memfd_create"))?;
-    Ok(NewFd {
-        kind: BackendKind::Memfd,
-        fd,
-        locator: Locator::Fd,
-        page_size: rustix::param::page_size() as u64,
-        commit,
-        fallback: None,
-    })
+    Ok(NewFd::new(BackendKind::Memfd, fd, Locator::Fd, commit))
 }
 
 /// Forbids shrinking the file from now on.

@@ -64,6 +64,7 @@ use core::ptr::NonNull;
 use error::os;
 use fd::NewFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Whether this process maps a segment read-write or read-only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,10 +85,12 @@ impl Access {
 /// How to create a segment: sizes, mode and commit policy, then one `create_*` call per
 /// backend.
 ///
-/// Defaults: 1 MiB committed, 1 GiB reserved, mode `0600`, [`Commit::Eager`].
+/// Defaults: 1 MiB committed (or `max_size` if smaller), 1 GiB reserved, mode `0600`,
+/// [`Commit::Eager`].
 #[derive(Debug, Clone)]
 pub struct SegmentOptions {
-    size: u64,
+    /// `None`: the default, 1 MiB or `max_size` if that is smaller.
+    size: Option<u64>,
     max_size: u64,
     mode: u32,
     commit: Commit,
@@ -95,7 +98,7 @@ pub struct SegmentOptions {
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        Self { size: 1 << 20, max_size: 1 << 30, mode: 0o600, commit: Commit::Eager }
+        Self { size: None, max_size: 1 << 30, mode: 0o600, commit: Commit::Eager }
     }
 }
 
@@ -107,7 +110,7 @@ impl SegmentOptions {
 
     /// Bytes committed at creation, header included (rounded up to the page size).
     pub fn size(mut self, bytes: u64) -> Self {
-        self.size = bytes;
+        self.size = Some(bytes);
         self
     }
 
@@ -132,7 +135,8 @@ impl SegmentOptions {
 
     /// `(initial, reserved)` rounded up to `page`, checked.
     fn sizes(&self, page: u64) -> Result<(u64, u64), CreateError> {
-        let initial = self.size.max(HEADER_LEN).checked_next_multiple_of(page);
+        let size = self.size.unwrap_or(self.max_size.min(1 << 20));
+        let initial = size.max(HEADER_LEN).checked_next_multiple_of(page);
         let reserved = self.max_size.checked_next_multiple_of(page);
         match (initial, reserved) {
             (Some(i), Some(r)) if i <= r && r <= header::MAX_RESERVED => Ok((i, r)),
@@ -232,6 +236,25 @@ impl Segment {
     pub fn open_shm(name: &str, access: Access) -> Result<Segment, AttachError> {
         let name = ShmName::new(name)?;
         Self::attach(shm::open(&name, access.writable())?, access)
+    }
+
+    /// Attaches to the POSIX shm segment `name`, waiting up to `timeout` for it to be
+    /// created and initialised: for a process that may start before the creator has
+    /// finished. Other errors return at once.
+    pub fn open_shm_wait(name: &str, access: Access, timeout: Duration) -> Result<Segment, AttachError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match Self::open_shm(name, access) {
+                Err(AttachError::NotFound(_) | AttachError::Empty | AttachError::Uninitialized)
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Attaches to the segment in the file at `path`.

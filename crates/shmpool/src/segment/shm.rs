@@ -21,7 +21,7 @@ pub(crate) fn create(name: &ShmName, mode: u32, commit: Commit) -> Result<NewFd,
         let _ = shm::unlink(name.as_str());
         return Err(CreateError::Os { op: "fchmod", errno });
     }
-    Ok(new_fd(name, fd, commit))
+    Ok(NewFd::new(BackendKind::PosixShm, fd, Locator::Name(name.clone()), commit))
 }
 
 /// Opens the existing object `name`.
@@ -30,18 +30,7 @@ pub(crate) fn open(name: &ShmName, writable: bool) -> Result<NewFd, AttachError>
         let access = if rw { shm::OFlags::RDWR } else { shm::OFlags::RDONLY };
         shm::open(name.as_str(), access, Mode::empty())
     })?;
-    Ok(new_fd(name, fd, Commit::Eager))
-}
-
-fn new_fd(name: &ShmName, fd: rustix::fd::OwnedFd, commit: Commit) -> NewFd {
-    NewFd {
-        kind: BackendKind::PosixShm,
-        fd,
-        locator: Locator::Name(name.clone()),
-        page_size: rustix::param::page_size() as u64,
-        commit,
-        fallback: None,
-    }
+    Ok(NewFd::new(BackendKind::PosixShm, fd, Locator::Name(name.clone()), Commit::Eager))
 }
 
 /// Removes the name `name`; processes that have it mapped keep their mapping.

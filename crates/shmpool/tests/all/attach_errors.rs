@@ -172,6 +172,9 @@ fn closed_socket_while_receiving() {
     assert!(matches!(err, AttachError::Receive(FdPassError::Closed)), "{err}");
     let heap = SegmentOptions::new().create_heap().unwrap();
     assert!(matches!(heap.send_to(&a), Err(FdPassError::NoFd)));
+    let memfd = SegmentOptions::new().create_memfd("x").unwrap();
+    let fd = memfd.handle().fd().unwrap();
+    assert!(matches!(shmpool::segment::send_fd(&a, fd, b""), Err(FdPassError::EmptyBody)));
 }
 
 fn create_refuses_existing_and_bad_sizes() {
@@ -187,6 +190,9 @@ fn create_refuses_existing_and_bad_sizes() {
         Err(CreateError::InvalidSize(_))
     ));
     assert!(matches!(SegmentOptions::new().create_shm(""), Err(CreateError::Name(_))));
+    // Only a maximum given: the default size shrinks to fit it.
+    let small = SegmentOptions::new().max_size(64 << 10).create_heap().unwrap();
+    assert_eq!((small.committed(), small.reserved()), (64 << 10, 64 << 10));
     let dir = TempDir::new("err");
     let path = real_segment(&dir);
     assert!(matches!(SegmentOptions::new().create_file(&path), Err(CreateError::AlreadyExists(_))));

@@ -9,6 +9,7 @@ use libtest_mimic::Trial;
 use shmpool::segment::{Access, BackendKind};
 use shmpool::{Segment, SegmentOptions};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Trial> {
     vec![
@@ -17,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
         trial("multiproc::fd_passed_to_unrelated_process", fd_passed_to_unrelated_process),
         trial("multiproc::growth_seen_by_reading_process", growth_seen_by_reading_process),
         trial("multiproc::concurrent_growth_ends_at_larger_size", concurrent_growth_ends_at_larger_size),
+        trial("multiproc::open_shm_wait_meets_a_late_creator", open_shm_wait_meets_a_late_creator),
     ]
 }
 
@@ -195,4 +197,30 @@ fn concurrent_growth_ends_at_larger_size() {
     }
     assert_eq!(seg.committed(), target(ROUNDS - 1, 1));
     assert_eq!(seg.info().backing_len, target(ROUNDS - 1, 1));
+}
+
+/// A process that starts before the segment exists waits for its creator; one that waits
+/// for a name nobody creates gets `NotFound` once the timeout has passed.
+fn open_shm_wait_meets_a_late_creator() {
+    let name = unique_name("late");
+    let _g = ShmGuard(name.clone());
+    let creator = fork(|| {
+        std::thread::sleep(Duration::from_millis(50));
+        let seg = SegmentOptions::new().create_shm(&name).unwrap();
+        seg.write_bytes(D + 8, &pattern(D + 8, 4096, 31)).unwrap();
+        seg.atomic_u64(D).unwrap().store(1, Ordering::Release);
+        0
+    });
+    let seg = Segment::open_shm_wait(&name, Access::ReadWrite, Duration::from_secs(20)).unwrap();
+    wait_until("the creator's data", || seg.load_u64(D).unwrap() == 1);
+    let mut back = vec![0; 4096];
+    seg.read_bytes(D + 8, &mut back).unwrap();
+    assert_eq!(back, pattern(D + 8, 4096, 31));
+    assert_eq!(creator.wait(), 0);
+
+    let start = Instant::now();
+    let never = unique_name("never");
+    let err = Segment::open_shm_wait(&never, Access::ReadWrite, Duration::from_millis(30)).unwrap_err();
+    assert!(matches!(err, shmpool::AttachError::NotFound(_)), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(30), "it waited the whole timeout");
 }
