@@ -19,6 +19,10 @@ pub fn tests() -> Vec<Trial> {
         trial("multiproc::growth_seen_by_reading_process", growth_seen_by_reading_process),
         trial("multiproc::concurrent_growth_ends_at_larger_size", concurrent_growth_ends_at_larger_size),
         trial("multiproc::open_shm_wait_meets_a_late_creator", open_shm_wait_meets_a_late_creator),
+        trial(
+            "multiproc::named_segment_is_private_by_default_and_drop_unmaps",
+            named_segment_is_private_by_default_and_drop_unmaps,
+        ),
     ]
 }
 
@@ -223,4 +227,31 @@ fn open_shm_wait_meets_a_late_creator() {
     let err = Segment::open_shm_wait(&never, Access::ReadWrite, Duration::from_millis(30)).unwrap_err();
     assert!(matches!(err, shmpool::AttachError::NotFound(_)), "{err}");
     assert!(start.elapsed() >= Duration::from_millis(30), "it waited the whole timeout");
+}
+
+fn maps_file(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/maps").unwrap().lines().any(|l| l.contains(path))
+}
+
+/// Mode 0600 whatever the umask; dropping the last `Segment` unmaps it; the name stays
+/// until unlinked.
+fn named_segment_is_private_by_default_and_drop_unmaps() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = unique_name("mode");
+    let _g = ShmGuard(name.clone());
+    let path = format!("/dev/shm/{name}");
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0) };
+    let seg = SegmentOptions::new().create_shm(&name).unwrap();
+    // SAFETY: as above, restoring it.
+    unsafe { libc::umask(old) };
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "not widened by a permissive umask");
+    assert!(maps_file(&path), "mapped while the segment lives");
+    drop(seg);
+    assert!(!maps_file(&path), "drop unmaps");
+    assert!(std::path::Path::new(&path).exists(), "the name stays until unlinked");
+    let again = Segment::open_shm(&name, Access::ReadWrite).unwrap();
+    assert!(again.unlink().unwrap());
+    assert!(!std::path::Path::new(&path).exists());
 }
