@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod loom;
+pub mod pages;
 pub mod segment;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ mod attach_errors;
 mod conformance;
 mod huge;
 mod multiproc;
+mod pages;
 mod support;
 
 fn main() {
@@ -20,5 +21,6 @@ fn main() {
     trials.extend(attach_errors::tests());
     trials.extend(multiproc::tests());
     trials.extend(huge::tests());
+    trials.extend(pages::tests());
     libtest_mimic::run(&args, trials).exit();
 }
