@@ -45,6 +45,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod heap;
 pub(crate) mod loom;
 pub mod pages;
 pub mod segment;

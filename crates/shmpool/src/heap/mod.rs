@@ -1,0 +1,2 @@
+//! The shared heap (in progress): size classes so far.
+pub mod class;
