@@ -1,6 +1,8 @@
 //! Segment-layer costs: attaching by name (open, fstat, pread + validate, mmap), growing
 //! by 1 MiB (eager `fallocate` vs lazy `ftruncate`), and a bounds-checked 4 KiB copy in
-//! and out of a segment beside a plain `memcpy` between private buffers.
+//! and out of a segment (atomic word copies, and the unsafe plain `memcpy` variant)
+//! beside a plain `memcpy` between private buffers.
+#![allow(unsafe_code)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shmpool::segment::{Access, Commit};
@@ -58,6 +60,12 @@ fn copy(c: &mut Criterion) {
     g.bench_function("memcpy_private", |b| b.iter(|| dst.copy_from_slice(black_box(&*src))));
     g.bench_function("segment_write_bytes", |b| b.iter(|| seg.write_bytes(black_box(off), src).unwrap()));
     g.bench_function("segment_read_bytes", |b| b.iter(|| seg.read_bytes(black_box(off), dst).unwrap()));
+    g.bench_function("segment_write_bytes_nonatomic", |b| {
+        b.iter(|| {
+            // SAFETY: nothing else touches this private benchmark segment.
+            unsafe { seg.write_bytes_nonatomic(black_box(off), src) }.unwrap()
+        })
+    });
     g.finish();
 }
 

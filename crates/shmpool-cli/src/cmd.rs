@@ -16,7 +16,9 @@ pub enum Target {
 impl Target {
     pub fn new(name: &str, file: bool) -> Result<Self, String> {
         if file {
-            Ok(Self::File(PathBuf::from(name)))
+            // Absolute, so it matches the paths in /proc/PID/maps.
+            let path = std::path::absolute(name).map_err(|e| format!("{name}: {e}"))?;
+            Ok(Self::File(path))
         } else {
             ShmName::new(name).map(Self::Shm).map_err(|e| e.to_string())
         }

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "shmpool", version, about = "Shared-memory segments for many processes")]
+#[command(arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,8 +100,27 @@ fn run(command: Command) -> Result<(), String> {
             return demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)
         }
     };
-    println!("{out}");
-    Ok(())
+    print_out(&format!("{out}\n"))
+}
+
+/// Writes to stdout; a closed pipe (`shmpool ls | head`) ends quietly, other write errors
+/// are reported.
+pub fn print_out(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("writing the output: {e}")),
+    }
+}
+
+/// The first paragraph of a clap error on one line: the message and, where clap lists
+/// them on the lines below, the missing arguments.
+fn one_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let para: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    para.join(" ").trim_start_matches("error: ").to_string()
 }
 
 fn main() -> ExitCode {
@@ -110,10 +130,12 @@ fn main() -> ExitCode {
             let _ = e.print(); // --help, --version
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print(); // no command at all: show what there is
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid command line");
-            eprintln!("shmpool: {}", first.trim_start_matches("error: "));
+            eprintln!("shmpool: {}", one_line(&e));
             return ExitCode::from(2);
         }
     };

@@ -33,6 +33,15 @@ fn unique(tag: &str) -> String {
     format!("shmpool-clitest-{tag}-{}", std::process::id())
 }
 
+/// Removes a file (or /dev/shm entry) when the test ends, pass or fail.
+struct Remove(String);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Asserts a failure: the exit code, and exactly one line on stderr containing `needle`.
 fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
     let err = text(&out.stderr);
@@ -61,6 +70,7 @@ fn demo_shows_four_processes_sharing_a_growing_segment() {
 #[test]
 fn create_info_ls_rm_round_trip() {
     let name = unique("trip");
+    let _rm = Remove(format!("/dev/shm/{name}"));
     let out = shmpool(&["create", &name, "--size", "64K", "--max-size", "16M", "--mode", "640"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
@@ -84,6 +94,7 @@ fn create_info_ls_rm_round_trip() {
 #[test]
 fn info_on_a_corrupted_file_is_one_line() {
     let path = std::env::temp_dir().join(unique("corrupt"));
+    let _rm = Remove(path.to_string_lossy().into_owned());
     std::fs::write(&path, b"SHMPOOL\0 but not really a header").unwrap();
     let p = path.to_str().unwrap();
     assert_one_line_error(&shmpool(&["info", "--file", p]), 1, "truncated");
@@ -96,6 +107,7 @@ fn info_on_a_corrupted_file_is_one_line() {
 fn rm_refuses_foreign_files_unless_forced() {
     let name = unique("foreign");
     let path = format!("/dev/shm/{name}");
+    let _rm = Remove(path.clone());
     std::fs::write(&path, vec![1u8; 8192]).unwrap();
     assert_one_line_error(&shmpool(&["rm", &name]), 1, "--force");
     assert!(std::path::Path::new(&path).exists());
@@ -110,6 +122,7 @@ fn bad_command_lines_are_one_line_with_exit_2() {
     assert_one_line_error(&shmpool(&["create", "x", "--size", "12Q"]), 2, "unknown unit");
     assert_one_line_error(&shmpool(&["create", "x", "--mode", "999"]), 2, "invalid mode");
     assert_one_line_error(&shmpool(&["frobnicate"]), 2, "unrecognized subcommand");
+    assert_one_line_error(&shmpool(&["info"]), 2, "<NAME>");
     assert_one_line_error(&shmpool(&["create", "a/b"]), 1, "contains '/'");
     assert_one_line_error(
         &shmpool(&["create", "x", "--size", "2M", "--max-size", "1M"]),
@@ -121,6 +134,7 @@ fn bad_command_lines_are_one_line_with_exit_2() {
 #[test]
 fn file_segments_work_from_the_cli() {
     let path = std::env::temp_dir().join(unique("file"));
+    let _rm = Remove(path.to_string_lossy().into_owned());
     let p = path.to_str().unwrap();
     assert!(shmpool(&["create", "--file", p, "--size", "128K"]).status.success());
     let info = text(&shmpool(&["info", "--file", p]).stdout);
@@ -132,6 +146,7 @@ fn file_segments_work_from_the_cli() {
 #[test]
 fn info_and_ls_show_processes_mapping_the_segment() {
     let name = unique("mapped");
+    let _rm = Remove(format!("/dev/shm/{name}"));
     let seg = shmpool::SegmentOptions::new().size(64 << 10).create_shm(&name).unwrap();
     let info = text(&shmpool(&["info", &name]).stdout);
     let me = std::process::id();
@@ -140,4 +155,35 @@ fn info_and_ls_show_processes_mapping_the_segment() {
     let row = ls.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("{name} not in {ls}"));
     assert_eq!(row.split_whitespace().nth(5), Some("1"), "MAPPED column: {row}");
     seg.unlink().unwrap();
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmpool"))
+        .arg("ls")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before shmpool writes
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn relative_file_paths_are_found_in_process_maps() {
+    let dir = std::env::temp_dir();
+    let name = unique("rel");
+    let abs = dir.join(&name);
+    let _rm = Remove(abs.to_string_lossy().into_owned());
+    let seg = shmpool::SegmentOptions::new().size(64 << 10).create_file(&abs).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shmpool"))
+        .args(["info", "--file", &name])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let info = text(&out.stdout);
+    assert!(info.contains(&format!("(pid {})", std::process::id())), "{info}{}", text(&out.stderr));
+    drop(seg);
 }

@@ -122,7 +122,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
 
 /// Runs worker `slot` to completion and records its results in its slot.
 pub fn run_worker(seg: &Segment, slot: u64, role: Role, how: How) -> Result<(), String> {
-    if slot >= MAX_WORKERS || word(seg, C_MAGIC).load(Ordering::Acquire) != MAGIC {
+    if slot >= MAX_WORKERS || seg.committed() < RECORDS || seg.load_u64(C_MAGIC) != Ok(MAGIC) {
         return Err("segment holds no demo layout (or the slot is out of range)".into());
     }
     let set = |f, v| slot_field(seg, slot, f).store(v, Ordering::Relaxed);

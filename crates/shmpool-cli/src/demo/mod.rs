@@ -61,12 +61,15 @@ fn fork_worker(seg: &Segment, slot: u64, role: Role) -> Result<Proc, String> {
     match unsafe { libc::fork() } {
         -1 => Err("fork failed".into()),
         0 => {
-            let code = match log::run_worker(seg, slot, role, How::Fork) {
-                Ok(()) => 0,
-                Err(e) => {
+            // A panic must not unwind into the parent's code (and its cleanup) in the child.
+            let run = std::panic::AssertUnwindSafe(|| log::run_worker(seg, slot, role, How::Fork));
+            let code = match std::panic::catch_unwind(run) {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
                     eprintln!("shmpool demo worker {slot}: {e}");
                     1
                 }
+                Err(_) => 101,
             };
             // SAFETY: ends the child without running the parent's destructors (which
             // would unlink the demo segment).
@@ -138,7 +141,7 @@ pub fn run(per_writer: u64) -> Result<(), String> {
         procs.iter_mut().for_each(Proc::kill);
     }
     let (text, ok) = report(&seg, &name, initial, &codes?);
-    print!("{text}");
+    crate::print_out(&text)?;
     if ok {
         Ok(())
     } else {

@@ -139,6 +139,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Makes at least `len` bytes usable. Concurrent calls from any processes end with
     /// the largest length asked for; no call shrinks the store.
     fn grow(&self, len: u64) -> Result<(), GrowError>;
+    /// When pages are allocated as the segment grows.
+    fn commit(&self) -> Commit {
+        Commit::Eager
+    }
     /// Why huge pages were not used, if they were asked for and are not.
     fn huge_fallback(&self) -> Option<&HugeFallback> {
         None

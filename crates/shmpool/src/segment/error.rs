@@ -155,6 +155,9 @@ pub enum GrowError {
     /// The segment is mapped read-only in this process.
     #[error("segment is mapped read-only")]
     ReadOnly,
+    /// Another process held the growth lock for longer than the growth timeout.
+    #[error("the growth lock was held by another process for over {0:?}")]
+    LockTimeout(std::time::Duration),
     /// The backing store (tmpfs, hugetlbfs pool, disk) has no room for the new pages.
     #[error("no space to commit {bytes} more bytes")]
     NoSpace {

@@ -27,6 +27,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FallocateFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// How a process other than the creator can find the segment.
 #[derive(Debug, Clone)]
@@ -87,6 +88,7 @@ impl FdBackend {
     pub(crate) fn attach(mut new: NewFd, writable: bool) -> Result<(Self, HeaderInfo), AttachError> {
         let info = read_header(&new.fd)?;
         new.page_size = info.fields.page_size;
+        new.commit = if info.fields.flags & header::FLAG_LAZY != 0 { Commit::Lazy } else { Commit::Eager };
         let map = Mapping::shared(&new.fd, info.fields.reserved_len, writable).map_err(os("mmap"))?;
         Ok((Self::assemble(new, map, writable), info))
     }
@@ -111,8 +113,7 @@ impl FdBackend {
 
 /// A descriptor received from elsewhere: its kind is read off the file it names.
 pub(crate) fn adopt(fd: OwnedFd) -> Result<NewFd, AttachError> {
-    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
-    let huge = rustix::fs::fstatfs(&fd).map_err(os("fstatfs"))?.f_type as u64 == HUGETLBFS_MAGIC;
+    let huge = on_hugetlbfs(&fd)?;
     let link = {
         use rustix::fd::AsRawFd;
         rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(), Vec::new())
@@ -131,6 +132,12 @@ pub(crate) fn adopt(fd: OwnedFd) -> Result<NewFd, AttachError> {
     Ok(NewFd::new(kind, fd, Locator::Fd, Commit::Eager))
 }
 
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
+fn on_hugetlbfs(fd: impl AsFd) -> Result<bool, AttachError> {
+    Ok(rustix::fs::fstatfs(fd).map_err(os("fstatfs"))?.f_type as u64 == HUGETLBFS_MAGIC)
+}
+
 /// Reads and validates the header of `fd` without mapping anything.
 pub(crate) fn read_header(fd: impl AsFd) -> Result<HeaderInfo, AttachError> {
     let st = rustix::fs::fstat(&fd).map_err(os("fstat"))?;
@@ -138,6 +145,9 @@ pub(crate) fn read_header(fd: impl AsFd) -> Result<HeaderInfo, AttachError> {
         return Err(AttachError::NotShmpool { found: [0; 8] });
     }
     let len = st.st_size as u64;
+    // hugetlbfs raises a file's length to cover its mappings: only allocated blocks say
+    // what is backed.
+    let backed = if on_hugetlbfs(&fd)? { st.st_blocks as u64 * 512 } else { len };
     let mut buf = [0u8; HEADER_LEN as usize];
     let want = len.min(HEADER_LEN) as usize;
     let mut got = 0;
@@ -149,7 +159,11 @@ pub(crate) fn read_header(fd: impl AsFd) -> Result<HeaderInfo, AttachError> {
             Err(e) => return Err(AttachError::Os { op: "pread", errno: e }),
         }
     }
-    header::validate(&buf[..got], len, rustix::param::page_size() as u64)
+    let info = header::validate(&buf[..got], len, rustix::param::page_size() as u64)?;
+    if info.committed > backed {
+        return Err(AttachError::CommittedBeyondFile { committed: info.committed, file_len: backed });
+    }
+    Ok(info)
 }
 
 /// Opens with `open(writable)`, read-write or read-only (close-on-exec), and maps a refusal of write access
@@ -186,20 +200,34 @@ fn extend(fd: impl AsFd, cur: u64, len: u64, commit: Commit) -> Result<(), GrowE
         return Ok(());
     }
     if commit == Commit::Eager {
-        match rustix::fs::fallocate(&fd, FallocateFlags::empty(), cur, len - cur) {
-            Ok(()) => return Ok(()),
-            Err(Errno::NOSPC | Errno::NOMEM) => return Err(GrowError::NoSpace { bytes: len - cur }),
-            // The filesystem cannot preallocate: fall through to a sparse extension.
-            Err(Errno::OPNOTSUPP | Errno::NOSYS) => {}
-            Err(errno) => return Err(GrowError::Os { op: "fallocate", errno }),
+        loop {
+            match rustix::fs::fallocate(&fd, FallocateFlags::empty(), cur, len - cur) {
+                Ok(()) => return Ok(()),
+                // tmpfs undoes a fallocate interrupted by a signal: safe to repeat.
+                Err(Errno::INTR) => continue,
+                Err(Errno::NOSPC | Errno::NOMEM) => return Err(GrowError::NoSpace { bytes: len - cur }),
+                // The filesystem cannot preallocate: fall through to a sparse extension.
+                Err(Errno::OPNOTSUPP | Errno::NOSYS) => break,
+                Err(errno) => return Err(GrowError::Os { op: "fallocate", errno }),
+            }
         }
     }
-    rustix::fs::ftruncate(&fd, len).map_err(os("ftruncate"))?;
-    Ok(())
+    loop {
+        match rustix::fs::ftruncate(&fd, len) {
+            Err(Errno::INTR) => continue,
+            r => return Ok(r.map_err(os("ftruncate"))?),
+        }
+    }
 }
 
+/// How long a grower waits for the growth lock. A dead holder releases it at once (the
+/// kernel drops its locks), so only a live process holding it this long — stuck, or
+/// hostile — makes growth fail with [`GrowError::LockTimeout`].
+pub const GROW_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An exclusive `flock` on a private open file description of the segment's file; the
-/// kernel releases it when this is dropped or when the process dies.
+/// kernel releases it when this is dropped or when the process dies. Reopening through
+/// `/proc/self/fd` needs procfs and read permission on the file.
 struct GrowLock(#[allow(dead_code)] OwnedFd);
 
 impl GrowLock {
@@ -208,10 +236,17 @@ impl GrowLock {
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let own = rustix::fs::open(path.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(os("open /proc/self/fd"))?;
+        let deadline = Instant::now() + GROW_LOCK_TIMEOUT;
+        let mut pause = Duration::from_micros(20);
         loop {
-            match rustix::fs::flock(&own, FlockOperation::LockExclusive) {
+            match rustix::fs::flock(&own, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(Self(own)),
                 Err(Errno::INTR) => continue,
+                Err(Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err(Errno::WOULDBLOCK) => return Err(GrowError::LockTimeout(GROW_LOCK_TIMEOUT)),
                 Err(errno) => return Err(GrowError::Os { op: "flock", errno }),
             }
         }
@@ -274,6 +309,10 @@ impl Backend for FdBackend {
             _ => self.backing_len().map_err(os("fstat"))?,
         };
         extend(&self.fd, cur, len, self.commit)
+    }
+
+    fn commit(&self) -> Commit {
+        self.commit
     }
 
     fn huge_fallback(&self) -> Option<&HugeFallback> {

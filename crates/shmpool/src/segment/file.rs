@@ -26,7 +26,9 @@ pub(crate) fn create(path: &Path, mode: u32, commit: Commit) -> Result<NewFd, Cr
 pub(crate) fn open(path: &Path, writable: bool) -> Result<NewFd, AttachError> {
     let fd = open_checked(&path.display().to_string(), writable, |rw| {
         let access = if rw { OFlags::RDWR } else { OFlags::RDONLY };
-        rustix::fs::open(path, access | OFlags::CLOEXEC, Mode::empty())
+        // O_NONBLOCK: a FIFO at the path must not block the open; read_header then
+        // rejects anything but a regular file.
+        rustix::fs::open(path, access | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
     })?;
     Ok(NewFd::new(BackendKind::MappedFile, fd, Locator::Path(path.to_path_buf()), Commit::Eager))
 }

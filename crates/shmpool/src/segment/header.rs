@@ -11,7 +11,7 @@
 //!  40      segment_id     at creation        random id, names the segment in buffer headers
 //!  48      creator_uid    at creation
 //!  52      creator_pid    at creation
-//!  56      flags          at creation        bit 0: backed by huge pages
+//!  56      flags          at creation        bit 0: huge pages; bit 1: lazy commit
 //!  64      check          at creation        FNV-1a of bytes 8..64
 //!  72      committed      grows              bytes usable now; never shrinks
 //!  80      room           later layers       process registry, named roots (zero now)
@@ -41,6 +41,8 @@ pub const HEADER_LEN: u64 = 4096;
 pub const MAX_RESERVED: u64 = 1 << 46;
 /// Header flag: the segment is backed by huge pages.
 pub const FLAG_HUGE_PAGES: u64 = 1;
+/// Header flag: the segment grows lazily (`Commit::Lazy`); every attacher follows it.
+pub const FLAG_LAZY: u64 = 2;
 
 const ROOM_WORDS: usize = (HEADER_LEN as usize - 80) / 8;
 
@@ -204,7 +206,9 @@ pub fn validate(bytes: &[u8], file_len: u64, host_page: u64) -> Result<HeaderInf
     let check = u64_at(bytes, 64);
     let checksum_ok = check == fields.checksum() && u32_at(bytes, 12) == HEADER_LEN as u32;
     if magic != MAGIC {
-        return Err(if bytes[..80].iter().all(|&b| b == 0) {
+        // The creator writes the magic last: no magic yet means not finished (the other
+        // fields may be half written).
+        return Err(if magic == 0 {
             AttachError::Uninitialized
         } else if checksum_ok {
             AttachError::BadMagic { found: magic }
@@ -281,6 +285,9 @@ mod tests {
         assert!(matches!(check(&[], 0), Err(AttachError::Empty)));
         assert!(matches!(check(&good[..100], 100), Err(AttachError::Truncated { len: 100, .. })));
         assert!(matches!(check(&[0; 4096], 4096), Err(AttachError::Uninitialized)));
+        let mut half = good;
+        half[0..8].fill(0); // a creator still writing: fields there, magic not yet
+        assert!(matches!(check(&half, 8192), Err(AttachError::Uninitialized)));
 
         let mut b = good;
         b[0] = b'X';

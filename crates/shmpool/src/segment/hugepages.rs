@@ -54,14 +54,17 @@ pub(crate) fn create(
     memfd::check_label(label)?;
     let page = size.bytes();
     let (initial_huge, reserved_huge) = (initial.next_multiple_of(page), reserved.next_multiple_of(page));
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | size.flag();
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB | size.flag();
     let fallback = match rustix::fs::memfd_create(label, flags) {
         Err(errno) => HugeFallback::Unsupported { page_size: page, errno },
         Ok(fd) => {
             let mut new = NewFd::new(BackendKind::HugePages, fd, Locator::Fd, Commit::Eager);
             new.page_size = page;
             match FdBackend::create(new, initial_huge, reserved_huge) {
-                Ok(backend) => return Ok(backend),
+                Ok(backend) => {
+                    memfd::seal(backend.fd())?;
+                    return Ok(backend);
+                }
                 Err(CreateError::NoSpace { .. }) => HugeFallback::NoFreePages {
                     page_size: page,
                     needed: initial_huge / page,

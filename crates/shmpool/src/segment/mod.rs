@@ -8,7 +8,9 @@
 //!    reservation, so all of them see the new pages at once. The header's `committed`
 //!    only rises, and only after the file has grown.
 //! 2. **Nothing past the committed size is touched.** Every accessor checks its range
-//!    against `committed` first, so no access can fault on an unbacked page.
+//!    against `committed` (capped by the local mapping) first, so no access can fault on
+//!    an unbacked page — unless a process with write access truncates the file: memfds
+//!    are sealed against that, POSIX shm objects and files rely on their peers.
 //! 3. **Attach validates before it maps.** A header is read with `pread` after `fstat`
 //!    and checked field by field ([`AttachError`] names each failure); only then is the
 //!    file mapped.
@@ -53,7 +55,7 @@ mod shm;
 
 pub use backend::{Backend, BackendKind, Commit, HugeFallback, IpcHandle};
 pub use error::{AccessError, AttachError, CreateError, FdPassError, GrowError, NameError};
-pub use fd::FdBackend;
+pub use fd::{FdBackend, GROW_LOCK_TIMEOUT};
 pub use fdpass::{recv_fd, send_fd};
 pub use header::{HeaderFields, HeaderInfo, HEADER_LEN};
 pub use hugepages::HugePageSize;
@@ -209,6 +211,10 @@ pub struct Segment {
     backend: Box<dyn Backend>,
     base: NonNull<u8>,
     writable: bool,
+    // Immutable header fields, copied at create/attach: never re-read from shared memory.
+    reserved: u64,
+    page_size: u64,
+    segment_id: u64,
 }
 
 /// A snapshot of a segment's header and backing.
@@ -228,8 +234,15 @@ pub struct SegmentInfo {
 
 impl Segment {
     fn attach(new: NewFd, access: Access) -> Result<Segment, AttachError> {
-        let (backend, _info) = FdBackend::attach(new, access.writable())?;
-        Ok(Segment { base: backend.base(), backend: Box::new(backend), writable: access.writable() })
+        let (backend, info) = FdBackend::attach(new, access.writable())?;
+        Ok(Segment {
+            base: backend.base(),
+            reserved: backend.reserved_len(),
+            backend: Box::new(backend),
+            writable: access.writable(),
+            page_size: info.fields.page_size,
+            segment_id: info.fields.segment_id,
+        })
     }
 
     /// Attaches to the POSIX shm segment `name`.
@@ -242,14 +255,16 @@ impl Segment {
     /// created and initialised: for a process that may start before the creator has
     /// finished. Other errors return at once.
     pub fn open_shm_wait(name: &str, access: Access, timeout: Duration) -> Result<Segment, AttachError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
+        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         let mut pause = Duration::from_micros(50);
         loop {
             match Self::open_shm(name, access) {
                 Err(AttachError::NotFound(_) | AttachError::Empty | AttachError::Uninitialized)
-                    if Instant::now() < deadline =>
+                    if !expired() =>
                 {
-                    std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                    let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+                    std::thread::sleep(pause.min(left));
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
                 result => return result,
@@ -264,6 +279,10 @@ impl Segment {
 
     /// Attaches to the segment behind `fd` (received over a socket, or inherited).
     pub fn from_fd(fd: rustix::fd::OwnedFd, access: Access) -> Result<Segment, AttachError> {
+        let mode = rustix::fs::fcntl_getfl(&fd).map_err(os("fcntl(F_GETFL)"))? & rustix::fs::OFlags::RDWR;
+        if access.writable() && mode != rustix::fs::OFlags::RDWR {
+            return Err(AttachError::ReadOnly("the descriptor (opened read-only)".into()));
+        }
         Self::attach(fd::adopt(fd)?, access)
     }
 
@@ -321,17 +340,17 @@ impl Segment {
 
     /// Bytes mapped: the most the segment can grow to.
     pub fn reserved(&self) -> u64 {
-        self.backend.reserved_len()
+        self.reserved
     }
 
     /// The mapping's page size.
     pub fn page_size(&self) -> u64 {
-        self.header().page_size
+        self.page_size
     }
 
     /// The random id written at creation; equal in every process attached.
     pub fn segment_id(&self) -> u64 {
-        self.header().segment_id
+        self.segment_id
     }
 
     /// The kind of backing memory.

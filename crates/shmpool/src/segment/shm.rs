@@ -28,7 +28,9 @@ pub(crate) fn create(name: &ShmName, mode: u32, commit: Commit) -> Result<NewFd,
 pub(crate) fn open(name: &ShmName, writable: bool) -> Result<NewFd, AttachError> {
     let fd = open_checked(name.as_str(), writable, |rw| {
         let access = if rw { shm::OFlags::RDWR } else { shm::OFlags::RDONLY };
-        shm::open(name.as_str(), access, Mode::empty())
+        // O_NONBLOCK: a FIFO planted under the name must not block the open.
+        let nonblock = shm::OFlags::from_bits_retain(rustix::fs::OFlags::NONBLOCK.bits());
+        shm::open(name.as_str(), access | nonblock, Mode::empty())
     })?;
     Ok(NewFd::new(BackendKind::PosixShm, fd, Locator::Name(name.clone()), Commit::Eager))
 }

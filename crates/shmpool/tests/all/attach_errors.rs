@@ -29,6 +29,19 @@ pub fn tests() -> Vec<Trial> {
         trial("attach_errors::foreign_fd", foreign_fd),
         trial("attach_errors::closed_socket_while_receiving", closed_socket_while_receiving),
         trial("attach_errors::create_refuses_existing_and_bad_sizes", create_refuses_existing_and_bad_sizes),
+        trial("attach_errors::fifo_is_refused_without_blocking", fifo_is_refused_without_blocking),
+        trial(
+            "attach_errors::read_only_descriptor_attached_read_write",
+            read_only_descriptor_attached_read_write,
+        ),
+        trial(
+            "attach_errors::peer_lying_about_committed_cannot_widen_access",
+            peer_lying_about_committed_cannot_widen_access,
+        ),
+        trial(
+            "attach_errors::attachers_follow_the_creators_commit_policy",
+            attachers_follow_the_creators_commit_policy,
+        ),
     ]
 }
 
@@ -198,4 +211,58 @@ fn create_refuses_existing_and_bad_sizes() {
     assert!(matches!(SegmentOptions::new().create_file(&path), Err(CreateError::AlreadyExists(_))));
     // the failed create must not have removed the existing file
     assert!(Segment::open_file(&path, Access::ReadOnly).is_ok());
+}
+
+fn fifo_is_refused_without_blocking() {
+    let dir = TempDir::new("fifo");
+    let path = dir.path("fifo");
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert!(matches!(open(&path), AttachError::NotShmpool { .. }));
+    let name = unique_name("fifo");
+    let _g = ShmGuard(name.clone());
+    let c = std::ffi::CString::new(format!("/dev/shm/{name}")).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let err = Segment::open_shm(&name, Access::ReadOnly).expect_err("a FIFO is no segment");
+    assert!(matches!(err, AttachError::NotShmpool { .. }), "{err}");
+}
+
+fn read_only_descriptor_attached_read_write() {
+    let dir = TempDir::new("rofd");
+    let path = real_segment(&dir);
+    let fd: rustix::fd::OwnedFd = std::fs::File::open(&path).unwrap().into();
+    let err = Segment::from_fd(fd, Access::ReadWrite).expect_err("descriptor is read-only");
+    assert!(matches!(err, AttachError::ReadOnly(_)), "{err}");
+    let fd: rustix::fd::OwnedFd = std::fs::File::open(&path).unwrap().into();
+    assert!(Segment::from_fd(fd, Access::ReadOnly).is_ok());
+}
+
+/// A peer writes a committed size far beyond the mapping into the shared header: the
+/// accessors must still refuse anything past this process's own mapping.
+fn peer_lying_about_committed_cannot_widen_access() {
+    let dir = TempDir::new("liar");
+    let path = dir.path("seg");
+    let seg = SegmentOptions::new().size(64 << 10).max_size(1 << 20).create_file(&path).unwrap();
+    patch(&path, 72, &(1u64 << 40).to_ne_bytes());
+    assert_eq!(seg.committed(), seg.reserved(), "capped at the mapping");
+    let past = seg.reserved();
+    assert!(matches!(seg.write_bytes(past, &[1; 8]), Err(AccessError::OutOfBounds { .. })));
+    assert!(matches!(seg.atomic_u64(past + (64 << 10)), Err(AccessError::OutOfBounds { .. })));
+}
+
+fn attachers_follow_the_creators_commit_policy() {
+    use shmpool::segment::{header::FLAG_LAZY, Commit};
+    let name = unique_name("lazyflag");
+    let _g = ShmGuard(name.clone());
+    let lazy = SegmentOptions::new().commit(Commit::Lazy).create_shm(&name).unwrap();
+    let other = Segment::open_shm(&name, Access::ReadWrite).unwrap();
+    assert_ne!(other.info().fields.flags & FLAG_LAZY, 0);
+    assert_eq!(other.backend().commit(), Commit::Lazy);
+    other.grow_to(4 << 20).unwrap();
+    // Lazy growth leaves the new range sparse: far fewer blocks than bytes.
+    let st = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+    assert!(std::os::unix::fs::MetadataExt::blocks(&st) * 512 < 2 << 20, "grew sparse");
+    assert_eq!(lazy.committed(), 4 << 20);
 }

@@ -4,7 +4,7 @@
 //! The private heap has no second mapping (nothing else can attach to it); its fork
 //! check asserts the opposite of the shared backends: a child's writes stay in the child.
 
-use crate::support::{fork, pattern, trial, unique_name, ShmGuard, TempDir};
+use crate::support::{fork, pattern, trial, unique_name, HugePool, ShmGuard, TempDir};
 use libtest_mimic::Trial;
 use rustix::fd::AsFd;
 use shmpool::segment::{AccessError, BackendKind, Commit, GrowError, HugePageSize};
@@ -17,6 +17,8 @@ struct Fixture {
     seg: Segment,
     reopen: Option<Box<dyn Fn() -> Segment>>,
     _guards: (Option<ShmGuard>, Option<TempDir>),
+    /// For huge pages: the pool reservation, and whether huge pages must be in use.
+    huge: Option<HugePool>,
 }
 
 fn opts() -> SegmentOptions {
@@ -32,13 +34,13 @@ fn dup_reopen(seg: &Segment) -> Box<dyn Fn() -> Segment> {
 }
 
 fn heap() -> Fixture {
-    Fixture { seg: opts().create_heap().unwrap(), reopen: None, _guards: (None, None) }
+    Fixture { seg: opts().create_heap().unwrap(), reopen: None, _guards: (None, None), huge: None }
 }
 
 fn memfd() -> Fixture {
     let seg = opts().create_memfd("conformance").unwrap();
     let reopen = Some(dup_reopen(&seg));
-    Fixture { seg, reopen, _guards: (None, None) }
+    Fixture { seg, reopen, _guards: (None, None), huge: None }
 }
 
 fn shm() -> Fixture {
@@ -47,7 +49,7 @@ fn shm() -> Fixture {
     let n = name.clone();
     let reopen: Box<dyn Fn() -> Segment> =
         Box::new(move || Segment::open_shm(&n, Default::default()).expect("open by name"));
-    Fixture { seg, reopen: Some(reopen), _guards: (Some(ShmGuard(name)), None) }
+    Fixture { seg, reopen: Some(reopen), _guards: (Some(ShmGuard(name)), None), huge: None }
 }
 
 /// POSIX shm with `Commit::Lazy`: grown by `ftruncate` alone, pages on first touch.
@@ -57,13 +59,17 @@ fn shm_lazy() -> Fixture {
     let n = name.clone();
     let reopen: Box<dyn Fn() -> Segment> =
         Box::new(move || Segment::open_shm(&n, Default::default()).expect("open by name"));
-    Fixture { seg, reopen: Some(reopen), _guards: (Some(ShmGuard(name)), None) }
+    Fixture { seg, reopen: Some(reopen), _guards: (Some(ShmGuard(name)), None), huge: None }
 }
 
+/// Huge pages: the pool is provisioned for the checks (4 pages: up to the 4 MiB growth
+/// check) where this process may; elsewhere the checks run on the fallback, and
+/// `create_reports_layout` asserts that the fallback is the one the pool predicts.
 fn huge() -> Fixture {
+    let pool = HugePool::reserve(4);
     let seg = opts().create_huge("conformance", HugePageSize::Size2M).unwrap();
     let reopen = Some(dup_reopen(&seg));
-    Fixture { seg, reopen, _guards: (None, None) }
+    Fixture { seg, reopen, _guards: (None, None), huge: Some(pool) }
 }
 
 fn file() -> Fixture {
@@ -72,7 +78,7 @@ fn file() -> Fixture {
     let seg = opts().create_file(&path).unwrap();
     let reopen: Box<dyn Fn() -> Segment> =
         Box::new(move || Segment::open_file(&path, Default::default()).expect("open by path"));
-    Fixture { seg, reopen: Some(reopen), _guards: (None, Some(dir)) }
+    Fixture { seg, reopen: Some(reopen), _guards: (None, Some(dir)), huge: None }
 }
 
 macro_rules! suite {
@@ -99,7 +105,11 @@ macro_rules! suite {
 suite!(heap, memfd, shm, shm_lazy, huge, file);
 
 fn expected_kind(f: &Fixture) -> BackendKind {
-    f.seg.kind()
+    match &f.huge {
+        Some(pool) if pool.provisioned() => BackendKind::HugePages,
+        Some(_) => BackendKind::Memfd,
+        None => f.seg.kind(),
+    }
 }
 
 fn create_reports_layout(f: Fixture) {
@@ -115,6 +125,10 @@ fn create_reports_layout(f: Fixture) {
     assert_eq!(info.fields.creator_uid, rustix::process::getuid().as_raw());
     assert_eq!(info.fields.page_size, page);
     let kind = expected_kind(&f);
+    assert_eq!(seg.kind(), kind);
+    if f.huge.is_some() && kind == BackendKind::Memfd {
+        assert!(seg.huge_fallback().is_some(), "no huge pages, so the fallback must be reported");
+    }
     match kind {
         BackendKind::HugePages => {
             assert_eq!(page, 2 << 20);

@@ -7,20 +7,15 @@
 //!    `/proc/sys/vm/nr_hugepages`, restored afterwards), then the segment must be on huge
 //!    pages. Where the pool cannot be provisioned (not root, read-only procfs), the test
 //!    instead asserts that the backend reports the fallback the pool state predicts.
+//!    The pool is restored when the test ends, pass or fail (`HugePool`).
 
-use crate::support::{fork, pattern, trial};
+use crate::support::{fork, pattern, trial, HugePool};
 use libtest_mimic::Trial;
 use shmpool::segment::{BackendKind, HugeFallback, HugePageSize};
 use shmpool::SegmentOptions;
 
 pub fn tests() -> Vec<Trial> {
     vec![trial("huge::fallback_then_huge_path", fallback_then_huge_path)]
-}
-
-const NR: &str = "/proc/sys/vm/nr_hugepages";
-
-fn read_nr() -> Option<u64> {
-    std::fs::read_to_string(NR).ok()?.trim().parse().ok()
 }
 
 fn fallback_then_huge_path() {
@@ -41,13 +36,9 @@ fn fallback_then_huge_path() {
     drop(seg);
 
     // 2. The real thing.
-    let before = read_nr();
-    let provisioned = page.free_pages().unwrap_or(0) >= 2
-        || before.is_some_and(|n| {
-            std::fs::write(NR, (n + 2).to_string()).is_ok() && page.free_pages().unwrap_or(0) >= 2
-        });
+    let pool = HugePool::reserve(1);
     let seg = SegmentOptions::new().size(2 << 20).max_size(64 << 20).create_huge("huge", page).unwrap();
-    if provisioned {
+    if pool.provisioned() {
         assert_eq!(seg.kind(), BackendKind::HugePages, "pool has pages: {:?}", seg.huge_fallback());
         assert_eq!(seg.page_size(), 2 << 20);
         assert!(seg.huge_fallback().is_none());
@@ -73,9 +64,5 @@ fn fallback_then_huge_path() {
     } else {
         eprintln!("huge page pool could not be provisioned; checking the reported fallback");
         assert!(seg.huge_fallback().is_some(), "no free huge pages, so a fallback must be reported");
-    }
-    drop(seg);
-    if let Some(n) = before {
-        let _ = std::fs::write(NR, n.to_string());
     }
 }

@@ -15,7 +15,10 @@ fn main() {
     if let Some(code) = support::peer::dispatch() {
         std::process::exit(code);
     }
-    let args = libtest_mimic::Arguments::from_args();
+    let mut args = libtest_mimic::Arguments::from_args();
+    // Tests fork and change process-wide state (umask, the huge-page pool): one at a time
+    // in a process, whatever runner starts it (nextest runs each in its own process).
+    args.test_threads = Some(1);
     let mut trials = Vec::new();
     trials.extend(conformance::tests());
     trials.extend(attach_errors::tests());

@@ -3,10 +3,10 @@
 //! two processes growing at once. Every child runs under the watchdog.
 
 use crate::support::{
-    fork, pattern, spawn_peer, trial, unique_name, wait_peer, wait_until, ShmGuard, TempDir,
+    fork, pattern, spawn_peer, trial, unique_name, wait_all, wait_peer, wait_until, ShmGuard, TempDir,
 };
 use libtest_mimic::Trial;
-use shmpool::segment::{Access, BackendKind};
+use shmpool::segment::{Access, BackendKind, Commit};
 use shmpool::{Segment, SegmentOptions};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -156,49 +156,67 @@ pub fn peer_grow_reader(args: &[&str]) -> i32 {
 }
 
 /// Two processes grow the same segment at the same moments, one to a smaller size than
-/// the other, and each writes a marker at the end of its new range. If a smaller
-/// `ftruncate` could land after a larger one, the larger grower's marker would be cut
-/// off (zeroed, or a `SIGBUS`).
+/// the other, and each writes a marker at the end of its new range. The segment is
+/// `Commit::Lazy`, so growth is a bare `ftruncate`: without the growth lock, a smaller
+/// `ftruncate` landing after a larger one would cut the larger grower's marker off
+/// (zeroed, or a `SIGBUS`). A child that fails raises `abort` so the other stops waiting.
 fn concurrent_growth_ends_at_larger_size() {
-    const ROUNDS: u64 = 200;
+    const ROUNDS: u64 = 300;
     const BASE: u64 = 1 << 20;
     let name = unique_name("growrace");
     let _g = ShmGuard(name.clone());
-    let seg = SegmentOptions::new().size(BASE).max_size(64 << 20).create_shm(&name).unwrap();
+    let seg =
+        SegmentOptions::new().size(BASE).max_size(64 << 20).commit(Commit::Lazy).create_shm(&name).unwrap();
     let target = |round: u64, who: u64| BASE + round * CHUNK + if who == 0 { 16 << 10 } else { 48 << 10 };
     let children: Vec<_> = (0..2u64)
         .map(|who| {
             let seg = &seg;
             fork(move || {
-                let arrivals = seg.atomic_u64(D).unwrap();
+                let (arrivals, abort) = (seg.atomic_u64(D).unwrap(), seg.atomic_u64(D + 8).unwrap());
                 let barrier = |n: u64| {
                     arrivals.fetch_add(1, Ordering::AcqRel);
-                    wait_until("the other grower", || arrivals.load(Ordering::Acquire) >= n);
+                    while arrivals.load(Ordering::Acquire) < n {
+                        if abort.load(Ordering::Acquire) != 0 {
+                            return false;
+                        }
+                        std::thread::yield_now();
+                    }
+                    true
+                };
+                let fail = |code: i32| {
+                    abort.store(1, Ordering::Release);
+                    code
                 };
                 for r in 0..ROUNDS {
-                    barrier(4 * r + 2);
+                    if !barrier(4 * r + 2) {
+                        return 5;
+                    }
                     let end = target(r, who);
                     seg.grow_to(end).unwrap();
                     seg.atomic_u64(end - 8).unwrap().store(r << 1 | who, Ordering::Release);
-                    barrier(4 * r + 4);
+                    if !barrier(4 * r + 4) {
+                        return 5;
+                    }
                     for w in 0..2 {
-                        let end = target(r, w);
-                        if seg.load_u64(end - 8).unwrap() != r << 1 | w {
-                            return 3;
+                        if seg.load_u64(target(r, w) - 8).unwrap() != r << 1 | w {
+                            return fail(3);
                         }
                     }
-                    let file_len = seg.info().backing_len;
-                    if file_len < target(r, 1) {
-                        return 4;
+                    if seg.info().backing_len < target(r, 1) {
+                        return fail(4);
                     }
                 }
                 0
             })
         })
         .collect();
-    for c in children {
-        assert_eq!(c.wait(), 0, "markers survive and the file never shrinks");
-    }
+    let abort = seg.atomic_u64(D + 8).unwrap();
+    let codes = wait_all(children, || abort.store(1, Ordering::Release));
+    assert!(
+        codes.iter().all(|&c| c == 0),
+        "markers survive and the file never shrinks; codes {codes:?} (3: marker lost, 4: file shrank, \
+         5: stopped by the other's failure, 135: SIGBUS)"
+    );
     assert_eq!(seg.committed(), target(ROUNDS - 1, 1));
     assert_eq!(seg.info().backing_len, target(ROUNDS - 1, 1));
 }

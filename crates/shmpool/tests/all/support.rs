@@ -58,8 +58,8 @@ pub struct Forked(libc::pid_t);
 
 /// Forks; the child runs `f` and exits with its return value (101 if it panics).
 pub fn fork(f: impl FnOnce() -> i32) -> Forked {
-    // SAFETY: each test runs in its own process (nextest) with a single thread, so the
-    // child inherits no lock held by another thread; it leaves through `_exit`.
+    // SAFETY: `main` runs trials one at a time and tests fork before starting threads, so
+    // the child inherits no lock held by another thread; it leaves through `_exit`.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
@@ -73,6 +73,21 @@ pub fn fork(f: impl FnOnce() -> i32) -> Forked {
 impl Forked {
     pub fn pid(&self) -> libc::pid_t {
         self.0
+    }
+
+    /// The exit code (or 128 + signal) if the child has ended.
+    pub fn try_wait(&self) -> Option<i32> {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child.
+        let r = unsafe { libc::waitpid(self.0, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid failed");
+        (r == self.0).then(|| {
+            if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            }
+        })
     }
 
     /// Waits for the child's exit code; kills it and panics after the watchdog.
@@ -155,4 +170,68 @@ pub mod peer {
         };
         Some(std::panic::catch_unwind(|| run(&args)).unwrap_or(101))
     }
+}
+
+/// Makes sure the 2 MiB huge-page pool has `pages` free pages for the life of the guard,
+/// raising `/proc/sys/vm/nr_hugepages` if needed (root only) and restoring it on drop,
+/// also when a test fails. `provisioned()` says whether the pages are there.
+pub struct HugePool {
+    restore: Option<u64>,
+    provisioned: bool,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePool {
+    pub fn reserve(pages: u64) -> Self {
+        let free = || shmpool::segment::HugePageSize::Size2M.free_pages().unwrap_or(0);
+        let nr = || -> Option<u64> { std::fs::read_to_string(NR_HUGEPAGES).ok()?.trim().parse().ok() };
+        if free() >= pages {
+            return Self { restore: None, provisioned: true };
+        }
+        let Some(before) = nr() else { return Self { restore: None, provisioned: false } };
+        let raised = std::fs::write(NR_HUGEPAGES, (before + pages - free()).to_string()).is_ok();
+        Self { restore: raised.then_some(before), provisioned: free() >= pages }
+    }
+
+    pub fn provisioned(&self) -> bool {
+        self.provisioned
+    }
+}
+
+impl Drop for HugePool {
+    fn drop(&mut self) {
+        if let Some(n) = self.restore {
+            let _ = std::fs::write(NR_HUGEPAGES, n.to_string());
+        }
+    }
+}
+
+/// Waits for every child under the watchdog; as soon as one ends with a non-zero code
+/// (or a signal: 128 + signo), calls `on_failure` once so the others can stop waiting
+/// for it. Returns the codes in order.
+pub fn wait_all(children: Vec<Forked>, on_failure: impl Fn()) -> Vec<i32> {
+    let deadline = Instant::now() + WATCHDOG;
+    let mut codes: Vec<Option<i32>> = vec![None; children.len()];
+    let mut told = false;
+    while codes.iter().any(Option::is_none) {
+        for (c, code) in children.iter().zip(codes.iter_mut()) {
+            if code.is_none() {
+                *code = c.try_wait();
+            }
+        }
+        if !told && codes.iter().any(|c| c.is_some_and(|c| c != 0)) {
+            on_failure();
+            told = true;
+        }
+        if Instant::now() > deadline {
+            for c in &children {
+                // SAFETY: killing our own child.
+                unsafe { libc::kill(c.0, libc::SIGKILL) };
+            }
+            panic!("watchdog: children ran longer than {WATCHDOG:?}: {codes:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    codes.into_iter().map(|c| c.expect("ended")).collect()
 }
