@@ -39,9 +39,13 @@
 //!
 //! # Unsafe code
 //! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
-//! `segment::mapping` (mmap and munmap) and `segment::access` (the header, checked raw
-//! reads and writes of the mapping, `Send`/`Sync` of `Segment`). The loom models in
-//! `tests/` use `unsafe` on modelled cells only.
+//! - `segment::mapping` (mmap and munmap) and `segment::access` (the header, checked raw
+//!   reads and writes of the mapping, `Send`/`Sync` of `Segment`);
+//! - `heap::raw`, whose one primitive views the heap's own structures in the segment, and
+//!   the heap modules that call it (`heap`, `slab`, `store`, `layout`, `lock`), plus
+//!   `heap::tls` (the fork handler). Each names what makes its views sound.
+//!
+//! The loom models in `tests/` use `unsafe` on modelled cells only.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

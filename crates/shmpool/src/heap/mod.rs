@@ -1,2 +1,458 @@
-//! The shared heap (in progress): size classes so far.
+//! The shared heap: a general allocator inside a segment, shared by every process that
+//! maps it (after mimalloc, Leijen et al., "Mimalloc: Free List Sharding in Action", 2019).
+//!
+//! ```text
+//!   thread heap (Desc)          slabs of one size class            page-run allocator
+//!   ┌────────────────┐      ┌──────────────┐   ┌──────────────┐     (pages::Buddy over
+//!   │ class 3 ──────────────► slab  64 B   │──►│ slab  64 B   │      64 KiB units,
+//!   │ class 9 ──┐    │      │ free ─► ─► ─►│   │ FULL         │      under the page
+//!   │ delayed ◄─┼──┐ │      │ thread_free ◄──── remote frees  │      lock)
+//!   └───────────┼──┼─┘      └──────────────┘   └──────────────┘
+//!               ▼  └──────── remote frees into FULL slabs
+//! ```
+//!
+//! - Each thread of each process owns a *thread heap* (a `Desc` in the segment); only the
+//!   owner allocates from its slabs, without a lock or an atomic read-modify-write.
+//! - A free by the owner pushes the block on its slab's `free` list. A free by anyone else
+//!   sets the block's bit in the slab's `remote` bitmap and makes one CAS onto the slab's
+//!   `thread_free` list (or, for a slab its owner marked full, onto the owner's `delayed`
+//!   list); the owner takes those lists whole with one swap, so there is no ABA.
+//! - Every free is checked against the unit table and the slab's bitmaps: offsets out of
+//!   range, misaligned, interior, never allocated or already freed are a [`FreeError`]
+//!   and change nothing.
+//! - Blocks above 512 KiB are runs of units straight from the page-run allocator.
+//! - The segment grows when the page-run allocator runs dry, up to its reservation; then
+//!   allocation fails with [`AllocError::OutOfMemory`].
+//!
+//! Offsets, not pointers: a block is named by its offset in the segment, valid in every
+//! process; [`Heap::resolve`] turns it into a pointer in this one.
+//!
+//! ```
+//! use shmpool::heap::Heap;
+//! use shmpool::SegmentOptions;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let heap = Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("doc")?)?;
+//! let off = heap.alloc(100)?;
+//! heap.write(off, b"hello")?;
+//! assert!(heap.usable_size(off)? >= 100);
+//! heap.free(off)?;
+//! assert!(heap.free(off).is_err()); // double free: refused, heap unchanged
+//! # Ok(()) }
+//! ```
+//!
+//! # Safety
+//! This module and `slab`, `store`, `layout`, `lock`, `raw` and `tls` use `unsafe` only
+//! to view the heap's own structures in the segment (`raw::Base::at`, whose contract is
+//! in `raw.rs`) and to register the fork handler (`tls.rs`).
+#![allow(unsafe_code)]
+
 pub mod class;
+mod error;
+mod layout;
+mod lock;
+mod raw;
+mod slab;
+mod store;
+mod tls;
+mod units;
+
+pub use error::{AllocError, FreeError};
+pub use layout::MAX_DESCS;
+
+use crate::pages::UNIT_SHIFT;
+use crate::segment::{AccessError, Segment};
+use class::{class_of, CLASSES, GEOMETRY, MAX_CLASS_SIZE};
+use core::sync::atomic::{AtomicU64, Ordering};
+use layout::{Desc, Meta, Slab, DESC_ABANDONED, DESC_ACTIVE, DESC_FREE, HEAP_MAGIC, HEAP_VERSION, META_OFF};
+use raw::Base;
+use std::sync::Arc;
+
+/// Why a segment could not be made into, or opened as, a heap.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeapError {
+    /// The segment already holds a heap (use [`Heap::attach`]).
+    #[error("the segment already holds a heap")]
+    AlreadyFormatted,
+    /// The segment holds no heap (use [`Heap::create`]).
+    #[error("the segment holds no heap")]
+    NotAHeap,
+    /// The heap was written by another layout version.
+    #[error("heap layout version {found}, this build reads {expected}")]
+    VersionMismatch {
+        /// Version found.
+        found: u64,
+        /// Version this build reads.
+        expected: u64,
+    },
+    /// The heap's root record contradicts the segment.
+    #[error("corrupted heap: {0}")]
+    Corrupted(String),
+    /// The segment reserves too little room for the heap's metadata and one unit.
+    #[error("the segment is too small for a heap")]
+    TooSmall,
+    /// The segment is mapped read-only.
+    #[error("the segment is mapped read-only")]
+    ReadOnly,
+    /// Committing the heap's metadata failed.
+    #[error(transparent)]
+    Grow(#[from] crate::segment::GrowError),
+}
+
+/// A heap inside a shared segment. Cheap to clone; usable from any thread.
+#[derive(Clone, Debug)]
+pub struct Heap {
+    inner: Arc<Inner>,
+}
+
+/// What every handle of one heap shares in this process.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    seg: Segment,
+    base: Base,
+    /// Unique among the heaps of this process; keys the thread-local descriptor cache.
+    id: u64,
+    /// Random; marks the descriptors this handle claimed, to abandon them on drop.
+    instance: u64,
+    arena: u64,
+    descs_off: u64,
+    max_units: u32,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Heap {
+    /// Makes a fresh segment into a heap.
+    pub fn create(seg: Segment) -> Result<Heap, HeapError> {
+        if !seg.is_writable() {
+            return Err(HeapError::ReadOnly);
+        }
+        let (max_units, descs_off, arena) = layout::plan(seg.reserved()).ok_or(HeapError::TooSmall)?;
+        seg.grow_to(arena)?;
+        let heap = Self::assemble(seg, arena, descs_off, max_units);
+        let meta = heap.inner.meta();
+        if meta.magic.load(Ordering::Acquire) != 0 {
+            return Err(HeapError::AlreadyFormatted);
+        }
+        meta.version.store(HEAP_VERSION, Ordering::Relaxed);
+        meta.arena_start.store(arena, Ordering::Relaxed);
+        meta.table_off.store(layout::TABLE_OFF, Ordering::Relaxed);
+        meta.descs_off.store(descs_off, Ordering::Relaxed);
+        meta.max_units.store(max_units, Ordering::Relaxed);
+        for head in &meta.heads {
+            head.store(crate::pages::NIL, Ordering::Relaxed);
+        }
+        // SYNC: Release pairs with the Acquire in `attach`: a heap seen is fully formed.
+        meta.magic.store(HEAP_MAGIC, Ordering::Release);
+        Ok(heap)
+    }
+
+    /// Opens the heap in `seg` (created by [`Heap::create`] in any process).
+    pub fn attach(seg: Segment) -> Result<Heap, HeapError> {
+        if seg.committed() < META_OFF + 1024 {
+            return Err(HeapError::NotAHeap);
+        }
+        let (max_units, descs_off, arena) = layout::plan(seg.reserved()).ok_or(HeapError::NotAHeap)?;
+        let heap = Self::assemble(seg, arena, descs_off, max_units);
+        let meta = heap.inner.meta();
+        // SYNC: Acquire pairs with the Release in `create`.
+        if meta.magic.load(Ordering::Acquire) != HEAP_MAGIC {
+            return Err(HeapError::NotAHeap);
+        }
+        let version = meta.version.load(Ordering::Relaxed);
+        if version != HEAP_VERSION {
+            return Err(HeapError::VersionMismatch { found: version, expected: HEAP_VERSION });
+        }
+        let ok = meta.arena_start.load(Ordering::Relaxed) == arena
+            && meta.descs_off.load(Ordering::Relaxed) == descs_off
+            && meta.max_units.load(Ordering::Relaxed) == max_units
+            && meta.units.load(Ordering::Relaxed) <= max_units
+            && heap.inner.seg.committed() >= arena;
+        if !ok {
+            return Err(HeapError::Corrupted("the heap's layout does not match the segment".into()));
+        }
+        Ok(heap)
+    }
+
+    fn assemble(seg: Segment, arena: u64, descs_off: u64, max_units: u32) -> Heap {
+        tls::init();
+        let inner = Inner {
+            base: Base::of(&seg),
+            seg,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            instance: crate::segment::random_id(),
+            arena,
+            descs_off,
+            max_units,
+        };
+        Heap { inner: Arc::new(inner) }
+    }
+
+    /// The segment the heap lives in.
+    pub fn segment(&self) -> &Segment {
+        &self.inner.seg
+    }
+
+    /// Allocates `size` bytes (16-aligned); returns the block's offset.
+    #[inline]
+    pub fn alloc(&self, size: u64) -> Result<u64, AllocError> {
+        let inner = &*self.inner;
+        if size > MAX_CLASS_SIZE {
+            return inner.alloc_large(size);
+        }
+        let c = class_of(size);
+        match tls::lookup(inner.id) {
+            Some(d) => match inner.pop(d, c) {
+                Some(off) => Ok(off),
+                None => inner.alloc_slow(d, c),
+            },
+            None => {
+                let d = self.claim()?;
+                inner.alloc_slow(d, c)
+            }
+        }
+    }
+
+    /// Allocates `size` zeroed bytes.
+    pub fn alloc_zeroed(&self, size: u64) -> Result<u64, AllocError> {
+        let off = self.alloc(size)?;
+        self.inner.zero(off, size);
+        Ok(off)
+    }
+
+    /// Allocates `size` bytes at an offset (and address) aligned to `align`, a power of
+    /// two up to the segment's page size. Free it with [`Heap::free`] like any block.
+    pub fn alloc_aligned(&self, size: u64, align: u64) -> Result<u64, AllocError> {
+        if !align.is_power_of_two() || align > self.inner.seg.page_size().min(4096) {
+            return Err(AllocError::BadAlign(align));
+        }
+        // Blocks of a class whose size is a multiple of `align` are aligned to it: the
+        // slab places its blocks at their size's natural alignment (up to 4 KiB).
+        let size = size.max(1).checked_next_multiple_of(align).ok_or(AllocError::TooLarge(size))?;
+        self.alloc(size)
+    }
+
+    /// Frees the block at `off`, from any thread of any process.
+    #[inline]
+    pub fn free(&self, off: u64) -> Result<(), FreeError> {
+        let inner = &*self.inner;
+        match inner.locate(off)? {
+            Located::Large { head } => inner.free_large(head, off),
+            Located::Slab { slab, class, idx } => {
+                // SAFETY: `locate` found a slab header at `slab`.
+                let owner = unsafe { inner.base.at::<Slab>(slab) }.owner.load(Ordering::Relaxed);
+                match tls::lookup(inner.id) {
+                    Some(d) if d == owner => inner.free_local(d, slab, class, idx),
+                    _ => inner.free_remote(slab, class, idx),
+                }
+            }
+        }
+    }
+
+    /// Bytes usable in the allocated block at `off` (at least what was asked for).
+    pub fn usable_size(&self, off: u64) -> Result<u64, FreeError> {
+        let inner = &*self.inner;
+        match inner.locate(off)? {
+            Located::Large { head } => inner.large_len(head, off),
+            Located::Slab { slab, class, idx } => {
+                inner.check_allocated(slab, class, idx, off)?;
+                Ok(GEOMETRY[class].size)
+            }
+        }
+    }
+
+    /// Resizes the block at `off` to `size` bytes, moving it if needed; returns the new
+    /// offset. The old block is freed only once the new one holds its bytes.
+    pub fn realloc(&self, off: u64, size: u64) -> Result<u64, ReallocError> {
+        let old = self.usable_size(off).map_err(ReallocError::Free)?;
+        if size <= old && (size > MAX_CLASS_SIZE || size >= old / 2) {
+            return Ok(off);
+        }
+        let new = self.alloc(size).map_err(ReallocError::Alloc)?;
+        self.inner.copy_within(off, new, old.min(size));
+        self.free(off).map_err(ReallocError::Free)?;
+        Ok(new)
+    }
+
+    /// A pointer to the allocated block at `off` and its usable length. Dereferencing it
+    /// is the caller's business: the block is shared memory.
+    pub fn resolve(&self, off: u64) -> Result<(core::ptr::NonNull<u8>, u64), FreeError> {
+        let len = self.usable_size(off)?;
+        let ptr = self.inner.seg.ptr_at(off, len).map_err(|_| FreeError::OutOfRange(off))?;
+        Ok((ptr, len))
+    }
+
+    /// Copies `data` into the block at `off` (bounds-checked against the block).
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.check_span(off, data.len() as u64)?;
+        self.inner.seg.write_bytes(off, data)
+    }
+
+    /// Copies from the block at `off` into `buf` (bounds-checked against the block).
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.check_span(off, buf.len() as u64)?;
+        self.inner.seg.read_bytes(off, buf)
+    }
+
+    fn check_span(&self, off: u64, len: u64) -> Result<(), AccessError> {
+        let committed = self.inner.seg.committed();
+        match self.usable_size(off) {
+            Ok(block) if len <= block => Ok(()),
+            _ => Err(AccessError::OutOfBounds { offset: off, len, committed }),
+        }
+    }
+
+    /// Claims a thread heap for the calling thread.
+    #[cold]
+    fn claim(&self) -> Result<u32, AllocError> {
+        let inner = &*self.inner;
+        let pid = tls::pid();
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        // Adopt an abandoned heap first (its slabs come along), else take a free one.
+        for from in [DESC_ABANDONED, DESC_FREE] {
+            for d in 0..layout::MAX_DESCS {
+                let desc = inner.desc(d);
+                // SYNC: Acquire pairs with the Release in `abandon`: the previous owner's
+                // updates of the descriptor and its slabs are visible to the adopter.
+                let won =
+                    desc.state.compare_exchange(from, DESC_ACTIVE, Ordering::Acquire, Ordering::Relaxed);
+                if won.is_ok() {
+                    desc.owner_pid.store(pid, Ordering::Relaxed);
+                    desc.owner_tid.store(tid, Ordering::Relaxed);
+                    desc.instance.store(inner.instance, Ordering::Relaxed);
+                    tls::remember(Arc::downgrade(&self.inner), inner.id, d);
+                    return Ok(d);
+                }
+            }
+        }
+        Err(AllocError::NoThreadHeap(layout::MAX_DESCS))
+    }
+}
+
+/// Why a `realloc` failed; the original block is untouched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReallocError {
+    /// The offset is not an allocated block.
+    #[error(transparent)]
+    Free(FreeError),
+    /// No room for the new size.
+    #[error(transparent)]
+    Alloc(AllocError),
+}
+
+/// What `locate` found at an offset.
+#[derive(Debug, Clone, Copy)]
+enum Located {
+    Large { head: u32 },
+    Slab { slab: u64, class: usize, idx: u32 },
+}
+
+impl Inner {
+    fn meta(&self) -> &Meta {
+        // SAFETY: the metadata lies in the committed prefix (grown at create, checked at
+        // attach) and META_OFF is 8-aligned.
+        unsafe { self.base.at(META_OFF) }
+    }
+
+    #[inline(always)]
+    fn desc(&self, d: u32) -> &Desc {
+        debug_assert!(d < layout::MAX_DESCS);
+        // SAFETY: descriptors lie in the committed metadata; `d` came from `claim` or a
+        // slab header the heap wrote.
+        unsafe { self.base.at(self.descs_off + u64::from(d) * core::mem::size_of::<Desc>() as u64) }
+    }
+
+    #[inline(always)]
+    fn unit_off(&self, u: u32) -> u64 {
+        self.arena + (u64::from(u) << UNIT_SHIFT)
+    }
+
+    /// Finds the block an offset names, checking everything a free must check except
+    /// the block's allocated state.
+    #[inline]
+    fn locate(&self, off: u64) -> Result<Located, FreeError> {
+        // SYNC: Acquire pairs with the Release in `ShmStore::set_managed`.
+        let units = self.meta().units.load(Ordering::Acquire);
+        let rel = off.checked_sub(self.arena).ok_or(FreeError::OutOfRange(off))?;
+        let u = rel >> UNIT_SHIFT;
+        if u >= u64::from(units) {
+            return Err(FreeError::OutOfRange(off));
+        }
+        if !off.is_multiple_of(class::GRANULE) {
+            return Err(FreeError::Misaligned(off));
+        }
+        let (head, _len, tag) = self.buddy_ro().run_of(u as u32).ok_or(FreeError::NotAllocated(off))?;
+        if tag == layout::TAG_LARGE {
+            return Ok(Located::Large { head });
+        }
+        let slab = self.unit_off(head);
+        // SAFETY: unit `head` heads a slab run inside the managed (committed) arena.
+        let cls = unsafe { self.base.at::<Slab>(slab) }.class.load(Ordering::Relaxed);
+        let class = (cls & 0xffff) as usize;
+        if tag != layout::TAG_SLAB || cls & 0xffff_0000 != layout::SLAB_MAGIC || class >= CLASSES {
+            return Err(FreeError::NotAllocated(off));
+        }
+        let g = &GEOMETRY[class];
+        let d = (off - slab).checked_sub(g.blocks_start).ok_or(FreeError::Interior(off))?;
+        let idx = (d * g.recip) >> class::RECIP_SHIFT;
+        if idx * g.size != d || idx >= u64::from(g.capacity) {
+            return Err(FreeError::Interior(off));
+        }
+        Ok(Located::Slab { slab, class, idx: idx as u32 })
+    }
+
+    fn buddy_ro(&self) -> store::ShmBuddy<'_> {
+        crate::pages::Buddy::new(store::ShmStore {
+            base: self.base,
+            meta: self.meta(),
+            table_off: layout::TABLE_OFF,
+            arena: self.arena,
+        })
+    }
+
+    /// Marks thread heap `d` abandoned: its slabs wait for another thread to adopt it.
+    pub(crate) fn abandon(&self, d: u32) {
+        // SYNC: Release pairs with the Acquire CAS in `Heap::claim`.
+        self.desc(d).state.store(DESC_ABANDONED, Ordering::Release);
+    }
+
+    fn zero(&self, off: u64, len: u64) {
+        let zeros = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(4096);
+            self.seg.write_bytes(off + done, &zeros[..n as usize]).expect("a block just allocated");
+            done += n;
+        }
+    }
+
+    fn copy_within(&self, from: u64, to: u64, len: u64) {
+        let mut buf = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(4096) as usize;
+            self.seg.read_bytes(from + done, &mut buf[..n]).expect("an allocated block");
+            self.seg.write_bytes(to + done, &buf[..n]).expect("an allocated block");
+            done += n as u64;
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Abandon the thread heaps this handle's threads claimed (in this process), so
+        // other threads or processes adopt their slabs.
+        let pid = tls::pid();
+        for d in 0..layout::MAX_DESCS {
+            let desc = self.desc(d);
+            if desc.state.load(Ordering::Relaxed) == DESC_ACTIVE
+                && desc.owner_pid.load(Ordering::Relaxed) == pid
+                && desc.instance.load(Ordering::Relaxed) == self.instance
+            {
+                self.abandon(d);
+            }
+        }
+    }
+}

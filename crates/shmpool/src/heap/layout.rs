@@ -1,0 +1,154 @@
+//! Where the heap's structures lie in the segment, and what they hold.
+//!
+//! ```text
+//!  0        segment header
+//!  4096     Meta: magic, geometry, page lock, buddy list heads
+//!  …        unit table: one u64 per unit of the reserved capacity (pages::UnitState)
+//!  …        thread-heap descriptors: MAX_DESCS × Desc
+//!  arena    unit 0, aligned to 64 KiB; units are added as the segment grows
+//! ```
+//!
+//! A *slab* is a run of units holding blocks of one size class. Its header is in band:
+//!
+//! ```text
+//!  Slab fields (64 B) │ allocated bitmap │ remote-freed bitmap │ pad │ block 0 │ block 1 │ …
+//! ```
+//!
+//! Slab invariants (walked by `Heap::check` on a quiescent heap):
+//! - block `i` is *allocated* iff its bit is set in `allocated`; only the owner writes
+//!   that bitmap;
+//! - bit `i` of `remote` is set iff block `i` was freed by a non-owner and the owner has
+//!   not collected it yet; such a block is on `thread_free` or on the owner's `delayed`
+//!   list;
+//! - the blocks on `free` are exactly the unallocated blocks below `bump`; `used` is the
+//!   number of allocated blocks;
+//! - the slab is on its owner's class list, or on its full list iff `FULL` is set in
+//!   `thread_free` (then remote frees go to the owner's `delayed` list).
+//!
+//! # Safety
+//! The `Shared` impls below hold because every struct here is `#[repr(C)]` and made only
+//! of atomics (and arrays or structs of them); see `raw.rs`.
+#![allow(unsafe_code)]
+
+use super::class::CLASSES;
+use super::raw::Shared;
+use crate::pages::MAX_ORDER;
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// "SHMHEAP1".
+pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
+/// Layout version of the heap structures.
+pub(crate) const HEAP_VERSION: u64 = 1;
+/// Offset of [`Meta`].
+pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
+/// Thread heaps a segment can hold (threads of all processes together).
+pub const MAX_DESCS: u32 = 256;
+/// Offset of the first unit-table word, after [`Meta`].
+pub(crate) const TABLE_OFF: u64 = META_OFF + 1024;
+
+/// Where the unit table, the descriptors and the arena lie for a segment reserving
+/// `reserved` bytes: `(max_units, descs_off, arena_start)`, or `None` if too small.
+pub(crate) fn plan(reserved: u64) -> Option<(u32, u64, u64)> {
+    use crate::pages::UNIT;
+    let units_bound = reserved / UNIT;
+    let descs_off = (TABLE_OFF + 8 * units_bound).next_multiple_of(64);
+    let arena =
+        (descs_off + u64::from(MAX_DESCS) * core::mem::size_of::<Desc>() as u64).next_multiple_of(UNIT);
+    let units = reserved.checked_sub(arena)? / UNIT;
+    (units > 0).then_some((u32::try_from(units).ok()?, descs_off, arena))
+}
+
+/// Unit-table tag of a slab run.
+pub(crate) const TAG_SLAB: u8 = 1;
+/// Unit-table tag of a large block's run.
+pub(crate) const TAG_LARGE: u8 = 2;
+
+/// The heap's root record.
+#[repr(C)]
+pub(crate) struct Meta {
+    pub magic: AtomicU64,
+    pub version: AtomicU64,
+    pub arena_start: AtomicU64,
+    pub table_off: AtomicU64,
+    pub descs_off: AtomicU64,
+    pub max_units: AtomicU32,
+    /// Units managed by the page-run allocator (the arena's committed units).
+    pub units: AtomicU32,
+    pub page_lock: super::lock::LockWord,
+    pub heads: [AtomicU32; MAX_ORDER],
+    /// Bytes in large blocks now (stats).
+    pub large_bytes: AtomicU64,
+    /// Large blocks now (stats).
+    pub large_blocks: AtomicU64,
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl Shared for Meta {}
+
+/// Desc states.
+pub(crate) const DESC_FREE: u32 = 0;
+pub(crate) const DESC_ACTIVE: u32 = 1;
+pub(crate) const DESC_ABANDONED: u32 = 2;
+
+/// One class's slabs in a thread heap.
+#[repr(C)]
+pub(crate) struct ClassQueue {
+    /// First slab with free blocks (unit + 1; 0 = none): where allocation happens.
+    pub head: AtomicU32,
+    /// First slab on the full list (unit + 1).
+    pub full: AtomicU32,
+}
+
+/// A thread heap: owned by one thread of one process at a time.
+#[repr(C)]
+pub(crate) struct Desc {
+    pub state: AtomicU32,
+    pub owner_pid: AtomicU32,
+    pub owner_tid: AtomicU32,
+    pub _reserved: AtomicU32,
+    /// Which `Heap` handle of the owner process claimed it (abandoned when it drops).
+    pub instance: AtomicU64,
+    /// Remote frees into this heap's full slabs: a list of block offsets (0 = empty),
+    /// linked through the blocks' first 8 bytes; the owner takes it whole with a swap.
+    pub delayed: AtomicU64,
+    pub classes: [ClassQueue; CLASSES],
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl Shared for Desc {}
+
+/// `Slab::thread_free` flag: the slab is on its owner's full list.
+pub(crate) const FULL: u64 = 1 << 32;
+/// `Slab::class` carries this in its upper half, so a stray unit is not taken for a slab.
+pub(crate) const SLAB_MAGIC: u32 = 0x5AB0_0000;
+
+/// The in-band header of a slab.
+#[repr(C)]
+pub(crate) struct Slab {
+    /// `SLAB_MAGIC | class`.
+    pub class: AtomicU32,
+    /// Index of the owning [`Desc`].
+    pub owner: AtomicU32,
+    /// First free block, as index + 1 (0 = none); owner only.
+    pub free: AtomicU32,
+    /// Blocks from here to capacity have never been handed out; owner only.
+    pub bump: AtomicU32,
+    /// Allocated blocks; owner only.
+    pub used: AtomicU32,
+    pub _reserved: AtomicU32,
+    /// Neighbours on the owner's class or full list (unit + 1); owner only.
+    pub next: AtomicU32,
+    pub prev: AtomicU32,
+    /// Remote-free list: low 32 bits the first block's index + 1, plus `FULL`.
+    pub thread_free: AtomicU64,
+    pub _pad: [AtomicU64; 3],
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl Shared for Slab {}
+
+const _: () = {
+    assert!(core::mem::size_of::<Slab>() as u64 == super::class::SLAB_FIELDS);
+    assert!(core::mem::size_of::<Meta>() as u64 <= TABLE_OFF - META_OFF);
+    assert!(core::mem::size_of::<Desc>().is_multiple_of(8));
+};

@@ -1,0 +1,371 @@
+//! Slab operations: the allocation fast path, frees by the owner and by others, and the
+//! owner's slow path that collects remote frees and finds or makes a slab with room.
+//!
+//! Who writes what (see `layout.rs` for the invariants):
+//!
+//! | field            | owner                       | any other thread/process        |
+//! |------------------|-----------------------------|---------------------------------|
+//! | `free`, `bump`, `used`, links | plain (Relaxed) stores | never                   |
+//! | `allocated` bits | plain load + store          | load only                       |
+//! | `remote` bits    | `fetch_and` when collecting | `fetch_or` when freeing         |
+//! | `thread_free`    | `swap` (take all), CAS to set `FULL` | CAS push (one per free)|
+//! | desc `delayed`   | `swap` (take all)           | CAS push (slab is `FULL`)       |
+//!
+//! The owner never needs a read-modify-write on its fast path; a remote free costs one
+//! `fetch_or` and one CAS.
+//!
+//! # Safety
+//! Views are taken at slab offsets from the owner's lists or from `locate`, which checked
+//! them against the unit table; bitmaps and block links lie inside those slabs. See
+//! `raw.rs` for the contract.
+#![allow(unsafe_code)]
+
+use super::class::{bitmap_words, GEOMETRY, SLAB_FIELDS};
+use super::error::{AllocError, FreeError};
+use super::layout::{ClassQueue, Slab, FULL, SLAB_MAGIC, TAG_SLAB};
+use super::Inner;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// How many never-used blocks one slow-path call threads onto the free list.
+const EXTEND_BYTES: u64 = 4096;
+
+impl Inner {
+    #[inline(always)]
+    pub(super) fn slab(&self, slab: u64) -> &Slab {
+        // SAFETY: `slab` is the offset of a slab run inside the managed arena (from a
+        // class list, or found by `locate`), 64 KiB-aligned.
+        unsafe { self.base.at(slab) }
+    }
+
+    /// Word `w` of the allocated (`remote == false`) or remote bitmap of a slab of `class`.
+    #[inline(always)]
+    fn bits(&self, slab: u64, class: usize, remote: bool, w: u32) -> &AtomicU64 {
+        let words = bitmap_words(u64::from(GEOMETRY[class].capacity));
+        let off = slab + SLAB_FIELDS + 8 * (u64::from(remote) * words + u64::from(w));
+        // SAFETY: the bitmaps follow the slab fields inside the slab's first unit.
+        unsafe { self.base.at(off) }
+    }
+
+    #[inline(always)]
+    fn block(&self, slab: u64, class: usize, idx: u32) -> u64 {
+        let g = &GEOMETRY[class];
+        slab + g.blocks_start + u64::from(idx) * g.size
+    }
+
+    /// The link word at the start of a free block.
+    #[inline(always)]
+    fn link32(&self, block: u64) -> &AtomicU32 {
+        // SAFETY: blocks are 16-aligned, at least 16 bytes, inside a committed slab.
+        unsafe { self.base.at(block) }
+    }
+
+    #[inline(always)]
+    fn link64(&self, block: u64) -> &AtomicU64 {
+        // SAFETY: as `link32`.
+        unsafe { self.base.at(block) }
+    }
+
+    #[inline(always)]
+    fn queue(&self, d: u32, class: usize) -> &ClassQueue {
+        &self.desc(d).classes[class]
+    }
+
+    /// The fast path: pops a block from the current slab of `class` in thread heap `d`.
+    #[inline(always)]
+    pub(super) fn pop(&self, d: u32, class: usize) -> Option<u64> {
+        let head = self.queue(d, class).head.load(Ordering::Relaxed);
+        if head == 0 {
+            return None;
+        }
+        let slab_off = self.unit_off(head - 1);
+        let slab = self.slab(slab_off);
+        let f = slab.free.load(Ordering::Relaxed);
+        if f == 0 {
+            return None;
+        }
+        let idx = f - 1;
+        let block = self.block(slab_off, class, idx);
+        slab.free.store(self.link32(block).load(Ordering::Relaxed), Ordering::Relaxed);
+        slab.used.store(slab.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let word = self.bits(slab_off, class, false, idx / 64);
+        word.store(word.load(Ordering::Relaxed) | 1 << (idx % 64), Ordering::Relaxed);
+        Some(block)
+    }
+
+    /// Whether block `idx` is allocated and not waiting in a remote-free list.
+    pub(super) fn check_allocated(
+        &self,
+        slab: u64,
+        class: usize,
+        idx: u32,
+        off: u64,
+    ) -> Result<(), FreeError> {
+        let bit = 1 << (idx % 64);
+        if self.bits(slab, class, false, idx / 64).load(Ordering::Relaxed) & bit == 0
+            || self.bits(slab, class, true, idx / 64).load(Ordering::Relaxed) & bit != 0
+        {
+            return Err(FreeError::DoubleFree(off));
+        }
+        Ok(())
+    }
+
+    /// A free by the owning thread.
+    #[inline]
+    pub(super) fn free_local(&self, d: u32, slab_off: u64, class: usize, idx: u32) -> Result<(), FreeError> {
+        let block = self.block(slab_off, class, idx);
+        self.check_allocated(slab_off, class, idx, block)?;
+        let word = self.bits(slab_off, class, false, idx / 64);
+        word.store(word.load(Ordering::Relaxed) & !(1 << (idx % 64)), Ordering::Relaxed);
+        let slab = self.slab(slab_off);
+        if slab.thread_free.load(Ordering::Relaxed) & FULL != 0 {
+            self.unfull(d, slab_off, class); // it has room again
+        }
+        self.link32(block).store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
+        slab.free.store(idx + 1, Ordering::Relaxed);
+        let used = slab.used.load(Ordering::Relaxed) - 1;
+        slab.used.store(used, Ordering::Relaxed);
+        if used == 0 {
+            self.slab_emptied(d, slab_off, class);
+        }
+        Ok(())
+    }
+
+    /// A free by any other thread or process: one `fetch_or` claims the block (a second
+    /// free of it sees the bit and fails), one CAS hands it to the owner.
+    pub(super) fn free_remote(&self, slab_off: u64, class: usize, idx: u32) -> Result<(), FreeError> {
+        let block = self.block(slab_off, class, idx);
+        let bit = 1 << (idx % 64);
+        if self.bits(slab_off, class, false, idx / 64).load(Ordering::Relaxed) & bit == 0 {
+            return Err(FreeError::DoubleFree(block));
+        }
+        // SYNC: AcqRel on the remote bitmap; the hand-over itself is ordered by the CAS
+        // below (Release) and the owner's swap (Acquire).
+        if self.bits(slab_off, class, true, idx / 64).fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return Err(FreeError::DoubleFree(block));
+        }
+        let slab = self.slab(slab_off);
+        let mut tf = slab.thread_free.load(Ordering::Relaxed);
+        loop {
+            if tf & FULL != 0 {
+                self.push_delayed(slab.owner.load(Ordering::Relaxed), block);
+                return Ok(());
+            }
+            self.link32(block).store(tf as u32, Ordering::Relaxed);
+            let new = (tf & !0xffff_ffff) | u64::from(idx + 1);
+            // SYNC: Release pairs with the Acquire swap in `collect`: the link written
+            // above is visible to the owner that takes the list.
+            match slab.thread_free.compare_exchange_weak(tf, new, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(cur) => tf = cur,
+            }
+        }
+    }
+
+    fn push_delayed(&self, owner: u32, block: u64) {
+        let delayed = &self.desc(owner).delayed;
+        let mut head = delayed.load(Ordering::Relaxed);
+        loop {
+            self.link64(block).store(head, Ordering::Relaxed);
+            // SYNC: Release pairs with the Acquire swap in `drain_delayed`.
+            match delayed.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(cur) => head = cur,
+            }
+        }
+    }
+
+    /// Returns a remotely freed block to its slab's free list (owner only).
+    fn reclaim(&self, slab_off: u64, class: usize, idx: u32) {
+        let bit = 1 << (idx % 64);
+        // A block is only reclaimed if its remote bit was set: a stale or forged list
+        // entry cannot put a block on the free list twice.
+        if self.bits(slab_off, class, true, idx / 64).fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+            return;
+        }
+        let word = self.bits(slab_off, class, false, idx / 64);
+        word.store(word.load(Ordering::Relaxed) & !bit, Ordering::Relaxed);
+        let slab = self.slab(slab_off);
+        self.link32(self.block(slab_off, class, idx))
+            .store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
+        slab.free.store(idx + 1, Ordering::Relaxed);
+        slab.used.store(slab.used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+    }
+
+    /// Takes a slab's remote frees onto its free list (owner only, slab not `FULL`).
+    fn collect(&self, slab_off: u64, class: usize) {
+        let slab = self.slab(slab_off);
+        // SYNC: Acquire pairs with the Release CAS in `free_remote`.
+        let mut next = slab.thread_free.swap(0, Ordering::Acquire) as u32;
+        let mut budget = GEOMETRY[class].capacity;
+        while next != 0 && budget > 0 {
+            let idx = next - 1;
+            if idx >= GEOMETRY[class].capacity {
+                break; // a damaged list: stop rather than wander
+            }
+            next = self.link32(self.block(slab_off, class, idx)).load(Ordering::Relaxed);
+            self.reclaim(slab_off, class, idx);
+            budget -= 1;
+        }
+    }
+
+    /// Takes the remote frees that went to this heap's `delayed` list because their slabs
+    /// were full; those slabs go back on their class lists.
+    fn drain_delayed(&self, d: u32) {
+        // SYNC: Acquire pairs with the Release CAS in `push_delayed`.
+        let mut off = self.desc(d).delayed.swap(0, Ordering::Acquire);
+        while off != 0 {
+            let next = self.link64(off).load(Ordering::Relaxed);
+            if let Ok(super::Located::Slab { slab, class, idx }) = self.locate(off) {
+                if self.slab(slab).thread_free.load(Ordering::Relaxed) & FULL != 0 {
+                    self.unfull(d, slab, class);
+                }
+                self.reclaim(slab, class, idx);
+            }
+            off = next;
+        }
+    }
+
+    /// Threads up to `EXTEND_BYTES` of never-used blocks onto the free list.
+    fn extend(&self, slab_off: u64, class: usize) {
+        let g = &GEOMETRY[class];
+        let slab = self.slab(slab_off);
+        let bump = slab.bump.load(Ordering::Relaxed);
+        let n = (g.capacity - bump).min((EXTEND_BYTES / g.size).max(1) as u32);
+        let mut next = slab.free.load(Ordering::Relaxed);
+        for idx in (bump..bump + n).rev() {
+            self.link32(self.block(slab_off, class, idx)).store(next, Ordering::Relaxed);
+            next = idx + 1;
+        }
+        slab.free.store(next, Ordering::Relaxed);
+        slab.bump.store(bump + n, Ordering::Relaxed);
+    }
+
+    /// The owner's slow path: find room in a slab of `class`, or make a new slab.
+    #[cold]
+    pub(super) fn alloc_slow(&self, d: u32, class: usize) -> Result<u64, AllocError> {
+        self.drain_delayed(d);
+        let q = self.queue(d, class);
+        loop {
+            let head = q.head.load(Ordering::Relaxed);
+            if head == 0 {
+                break;
+            }
+            let slab_off = self.unit_off(head - 1);
+            let slab = self.slab(slab_off);
+            if slab.free.load(Ordering::Relaxed) == 0 {
+                self.collect(slab_off, class);
+            }
+            if slab.free.load(Ordering::Relaxed) == 0
+                && slab.bump.load(Ordering::Relaxed) < GEOMETRY[class].capacity
+            {
+                self.extend(slab_off, class);
+            }
+            if let Some(off) = self.pop(d, class) {
+                return Ok(off);
+            }
+            // Exhausted: from now on remote frees go to the delayed list. A remote free
+            // that slipped in makes the CAS fail; collect it on the next turn.
+            // SYNC: Relaxed suffices: a failed CAS only sends us round again, and the
+            // pushers' Release pairs with our later Acquire swap.
+            if slab.thread_free.compare_exchange(0, FULL, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                self.unlink(&q.head, slab_off);
+                self.link_front(&q.full, slab_off);
+            }
+        }
+        let slab_off = self.new_slab(d, class)?;
+        self.link_front(&q.head, slab_off);
+        self.extend(slab_off, class);
+        Ok(self.pop(d, class).expect("a fresh slab has room"))
+    }
+
+    /// A full slab got a block back: back onto its class list, remote frees direct again.
+    fn unfull(&self, d: u32, slab_off: u64, class: usize) {
+        let q = self.queue(d, class);
+        self.slab(slab_off).thread_free.fetch_and(!FULL, Ordering::Relaxed);
+        self.unlink(&q.full, slab_off);
+        self.link_back(q, slab_off);
+    }
+
+    /// A slab with no allocated block: give its units back, unless it is the class's
+    /// current slab (a thread allocating and freeing one block must not churn slabs).
+    #[cold]
+    fn slab_emptied(&self, d: u32, slab_off: u64, class: usize) {
+        let q = self.queue(d, class);
+        let unit = self.unit_of(slab_off);
+        let slab = self.slab(slab_off);
+        if q.head.load(Ordering::Relaxed) == unit + 1 || slab.thread_free.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        self.unlink(&q.head, slab_off);
+        slab.class.store(0, Ordering::Relaxed);
+        self.free_units(unit);
+    }
+
+    fn unit_of(&self, slab_off: u64) -> u32 {
+        ((slab_off - self.arena) >> crate::pages::UNIT_SHIFT) as u32
+    }
+
+    fn link_front(&self, list: &AtomicU32, slab_off: u64) {
+        let unit = self.unit_of(slab_off) + 1;
+        let slab = self.slab(slab_off);
+        let old = list.load(Ordering::Relaxed);
+        slab.next.store(old, Ordering::Relaxed);
+        slab.prev.store(0, Ordering::Relaxed);
+        if old != 0 {
+            self.slab(self.unit_off(old - 1)).prev.store(unit, Ordering::Relaxed);
+        }
+        list.store(unit, Ordering::Relaxed);
+    }
+
+    /// Appends to the class list, behind the current slab.
+    fn link_back(&self, q: &ClassQueue, slab_off: u64) {
+        let head = q.head.load(Ordering::Relaxed);
+        if head == 0 {
+            return self.link_front(&q.head, slab_off);
+        }
+        let unit = self.unit_of(slab_off) + 1;
+        let first = self.slab(self.unit_off(head - 1));
+        let after = first.next.load(Ordering::Relaxed);
+        let slab = self.slab(slab_off);
+        slab.prev.store(head, Ordering::Relaxed);
+        slab.next.store(after, Ordering::Relaxed);
+        if after != 0 {
+            self.slab(self.unit_off(after - 1)).prev.store(unit, Ordering::Relaxed);
+        }
+        first.next.store(unit, Ordering::Relaxed);
+    }
+
+    fn unlink(&self, list: &AtomicU32, slab_off: u64) {
+        let slab = self.slab(slab_off);
+        let (next, prev) = (slab.next.load(Ordering::Relaxed), slab.prev.load(Ordering::Relaxed));
+        if prev == 0 {
+            list.store(next, Ordering::Relaxed);
+        } else {
+            self.slab(self.unit_off(prev - 1)).next.store(next, Ordering::Relaxed);
+        }
+        if next != 0 {
+            self.slab(self.unit_off(next - 1)).prev.store(prev, Ordering::Relaxed);
+        }
+        slab.next.store(0, Ordering::Relaxed);
+        slab.prev.store(0, Ordering::Relaxed);
+    }
+
+    /// Takes units for a new slab of `class` owned by `d` and writes its header.
+    fn new_slab(&self, d: u32, class: usize) -> Result<u64, AllocError> {
+        let g = &GEOMETRY[class];
+        let unit = self.alloc_units(g.units, TAG_SLAB)?;
+        let slab_off = self.unit_off(unit);
+        let slab = self.slab(slab_off);
+        for f in [&slab.free, &slab.bump, &slab.used, &slab.next, &slab.prev] {
+            f.store(0, Ordering::Relaxed);
+        }
+        slab.owner.store(d, Ordering::Relaxed);
+        slab.thread_free.store(0, Ordering::Relaxed);
+        for w in 0..bitmap_words(u64::from(g.capacity)) as u32 {
+            self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
+            self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);
+        }
+        slab.class.store(SLAB_MAGIC | class as u32, Ordering::Relaxed);
+        Ok(slab_off)
+    }
+}

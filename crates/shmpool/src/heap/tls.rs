@@ -1,0 +1,93 @@
+//! Which thread heap (descriptor) the calling thread owns, per `Heap`, in thread-local
+//! storage; and fork detection, so a forked child never keeps using its parent's
+//! descriptors.
+//!
+//! A fork copies the parent's thread-locals into the child. `pthread_atfork` bumps a
+//! process-wide generation in the child; an entry from another generation is ignored,
+//! so the child claims descriptors of its own. The check is one load on the fast path.
+#![allow(unsafe_code)]
+
+use super::Inner;
+use core::cell::{Cell, RefCell};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Once, Weak};
+
+static FORK_GEN: AtomicU64 = AtomicU64::new(0);
+static PID: AtomicU32 = AtomicU32::new(0);
+static TRACKING: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    FORK_GEN.fetch_add(1, Ordering::Relaxed);
+    PID.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
+}
+
+/// Starts fork tracking (once per process).
+pub(crate) fn init() {
+    TRACKING.call_once(|| {
+        PID.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
+        // SAFETY: registers a handler that only touches atomics and calls getpid, both
+        // async-signal-safe, as a child handler must be.
+        let r = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        assert_eq!(r, 0, "pthread_atfork failed");
+    });
+}
+
+/// This process's pid, without a system call.
+#[inline]
+pub(crate) fn pid() -> u32 {
+    PID.load(Ordering::Relaxed)
+}
+
+struct Owned {
+    heap: Weak<Inner>,
+    id: u64,
+    desc: u32,
+    gen: u64,
+}
+
+/// The descriptors this thread owns; on thread exit they are abandoned, so another
+/// thread can adopt them with their slabs.
+struct OwnedList(Vec<Owned>);
+
+impl Drop for OwnedList {
+    fn drop(&mut self) {
+        let gen = FORK_GEN.load(Ordering::Relaxed);
+        for o in self.0.drain(..).filter(|o| o.gen == gen) {
+            if let Some(heap) = o.heap.upgrade() {
+                heap.abandon(o.desc);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// (heap id, descriptor, generation) of the last heap this thread used.
+    static LAST: Cell<(u64, u32, u64)> = const { Cell::new((0, 0, u64::MAX)) };
+    static OWNED: RefCell<OwnedList> = const { RefCell::new(OwnedList(Vec::new())) };
+}
+
+/// The descriptor the calling thread owns in heap `id`, if any.
+#[inline(always)]
+pub(crate) fn lookup(id: u64) -> Option<u32> {
+    let (last_id, desc, gen) = LAST.with(Cell::get);
+    if last_id == id && gen == FORK_GEN.load(Ordering::Relaxed) {
+        Some(desc)
+    } else {
+        lookup_slow(id)
+    }
+}
+
+#[cold]
+fn lookup_slow(id: u64) -> Option<u32> {
+    let gen = FORK_GEN.load(Ordering::Relaxed);
+    let desc = OWNED.with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc))?;
+    LAST.with(|c| c.set((id, desc, gen)));
+    Some(desc)
+}
+
+/// Records that the calling thread now owns `desc` in `heap`.
+pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32) {
+    let gen = FORK_GEN.load(Ordering::Relaxed);
+    OWNED.with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, gen }));
+    LAST.with(|c| c.set((id, desc, gen)));
+}
