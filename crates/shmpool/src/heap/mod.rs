@@ -47,6 +47,7 @@
 //! in `raw.rs`) and to register the fork handler (`tls.rs`).
 #![allow(unsafe_code)]
 
+mod check;
 pub mod class;
 mod error;
 mod layout;
@@ -57,6 +58,7 @@ mod store;
 mod tls;
 mod units;
 
+pub use check::{CheckReport, ClassStats, HeapStats};
 pub use error::{AllocError, FreeError};
 pub use layout::MAX_DESCS;
 

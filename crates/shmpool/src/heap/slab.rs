@@ -301,7 +301,22 @@ impl Inner {
         self.free_units(unit);
     }
 
-    fn unit_of(&self, slab_off: u64) -> u32 {
+    /// Word `w` of a slab's allocated or remote bitmap, read (for the walk in `check`).
+    pub(super) fn bitmap(&self, slab: u64, class: usize, remote: bool, w: u32) -> u64 {
+        self.bits(slab, class, remote, w).load(Ordering::Relaxed)
+    }
+
+    /// The 4-byte link at `block`.
+    pub(super) fn link32_at(&self, block: u64) -> u32 {
+        self.link32(block).load(Ordering::Relaxed)
+    }
+
+    /// The 8-byte link at `block`.
+    pub(super) fn link64_at(&self, block: u64) -> u64 {
+        self.link64(block).load(Ordering::Relaxed)
+    }
+
+    pub(super) fn unit_of(&self, slab_off: u64) -> u32 {
         ((slab_off - self.arena) >> crate::pages::UNIT_SHIFT) as u32
     }
 

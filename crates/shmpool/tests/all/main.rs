@@ -6,6 +6,7 @@
 
 mod attach_errors;
 mod conformance;
+mod heap;
 mod huge;
 mod multiproc;
 mod pages;
@@ -25,5 +26,6 @@ fn main() {
     trials.extend(multiproc::tests());
     trials.extend(huge::tests());
     trials.extend(pages::tests());
+    trials.extend(heap::tests());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,0 +1,321 @@
+//! The invariant walk and the statistics of a heap.
+//!
+//! [`Heap::check`] verifies, on a quiescent heap (no allocation or free in flight in any
+//! process), every invariant listed in `layout.rs`: the page-run allocator's, and for
+//! each slab that its bitmaps, free list, remote list, the owners' delayed lists, the
+//! counters and the class/full lists agree. [`Heap::stats`] reads the same structures
+//! without stopping anyone, so under load its numbers are a snapshot, not exact.
+
+use super::class::{bitmap_words, CLASSES, GEOMETRY};
+use super::layout::{self, Slab, DESC_FREE, FULL, SLAB_MAGIC, TAG_LARGE, TAG_SLAB};
+use super::{Heap, Inner, Located};
+use crate::pages::{Broken, UnitState, UNIT};
+use core::sync::atomic::Ordering;
+use std::collections::HashMap;
+
+/// Counts gathered by [`Heap::check`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Slabs in the arena.
+    pub slabs: u64,
+    /// Blocks allocated in slabs (including remote frees not yet collected).
+    pub slab_blocks: u64,
+    /// Blocks freed by other threads, waiting for their owner.
+    pub pending_remote: u64,
+    /// Large blocks.
+    pub large_blocks: u64,
+    /// Units free in the page-run allocator.
+    pub free_units: u64,
+    /// Units in the arena.
+    pub units: u32,
+}
+
+/// Use of one size class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Block size.
+    pub size: u64,
+    /// Slabs of the class.
+    pub slabs: u64,
+    /// Blocks allocated.
+    pub used_blocks: u64,
+    /// Blocks free in those slabs.
+    pub free_blocks: u64,
+}
+
+/// A snapshot of a heap's use.
+#[derive(Debug, Clone, Default)]
+pub struct HeapStats {
+    /// Bytes of the segment committed.
+    pub committed: u64,
+    /// Bytes the segment can grow to.
+    pub reserved: u64,
+    /// Bytes of arena (units managed by the page-run allocator).
+    pub arena_bytes: u64,
+    /// Bytes of arena in no slab or large block.
+    pub free_unit_bytes: u64,
+    /// Large blocks and their bytes.
+    pub large_blocks: u64,
+    /// Bytes in large blocks.
+    pub large_bytes: u64,
+    /// Per size class, for classes with at least one slab.
+    pub classes: Vec<ClassStats>,
+    /// Thread heaps in use (active or abandoned).
+    pub thread_heaps: u32,
+}
+
+impl HeapStats {
+    /// Bytes in allocated blocks of size classes.
+    pub fn slab_used_bytes(&self) -> u64 {
+        self.classes.iter().map(|c| c.used_blocks * c.size).sum()
+    }
+
+    /// Share of slab memory not holding allocated blocks: free blocks, headers and
+    /// tails. 0 is perfect.
+    pub fn fragmentation(&self) -> f64 {
+        let slab_bytes = self.arena_bytes - self.free_unit_bytes - self.large_bytes;
+        if slab_bytes == 0 {
+            return 0.0;
+        }
+        1.0 - self.slab_used_bytes() as f64 / slab_bytes as f64
+    }
+}
+
+impl Heap {
+    /// Walks every invariant; run it on a quiescent heap.
+    pub fn check(&self) -> Result<CheckReport, Broken> {
+        self.inner.check()
+    }
+
+    /// Use per size class, committed and free memory.
+    pub fn stats(&self) -> HeapStats {
+        self.inner.stats()
+    }
+}
+
+fn fail<T>(what: String) -> Result<T, Broken> {
+    Err(Broken(what))
+}
+
+impl Inner {
+    fn slabs(&self) -> Vec<(u32, u64)> {
+        let buddy = self.buddy_ro();
+        let mut out = Vec::new();
+        let mut u = 0;
+        while u < buddy.units() {
+            match buddy.state(u) {
+                UnitState::Run { len, tag } => {
+                    if tag == TAG_SLAB {
+                        out.push((u, u64::from(len)));
+                    }
+                    u += len.max(1);
+                }
+                UnitState::Free { order } => u += 1 << order,
+                _ => u += 1,
+            }
+        }
+        out
+    }
+
+    fn stats(&self) -> HeapStats {
+        let meta = self.meta();
+        let buddy = self.buddy_ro();
+        let mut per: HashMap<usize, ClassStats> = HashMap::new();
+        for (u, _) in self.slabs() {
+            let slab = self.slab(self.unit_off(u));
+            let cls = slab.class.load(Ordering::Relaxed);
+            let c = (cls & 0xffff) as usize;
+            if cls & 0xffff_0000 != SLAB_MAGIC || c >= CLASSES {
+                continue;
+            }
+            let e = per.entry(c).or_insert(ClassStats { size: GEOMETRY[c].size, ..Default::default() });
+            let used = u64::from(slab.used.load(Ordering::Relaxed));
+            e.slabs += 1;
+            e.used_blocks += used;
+            e.free_blocks += u64::from(GEOMETRY[c].capacity).saturating_sub(used);
+        }
+        let mut classes: Vec<_> = per.into_values().collect();
+        classes.sort_by_key(|c| c.size);
+        HeapStats {
+            committed: self.seg.committed(),
+            reserved: self.seg.reserved(),
+            arena_bytes: u64::from(buddy.units()) * UNIT,
+            free_unit_bytes: buddy.free_units() * UNIT,
+            large_blocks: meta.large_blocks.load(Ordering::Relaxed),
+            large_bytes: meta.large_bytes.load(Ordering::Relaxed),
+            classes,
+            thread_heaps: (0..layout::MAX_DESCS)
+                .filter(|&d| self.desc(d).state.load(Ordering::Relaxed) != DESC_FREE)
+                .count() as u32,
+        }
+    }
+
+    fn check(&self) -> Result<CheckReport, Broken> {
+        let buddy = self.buddy_ro();
+        buddy.check()?;
+        let delayed = self.check_delayed()?;
+        let on_lists = self.check_lists()?;
+        let mut report =
+            CheckReport { units: buddy.units(), free_units: buddy.free_units(), ..Default::default() };
+        let mut u = 0;
+        while u < buddy.units() {
+            match buddy.state(u) {
+                UnitState::Run { len, tag: TAG_LARGE } => {
+                    report.large_blocks += 1;
+                    u += len;
+                }
+                UnitState::Run { len, tag: TAG_SLAB } => {
+                    let (used, pending) = self.check_slab(u, len, &delayed, &on_lists)?;
+                    report.slabs += 1;
+                    report.slab_blocks += used;
+                    report.pending_remote += pending;
+                    u += len;
+                }
+                UnitState::Run { tag, .. } => return fail(format!("unit {u}: run with unknown tag {tag}")),
+                UnitState::Free { order } => u += 1 << order,
+                other => return fail(format!("unit {u}: {other:?}")),
+            }
+        }
+        if report.large_blocks != self.meta().large_blocks.load(Ordering::Relaxed) {
+            return fail("large block count disagrees with the unit table".into());
+        }
+        Ok(report)
+    }
+
+    /// Delayed-list entries per slab unit, each checked to be a block in a slab.
+    fn check_delayed(&self) -> Result<HashMap<u32, u64>, Broken> {
+        let mut per = HashMap::new();
+        for d in 0..layout::MAX_DESCS {
+            let mut off = self.desc(d).delayed.load(Ordering::Relaxed);
+            let mut steps = 0u64;
+            while off != 0 {
+                steps += 1;
+                if steps > self.seg.committed() / 16 {
+                    return fail(format!("heap {d}: delayed list has a cycle"));
+                }
+                let Ok(Located::Slab { slab, .. }) = self.locate(off) else {
+                    return fail(format!("heap {d}: delayed list holds {off}, not a slab block"));
+                };
+                *per.entry(self.unit_of(slab)).or_insert(0) += 1;
+                off = self.link64_at(off);
+            }
+        }
+        Ok(per)
+    }
+
+    /// For each slab on some owner list: (owner, class, on the full list).
+    fn check_lists(&self) -> Result<HashMap<u32, (u32, usize, bool)>, Broken> {
+        let mut seen = HashMap::new();
+        for d in 0..layout::MAX_DESCS {
+            for c in 0..CLASSES {
+                let q = &self.desc(d).classes[c];
+                for (full, head) in [(false, &q.head), (true, &q.full)] {
+                    let mut prev = 0;
+                    let mut at = head.load(Ordering::Relaxed);
+                    while at != 0 {
+                        let unit = at - 1;
+                        if seen.insert(unit, (d, c, full)).is_some() {
+                            return fail(format!("slab at unit {unit} is on two lists (or a list cycles)"));
+                        }
+                        let slab = self.slab(self.unit_off(unit));
+                        if slab.prev.load(Ordering::Relaxed) != prev {
+                            return fail(format!("slab at unit {unit}: back link is wrong"));
+                        }
+                        prev = at;
+                        at = slab.next.load(Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    fn check_slab(
+        &self,
+        unit: u32,
+        len: u32,
+        delayed: &HashMap<u32, u64>,
+        lists: &HashMap<u32, (u32, usize, bool)>,
+    ) -> Result<(u64, u64), Broken> {
+        let off = self.unit_off(unit);
+        let slab: &Slab = self.slab(off);
+        let cls = slab.class.load(Ordering::Relaxed);
+        let c = (cls & 0xffff) as usize;
+        let at = |what: String| fail(format!("slab at unit {unit}: {what}"));
+        if cls & 0xffff_0000 != SLAB_MAGIC || c >= CLASSES {
+            return at(format!("bad class word {cls:#x}"));
+        }
+        let g = &GEOMETRY[c];
+        if g.units != len {
+            return at(format!("{len} units, class {c} needs {}", g.units));
+        }
+        let owner = slab.owner.load(Ordering::Relaxed);
+        match lists.get(&unit) {
+            Some(&(d, lc, full)) if d == owner && lc == c => {
+                let flagged = slab.thread_free.load(Ordering::Relaxed) & FULL != 0;
+                if flagged != full {
+                    return at(format!("FULL flag {flagged} but on the full list: {full}"));
+                }
+            }
+            other => return at(format!("owner {owner} class {c}, but listed as {other:?}")),
+        }
+        let words = bitmap_words(u64::from(g.capacity)) as u32;
+        let (mut allocated, mut remote) = (0u64, 0u64);
+        let bump = slab.bump.load(Ordering::Relaxed);
+        for w in 0..words {
+            let a = self.bitmap(off, c, false, w);
+            let r = self.bitmap(off, c, true, w);
+            if r & !a != 0 {
+                return at(format!("word {w}: a block freed remotely is not allocated"));
+            }
+            allocated += u64::from(a.count_ones());
+            remote += u64::from(r.count_ones());
+        }
+        for idx in bump..g.capacity {
+            if self.bitmap(off, c, false, idx / 64) & 1 << (idx % 64) != 0 {
+                return at(format!("block {idx} past bump {bump} is allocated"));
+            }
+        }
+        let used = u64::from(slab.used.load(Ordering::Relaxed));
+        if allocated != used {
+            return at(format!("{allocated} blocks allocated but used = {used}"));
+        }
+        let free = self.walk(off, c, u64::from(slab.free.load(Ordering::Relaxed)), |idx| {
+            idx < bump && self.bitmap(off, c, false, idx / 64) & 1 << (idx % 64) == 0
+        });
+        match free {
+            Some(n) if n == u64::from(bump) - used => {}
+            Some(n) => {
+                return at(format!("free list has {n} blocks, bump - used = {}", u64::from(bump) - used))
+            }
+            None => return at("free list is cyclic or holds an allocated block".into()),
+        }
+        let tf = slab.thread_free.load(Ordering::Relaxed) & 0xffff_ffff;
+        let pending = self.walk(off, c, tf, |idx| self.bitmap(off, c, true, idx / 64) & 1 << (idx % 64) != 0);
+        let Some(pending) = pending else {
+            return at("remote-free list is cyclic or holds a block not freed".into());
+        };
+        if pending + delayed.get(&unit).copied().unwrap_or(0) != remote {
+            return at(format!("{remote} remote bits, {pending} on thread_free plus delayed entries"));
+        }
+        Ok((used, remote))
+    }
+
+    /// Length of the index list starting at `first` (index + 1), if it is acyclic and
+    /// every entry satisfies `ok`.
+    fn walk(&self, slab: u64, c: usize, first: u64, ok: impl Fn(u32) -> bool) -> Option<u64> {
+        let cap = GEOMETRY[c].capacity;
+        let mut seen = vec![false; cap as usize];
+        let (mut n, mut next) = (0, first as u32);
+        while next != 0 {
+            let idx = next - 1;
+            if idx >= cap || seen[idx as usize] || !ok(idx) {
+                return None;
+            }
+            seen[idx as usize] = true;
+            n += 1;
+            next = self.link32_at(slab + GEOMETRY[c].blocks_start + u64::from(idx) * GEOMETRY[c].size);
+        }
+        Some(n)
+    }
+}

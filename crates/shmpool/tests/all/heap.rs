@@ -1,0 +1,342 @@
+//! The heap in one process: every size class and large blocks, every refused free,
+//! realloc / zeroed / aligned allocation, exhaustion at the reserved maximum, remote
+//! frees between threads (direct and through the full-slab path), and a property test
+//! against a model. Every test ends with the invariant walk.
+
+use crate::support::{pattern, trial};
+use libtest_mimic::Trial;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use shmpool::heap::{AllocError, FreeError, Heap};
+use shmpool::SegmentOptions;
+use std::collections::HashMap;
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("heap::every_size_round_trips", every_size_round_trips),
+        trial("heap::bad_frees_are_refused_and_change_nothing", bad_frees_are_refused_and_change_nothing),
+        trial("heap::realloc_zeroed_and_aligned", realloc_zeroed_and_aligned),
+        trial("heap::exhaustion_at_max_size_then_keeps_working", exhaustion_at_max_size_then_keeps_working),
+        trial("heap::remote_frees_between_threads_are_reused", remote_frees_between_threads_are_reused),
+        trial("heap::remote_frees_into_full_slabs_come_back", remote_frees_into_full_slabs_come_back),
+        trial("heap::thread_exit_abandons_and_others_adopt", thread_exit_abandons_and_others_adopt),
+        trial("heap::random_ops_match_a_model", random_ops_match_a_model),
+        trial("heap::attach_validates", attach_validates),
+    ]
+}
+
+fn heap(max: u64) -> Heap {
+    Heap::create(SegmentOptions::new().max_size(max).create_memfd("heap-test").unwrap()).unwrap()
+}
+
+fn fill(heap: &Heap, off: u64, len: u64, seed: u64) {
+    heap.write(off, &pattern(off, len as usize, seed)).unwrap();
+}
+
+fn verify(heap: &Heap, off: u64, len: u64, seed: u64) {
+    verify_moved(heap, off, off, len, seed);
+}
+
+/// Checks the block at `off` holds what `fill` wrote at `origin` (before a realloc moved it).
+fn verify_moved(heap: &Heap, off: u64, origin: u64, len: u64, seed: u64) {
+    let mut buf = vec![0; len as usize];
+    heap.read(off, &mut buf).unwrap();
+    assert!(buf == pattern(origin, len as usize, seed), "block {off} ({len} bytes) was overwritten");
+}
+
+fn every_size_round_trips() {
+    let heap = heap(512 << 20);
+    let mut sizes: Vec<u64> = (1..=4096).step_by(7).collect();
+    sizes.extend([8191, 8192, 65535, 65536, 100_000, 524_288, 524_289, 3 << 20, 17 << 20]);
+    let blocks: Vec<(u64, u64)> = sizes.iter().map(|&s| (heap.alloc(s).unwrap(), s)).collect();
+    for &(off, size) in &blocks {
+        assert_eq!(off % 16, 0);
+        let usable = heap.usable_size(off).unwrap();
+        assert!(
+            usable >= size && (size <= 128 || usable - size < usable / 8 || size > 512 << 10),
+            "{size} -> {usable}"
+        );
+        fill(&heap, off, size, size);
+    }
+    let report = heap.check().unwrap();
+    assert_eq!(report.large_blocks, 3);
+    for &(off, size) in &blocks {
+        verify(&heap, off, size, size);
+        heap.free(off).unwrap();
+    }
+    let report = heap.check().unwrap();
+    assert_eq!((report.slab_blocks, report.large_blocks), (0, 0));
+}
+
+fn bad_frees_are_refused_and_change_nothing() {
+    let heap = heap(64 << 20);
+    let a = heap.alloc(64).unwrap();
+    let big = heap.alloc(1 << 20).unwrap();
+    fill(&heap, a, 64, 1);
+    let before = heap.check().unwrap();
+    let arena_end = heap.segment().committed() + (1 << 30);
+    let cases = [
+        (0, FreeError::OutOfRange(0)),
+        (arena_end, FreeError::OutOfRange(arena_end)),
+        (a + 1, FreeError::Misaligned(a + 1)),
+        (a + 16, FreeError::Interior(a + 16)),
+        (big + 4096, FreeError::Interior(big + 4096)),
+    ];
+    for (off, want) in cases {
+        assert_eq!(heap.free(off), Err(want), "free({off})");
+    }
+    // an offset in a unit nothing was ever allocated from
+    let far = big + (2 << 20) + (16 << 20);
+    if far < heap.segment().committed() {
+        assert_eq!(heap.free(far), Err(FreeError::NotAllocated(far)));
+    }
+    // the slab header of a's slab is not a block
+    let slab_start = a & !0xffff;
+    assert!(matches!(heap.free(slab_start), Err(FreeError::Interior(_))));
+    assert_eq!(heap.check().unwrap(), before, "refused frees changed nothing");
+    verify(&heap, a, 64, 1);
+    heap.free(a).unwrap();
+    assert_eq!(heap.free(a), Err(FreeError::DoubleFree(a)));
+    assert!(matches!(heap.usable_size(a), Err(FreeError::DoubleFree(_))));
+    heap.free(big).unwrap();
+    assert!(heap.free(big).is_err(), "large double free");
+    heap.check().unwrap();
+}
+
+fn realloc_zeroed_and_aligned() {
+    let heap = heap(64 << 20);
+    let a = heap.alloc(100).unwrap();
+    fill(&heap, a, 100, 5);
+    let b = heap.realloc(a, 5000).unwrap();
+    verify_moved(&heap, b, a, 100, 5);
+    assert!(heap.usable_size(b).unwrap() >= 5000);
+    let c = heap.realloc(b, 4000).unwrap();
+    assert_eq!(c, b, "shrinking a little stays in place");
+    let d = heap.realloc(c, 40).unwrap();
+    assert_ne!(d, c, "shrinking a lot moves to a smaller class");
+    verify_moved(&heap, d, a, 40, 5);
+    assert!(heap.free(c).is_err(), "the old block was freed by realloc");
+    heap.free(d).unwrap();
+
+    // a dirty block comes back zeroed from alloc_zeroed
+    let dirty = heap.alloc(256).unwrap();
+    heap.write(dirty, &[0xff; 256]).unwrap();
+    heap.free(dirty).unwrap();
+    let z = heap.alloc_zeroed(256).unwrap();
+    let mut buf = [1u8; 256];
+    heap.read(z, &mut buf).unwrap();
+    assert_eq!(buf, [0u8; 256]);
+
+    for align in [16u64, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
+        for size in [1u64, 24, 100, 1000, 5000, 70_000] {
+            let off = heap.alloc_aligned(size, align).unwrap();
+            let (ptr, len) = heap.resolve(off).unwrap();
+            assert_eq!(off % align, 0, "offset of {size} bytes at align {align}");
+            assert_eq!(ptr.as_ptr() as u64 % align, 0, "address of {size} bytes at align {align}");
+            assert!(len >= size);
+            heap.free(off).unwrap();
+        }
+    }
+    assert_eq!(heap.alloc_aligned(8, 3), Err(AllocError::BadAlign(3)));
+    assert_eq!(heap.alloc_aligned(8, 1 << 20), Err(AllocError::BadAlign(1 << 20)));
+    heap.check().unwrap();
+}
+
+fn exhaustion_at_max_size_then_keeps_working() {
+    let heap = heap(16 << 20);
+    let mut blocks = Vec::new();
+    let err = loop {
+        match heap.alloc(4000) {
+            Ok(off) => blocks.push(off),
+            Err(e) => break e,
+        }
+        assert!(blocks.len() < 100_000, "never ran out");
+    };
+    assert!(matches!(err, AllocError::OutOfMemory(_)), "{err}");
+    assert!(heap.segment().committed() <= 16 << 20);
+    assert!(matches!(heap.alloc(64 << 20), Err(AllocError::TooLarge(_))));
+    heap.check().unwrap();
+    for off in blocks.drain(..).step_by(2) {
+        heap.free(off).unwrap();
+    }
+    for _ in 0..100 {
+        heap.alloc(4000).expect("memory freed is allocatable again");
+    }
+    heap.check().unwrap();
+}
+
+/// Thread A allocates, thread B frees them all (remote frees); A's next rounds reuse the
+/// memory instead of growing.
+fn remote_frees_between_threads_are_reused() {
+    let heap = heap(256 << 20);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u64>>();
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let freer = {
+        let heap = heap.clone();
+        std::thread::spawn(move || {
+            for batch in rx {
+                for off in batch {
+                    verify(&heap, off, 64, off);
+                    heap.free(off).unwrap();
+                }
+                done_tx.send(()).unwrap();
+            }
+        })
+    };
+    let mut committed = Vec::new();
+    for _ in 0..20 {
+        let batch: Vec<u64> = (0..5000).map(|_| heap.alloc(64).unwrap()).collect();
+        for &off in &batch {
+            fill(&heap, off, 64, off);
+        }
+        tx.send(batch).unwrap();
+        done.recv().unwrap();
+        let report = heap.check().unwrap();
+        assert_eq!(report.slab_blocks, report.pending_remote, "everything was freed remotely");
+        committed.push(heap.segment().committed());
+    }
+    drop(tx);
+    freer.join().unwrap();
+    assert_eq!(committed.first(), committed.last(), "remote frees were reused, no growth");
+    heap.check().unwrap();
+}
+
+/// Fill whole slabs so they go on the full list; remote frees then travel through the
+/// owner's delayed list and the slabs come back into use.
+fn remote_frees_into_full_slabs_come_back() {
+    let heap = heap(256 << 20);
+    let n = 20_000; // many 1 KiB slabs' worth of 1 KiB blocks
+    let blocks: Vec<u64> = (0..n).map(|_| heap.alloc(1024).unwrap()).collect();
+    let before = heap.segment().committed();
+    let other = heap.clone();
+    let list = blocks.clone();
+    std::thread::spawn(move || list.iter().for_each(|&b| other.free(b).unwrap())).join().unwrap();
+    let report = heap.check().unwrap();
+    assert_eq!(report.pending_remote, n as u64, "all frees wait for the owner");
+    let again: Vec<u64> = (0..n).map(|_| heap.alloc(1024).unwrap()).collect();
+    assert_eq!(heap.segment().committed(), before, "the full slabs were reused");
+    let a: std::collections::BTreeSet<u64> = blocks.iter().copied().collect();
+    let b: std::collections::BTreeSet<u64> = again.iter().copied().collect();
+    // The current slab may still have never-used blocks, taken first; every other block
+    // must be one of the freed ones, back from the full slabs.
+    let cap = u64::from(shmpool::heap::class::GEOMETRY[shmpool::heap::class::class_of(1024)].capacity);
+    let new = b.difference(&a).count() as u64;
+    assert!(new <= cap, "{new} blocks came from outside the freed ones (at most {cap} allowed)");
+    let report = heap.check().unwrap();
+    assert_eq!((report.slab_blocks, report.pending_remote), (n as u64, 0));
+}
+
+fn thread_exit_abandons_and_others_adopt() {
+    let heap = heap(64 << 20);
+    let h = heap.clone();
+    let kept = std::thread::spawn(move || {
+        let off = h.alloc(64).unwrap();
+        fill(&h, off, 64, 9);
+        off
+    })
+    .join()
+    .unwrap();
+    assert_eq!(heap.stats().thread_heaps, 1);
+    // this thread adopts the exited thread's heap rather than taking a new one
+    let mine = heap.alloc(64).unwrap();
+    assert_eq!(heap.stats().thread_heaps, 1);
+    verify(&heap, kept, 64, 9);
+    heap.free(kept).unwrap(); // now a local free: we own that slab
+    heap.free(mine).unwrap();
+    heap.check().unwrap();
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(u64),
+    Free(usize),
+    Realloc(usize, u64),
+    BadFree(usize, u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let size = prop_oneof![8 => 1u64..2048, 2 => 2048u64..70_000, 1 => 500_000u64..2_000_000];
+    prop_oneof![
+        5 => size.clone().prop_map(Op::Alloc),
+        4 => any::<usize>().prop_map(Op::Free),
+        1 => (any::<usize>(), size).prop_map(|(i, s)| Op::Realloc(i, s)),
+        1 => (any::<usize>(), 1u64..64).prop_map(|(i, d)| Op::BadFree(i, d)),
+    ]
+}
+
+fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let heap = heap(128 << 20);
+    let mut live: HashMap<u64, (u64, u64)> = HashMap::new(); // off -> (size, seed)
+    let mut freed: Vec<u64> = Vec::new();
+    let pick = |live: &HashMap<u64, (u64, u64)>, i: usize| {
+        let mut keys: Vec<u64> = live.keys().copied().collect();
+        keys.sort_unstable();
+        (!keys.is_empty()).then(|| keys[i % keys.len()])
+    };
+    for (step, op) in ops.into_iter().enumerate() {
+        let seed = step as u64;
+        match op {
+            Op::Alloc(size) => {
+                let off = heap.alloc(size).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert!(!live.contains_key(&off), "handed out twice");
+                fill(&heap, off, size, seed);
+                live.insert(off, (size, seed));
+            }
+            Op::Free(i) => {
+                if let Some(off) = pick(&live, i) {
+                    let (size, s) = live.remove(&off).unwrap();
+                    verify(&heap, off, size, s);
+                    prop_assert_eq!(heap.free(off), Ok(()));
+                    freed.push(off);
+                }
+            }
+            Op::Realloc(i, new) => {
+                if let Some(off) = pick(&live, i) {
+                    let (size, s) = live.remove(&off).unwrap();
+                    let to = heap.realloc(off, new).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    verify_moved(&heap, to, off, size.min(new), s);
+                    fill(&heap, to, new, seed);
+                    live.insert(to, (new, seed));
+                }
+            }
+            Op::BadFree(i, delta) => {
+                if let Some(&off) = freed.get(i % freed.len().max(1)) {
+                    if !live.contains_key(&off) {
+                        prop_assert!(heap.free(off).is_err(), "double free of {} accepted", off);
+                    }
+                }
+                if let Some(off) = pick(&live, i) {
+                    prop_assert!(heap.free(off + delta).is_err(), "interior free accepted");
+                }
+            }
+        }
+    }
+    heap.check().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for (&off, &(size, s)) in &live {
+        verify(&heap, off, size, s);
+    }
+    Ok(())
+}
+
+fn random_ops_match_a_model() {
+    let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
+    TestRunner::new(config).run(&proptest::collection::vec(op(), 1..300), run_model).unwrap();
+}
+
+fn attach_validates() {
+    use shmpool::heap::HeapError;
+    use shmpool::segment::Access;
+    let name = crate::support::unique_name("heapattach");
+    let _g = crate::support::ShmGuard(name.clone());
+    let seg = SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
+    let plain = shmpool::Segment::open_shm(&name, Access::ReadWrite).unwrap();
+    assert!(matches!(Heap::attach(plain), Err(HeapError::NotAHeap)));
+    let heap = Heap::create(seg).unwrap();
+    let off = heap.alloc(64).unwrap();
+    let again = Heap::create(shmpool::Segment::open_shm(&name, Access::ReadWrite).unwrap());
+    assert!(matches!(again, Err(HeapError::AlreadyFormatted)));
+    let other = Heap::attach(shmpool::Segment::open_shm(&name, Access::ReadWrite).unwrap()).unwrap();
+    assert_eq!(other.usable_size(off), Ok(64));
+    other.free(off).unwrap();
+    assert_eq!(heap.free(off), Err(FreeError::DoubleFree(off)));
+}
