@@ -7,6 +7,7 @@
 mod attach_errors;
 mod conformance;
 mod heap;
+mod heap_stress;
 mod huge;
 mod multiproc;
 mod pages;
@@ -27,5 +28,6 @@ fn main() {
     trials.extend(huge::tests());
     trials.extend(pages::tests());
     trials.extend(heap::tests());
+    trials.extend(heap_stress::tests());
     libtest_mimic::run(&args, trials).exit();
 }
