@@ -7,10 +7,11 @@
 //! without stopping anyone, so under load its numbers are a snapshot, not exact.
 
 use super::class::{bitmap_words, CLASSES, GEOMETRY};
-use super::layout::{self, Slab, DESC_FREE, FULL, SLAB_MAGIC, TAG_LARGE, TAG_SLAB};
+use super::layout::{self, Slab, DESC_FREE, SLAB_MAGIC, TAG_LARGE, TAG_SLAB};
+use super::remote::FULL;
 use super::{Heap, Inner, Located};
+use crate::loom::Ordering;
 use crate::pages::{Broken, UnitState, UNIT};
-use core::sync::atomic::Ordering;
 use std::collections::HashMap;
 
 /// Counts gathered by [`Heap::check`].

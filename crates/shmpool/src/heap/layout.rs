@@ -33,7 +33,8 @@
 use super::class::CLASSES;
 use super::raw::Shared;
 use crate::pages::MAX_ORDER;
-use core::sync::atomic::{AtomicU32, AtomicU64};
+// The facade: under `cfg(loom)` these compile against loom (never run on a segment).
+use crate::loom::{AtomicU32, AtomicU64};
 
 /// "SHMHEAP1".
 pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
@@ -43,6 +44,9 @@ pub(crate) const HEAP_VERSION: u64 = 1;
 pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
 /// Thread heaps a segment can hold (threads of all processes together).
 pub const MAX_DESCS: u32 = 256;
+/// Bytes of one [`Desc`] in the segment.
+pub(crate) const DESC_BYTES: u64 = 8 * 4 + 8 * super::class::CLASSES as u64;
+
 /// Offset of the first unit-table word, after [`Meta`].
 pub(crate) const TABLE_OFF: u64 = META_OFF + 1024;
 
@@ -117,8 +121,6 @@ pub(crate) struct Desc {
 // SAFETY: repr(C), atomics only.
 unsafe impl Shared for Desc {}
 
-/// `Slab::thread_free` flag: the slab is on its owner's full list.
-pub(crate) const FULL: u64 = 1 << 32;
 /// `Slab::class` carries this in its upper half, so a stray unit is not taken for a slab.
 pub(crate) const SLAB_MAGIC: u32 = 0x5AB0_0000;
 
@@ -147,8 +149,9 @@ pub(crate) struct Slab {
 // SAFETY: repr(C), atomics only.
 unsafe impl Shared for Slab {}
 
+#[cfg(not(loom))]
 const _: () = {
     assert!(core::mem::size_of::<Slab>() as u64 == super::class::SLAB_FIELDS);
     assert!(core::mem::size_of::<Meta>() as u64 <= TABLE_OFF - META_OFF);
-    assert!(core::mem::size_of::<Desc>().is_multiple_of(8));
+    assert!(core::mem::size_of::<Desc>() as u64 == DESC_BYTES);
 };

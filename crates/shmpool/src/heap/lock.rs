@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 use super::raw::Shared;
+// A real atomic even under loom: the futex calls need one, and the lock is not modelled.
 use core::sync::atomic::{AtomicU32, Ordering};
 use rustix::thread::futex;
 

@@ -53,6 +53,7 @@ mod error;
 mod layout;
 mod lock;
 mod raw;
+pub(crate) mod remote;
 mod slab;
 mod store;
 mod tls;
@@ -363,7 +364,7 @@ impl Inner {
         debug_assert!(d < layout::MAX_DESCS);
         // SAFETY: descriptors lie in the committed metadata; `d` came from `claim` or a
         // slab header the heap wrote.
-        unsafe { self.base.at(self.descs_off + u64::from(d) * core::mem::size_of::<Desc>() as u64) }
+        unsafe { self.base.at(self.descs_off + u64::from(d) * layout::DESC_BYTES) }
     }
 
     #[inline(always)]

@@ -10,8 +10,8 @@
 //! borrow the `Heap`'s segment.
 #![allow(unsafe_code)]
 
+use crate::loom::{AtomicU32, AtomicU64};
 use crate::segment::Segment;
-use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Marker for types that may be viewed in shared memory.
 ///

@@ -22,9 +22,10 @@
 
 use super::class::{bitmap_words, GEOMETRY, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
-use super::layout::{ClassQueue, Slab, FULL, SLAB_MAGIC, TAG_SLAB};
+use super::layout::{ClassQueue, Slab, SLAB_MAGIC, TAG_SLAB};
+use super::remote::{self, Pushed, FULL};
 use super::Inner;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
 
 /// How many never-used blocks one slow-path call threads onto the free list.
 const EXTEND_BYTES: u64 = 4096;
@@ -134,56 +135,26 @@ impl Inner {
     /// free of it sees the bit and fails), one CAS hands it to the owner.
     pub(super) fn free_remote(&self, slab_off: u64, class: usize, idx: u32) -> Result<(), FreeError> {
         let block = self.block(slab_off, class, idx);
-        let bit = 1 << (idx % 64);
-        if self.bits(slab_off, class, false, idx / 64).load(Ordering::Relaxed) & bit == 0 {
-            return Err(FreeError::DoubleFree(block));
-        }
-        // SYNC: AcqRel on the remote bitmap; the hand-over itself is ordered by the CAS
-        // below (Release) and the owner's swap (Acquire).
-        if self.bits(slab_off, class, true, idx / 64).fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+        let (alloc, remote_bits) =
+            (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
+        if !remote::claim(alloc, remote_bits, 1 << (idx % 64)) {
             return Err(FreeError::DoubleFree(block));
         }
         let slab = self.slab(slab_off);
-        let mut tf = slab.thread_free.load(Ordering::Relaxed);
-        loop {
-            if tf & FULL != 0 {
-                self.push_delayed(slab.owner.load(Ordering::Relaxed), block);
-                return Ok(());
-            }
-            self.link32(block).store(tf as u32, Ordering::Relaxed);
-            let new = (tf & !0xffff_ffff) | u64::from(idx + 1);
-            // SYNC: Release pairs with the Acquire swap in `collect`: the link written
-            // above is visible to the owner that takes the list.
-            match slab.thread_free.compare_exchange_weak(tf, new, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return Ok(()),
-                Err(cur) => tf = cur,
-            }
+        if remote::push_block(&slab.thread_free, self.link32(block), idx) == Pushed::SlabIsFull {
+            let owner = slab.owner.load(Ordering::Relaxed);
+            remote::push_offset(&self.desc(owner).delayed, self.link64(block), block);
         }
-    }
-
-    fn push_delayed(&self, owner: u32, block: u64) {
-        let delayed = &self.desc(owner).delayed;
-        let mut head = delayed.load(Ordering::Relaxed);
-        loop {
-            self.link64(block).store(head, Ordering::Relaxed);
-            // SYNC: Release pairs with the Acquire swap in `drain_delayed`.
-            match delayed.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(cur) => head = cur,
-            }
-        }
+        Ok(())
     }
 
     /// Returns a remotely freed block to its slab's free list (owner only).
     fn reclaim(&self, slab_off: u64, class: usize, idx: u32) {
-        let bit = 1 << (idx % 64);
-        // A block is only reclaimed if its remote bit was set: a stale or forged list
-        // entry cannot put a block on the free list twice.
-        if self.bits(slab_off, class, true, idx / 64).fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+        let (alloc, remote_bits) =
+            (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
+        if !remote::reclaim(alloc, remote_bits, 1 << (idx % 64)) {
             return;
         }
-        let word = self.bits(slab_off, class, false, idx / 64);
-        word.store(word.load(Ordering::Relaxed) & !bit, Ordering::Relaxed);
         let slab = self.slab(slab_off);
         self.link32(self.block(slab_off, class, idx))
             .store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -193,9 +164,7 @@ impl Inner {
 
     /// Takes a slab's remote frees onto its free list (owner only, slab not `FULL`).
     fn collect(&self, slab_off: u64, class: usize) {
-        let slab = self.slab(slab_off);
-        // SYNC: Acquire pairs with the Release CAS in `free_remote`.
-        let mut next = slab.thread_free.swap(0, Ordering::Acquire) as u32;
+        let mut next = remote::take_blocks(&self.slab(slab_off).thread_free);
         let mut budget = GEOMETRY[class].capacity;
         while next != 0 && budget > 0 {
             let idx = next - 1;
@@ -211,8 +180,7 @@ impl Inner {
     /// Takes the remote frees that went to this heap's `delayed` list because their slabs
     /// were full; those slabs go back on their class lists.
     fn drain_delayed(&self, d: u32) {
-        // SYNC: Acquire pairs with the Release CAS in `push_delayed`.
-        let mut off = self.desc(d).delayed.swap(0, Ordering::Acquire);
+        let mut off = remote::take_offsets(&self.desc(d).delayed);
         while off != 0 {
             let next = self.link64(off).load(Ordering::Relaxed);
             if let Ok(super::Located::Slab { slab, class, idx }) = self.locate(off) {
@@ -264,10 +232,8 @@ impl Inner {
                 return Ok(off);
             }
             // Exhausted: from now on remote frees go to the delayed list. A remote free
-            // that slipped in makes the CAS fail; collect it on the next turn.
-            // SYNC: Relaxed suffices: a failed CAS only sends us round again, and the
-            // pushers' Release pairs with our later Acquire swap.
-            if slab.thread_free.compare_exchange(0, FULL, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            // that slipped in makes this fail; collect it on the next turn.
+            if remote::mark_full(&slab.thread_free) {
                 self.unlink(&q.head, slab_off);
                 self.link_front(&q.full, slab_off);
             }
@@ -281,7 +247,7 @@ impl Inner {
     /// A full slab got a block back: back onto its class list, remote frees direct again.
     fn unfull(&self, d: u32, slab_off: u64, class: usize) {
         let q = self.queue(d, class);
-        self.slab(slab_off).thread_free.fetch_and(!FULL, Ordering::Relaxed);
+        remote::clear_full(&self.slab(slab_off).thread_free);
         self.unlink(&q.full, slab_off);
         self.link_back(q, slab_off);
     }

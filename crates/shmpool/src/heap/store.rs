@@ -8,8 +8,8 @@
 
 use super::layout::Meta;
 use super::raw::Base;
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::pages::{Buddy, UnitStore, UNIT_SHIFT};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A [`UnitStore`] over the segment. Mutations happen under the page lock; the unit
 /// table is also read without it (`Buddy::run_of`), hence atomics.
