@@ -3,6 +3,8 @@
 //! Errors are one line on stderr and a non-zero exit: 1 when the command failed, 2 when
 //! the command line was wrong.
 
+mod bench;
+mod child;
 mod cmd;
 mod demo;
 mod procs;
@@ -66,6 +68,21 @@ enum Command {
         #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         records: u64,
     },
+    /// Run the benchmark workloads (W1–W5) and print one line each.
+    Bench {
+        /// Alloc+free pairs per W1/W3 repetition.
+        #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(u64).range(1000..))]
+        n: u64,
+        /// Blocks handed over per W4 repetition.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..))]
+        handoffs: u64,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(5..=1000))]
+        reps: u64,
+        /// Only these workloads (w1..w5), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// A demo worker (started by `shmpool demo`).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker {
@@ -96,6 +113,9 @@ fn run(command: Command) -> Result<(), String> {
         Command::Ls => cmd::ls()?,
         Command::Rm { name, file, force } => cmd::rm(&Target::new(&name, file)?, force)?,
         Command::Demo { records } => return demo::run(records),
+        Command::Bench { n, handoffs, reps, only } => {
+            return bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })
+        }
         Command::DemoWorker { name, socket, slot, reader } => {
             return demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)
         }

@@ -1,0 +1,95 @@
+//! `shmpool bench`: the workloads of BENCH.md (W1–W5), printed one line each, with the
+//! same W1 and W2 loops on mimalloc in the same run as the in-process reference.
+//!
+//! Every figure is the median of `reps` timed repetitions after a warm-up; min and max
+//! are printed beside it. Compare ratios taken within one run: the machine is shared.
+
+mod multi;
+mod single;
+
+use std::time::Instant;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// W1 pairs (and W3 pairs per process).
+    pub n: u64,
+    /// W4 blocks.
+    pub handoffs: u64,
+    /// Timed repetitions.
+    pub reps: usize,
+    /// Workloads to run, lower case (`w1` … `w5`).
+    pub only: Vec<String>,
+}
+
+impl Plan {
+    fn wants(&self, w: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o.eq_ignore_ascii_case(w))
+    }
+}
+
+/// Median, min and max of samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        Spread { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+    }
+}
+
+/// Runs `f` once untimed, then `reps` times; returns the spread of its results.
+pub fn repeat(reps: usize, mut f: impl FnMut() -> f64) -> Spread {
+    f();
+    Spread::of((0..reps).map(|_| f()).collect())
+}
+
+/// Nanoseconds `f` took.
+pub fn time_ns(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_nanos() as f64
+}
+
+/// Runs the plan and prints its lines.
+pub fn run(plan: &Plan) -> Result<(), String> {
+    let out = |line: String| crate::print_out(&format!("{line}\n"));
+    out(format!(
+        "# shmpool {} bench: reps={} n={} cpus={}",
+        env!("CARGO_PKG_VERSION"),
+        plan.reps,
+        plan.n,
+        cpus()
+    ))?;
+    if plan.wants("w1") {
+        for line in single::w1(plan)? {
+            out(line)?;
+        }
+    }
+    if plan.wants("w2") {
+        for line in single::w2(plan)? {
+            out(line)?;
+        }
+    }
+    if plan.wants("w3") {
+        out(multi::w3(plan)?)?;
+    }
+    if plan.wants("w4") {
+        for line in multi::w4(plan)? {
+            out(line)?;
+        }
+    }
+    if plan.wants("w5") {
+        out(single::w5()?)?;
+    }
+    Ok(())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,207 @@
+//! The multi-process workloads: W3 (two processes, attached by name, running W1 at once)
+//! and W4 (process A allocates and hands blocks to process B through a ring in the
+//! segment; B checks and frees them — remote frees), with the bare ring as its ceiling.
+
+use super::{Plan, Spread};
+use crate::child::{fork, wait_all, Forked};
+use shmpool::heap::Heap;
+use shmpool::segment::Access;
+use shmpool::{Segment, SegmentOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A named heap for the run, unlinked when dropped.
+struct Shared {
+    name: String,
+    heap: Heap,
+    ctl: u64,
+}
+
+impl Shared {
+    fn new(tag: &str) -> Result<Self, String> {
+        let name = format!("shmpool-bench-{tag}-{}", std::process::id());
+        let seg = SegmentOptions::new().max_size(4 << 30).create_shm(&name).map_err(|e| e.to_string())?;
+        let heap = Heap::create(seg).map_err(|e| e.to_string())?;
+        let ctl = heap.alloc_zeroed(64 * 1024).map_err(|e| e.to_string())?;
+        Ok(Self { name, heap, ctl })
+    }
+
+    /// Control word `i` (each on its own cache line for i < 64... callers space them).
+    fn word(&self, i: u64) -> &AtomicU64 {
+        self.heap.segment().atomic_u64(self.ctl + 8 * i).expect("control block")
+    }
+
+    /// A fresh attach by name, as an unrelated process would do.
+    fn attach(&self) -> Heap {
+        let seg = Segment::open_shm(&self.name, Access::ReadWrite).expect("attach by name");
+        Heap::attach(seg).expect("a heap")
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = Segment::unlink_shm(&self.name);
+    }
+}
+
+fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn spin_until(cond: impl Fn() -> bool) {
+    while !cond() {
+        std::hint::spin_loop();
+        std::thread::yield_now();
+    }
+}
+
+const GO: u64 = 0;
+const READY: u64 = 8;
+const TIMES: u64 = 16; // start, end pairs of each process, 8 words apart
+
+/// W1 in `procs` processes at once; returns aggregate pairs per microsecond (Mpairs/s).
+fn w3_once(sh: &Shared, procs: u64, n: u64) -> Result<f64, String> {
+    for i in 0..TIMES + 16 * procs {
+        sh.word(i).store(0, Ordering::Relaxed);
+    }
+    let children: Vec<Forked> = (0..procs)
+        .map(|p| {
+            fork(|| {
+                let heap = sh.attach();
+                let base = heap.segment().backend().base().as_ptr();
+                let pairs = |k: u64| {
+                    for i in 0..k {
+                        let o = heap.alloc(64).expect("alloc");
+                        // SAFETY: a live 64-byte block inside the mapping.
+                        unsafe { base.add(o as usize).cast::<u64>().write_volatile(i) };
+                        heap.free(o).expect("free");
+                    }
+                };
+                pairs(n / 4);
+                sh.word(READY).fetch_add(1, Ordering::AcqRel);
+                spin_until(|| sh.word(GO).load(Ordering::Acquire) != 0);
+                let start = mono_ns();
+                pairs(n);
+                sh.word(TIMES + 16 * p).store(start, Ordering::Relaxed);
+                sh.word(TIMES + 16 * p + 8).store(mono_ns(), Ordering::Release);
+                0
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    spin_until(|| sh.word(READY).load(Ordering::Acquire) == procs);
+    sh.word(GO).store(1, Ordering::Release);
+    wait_all(&children, DEADLINE)?;
+    let first = (0..procs).map(|p| sh.word(TIMES + 16 * p).load(Ordering::Acquire)).min().unwrap_or(0);
+    let last = (0..procs).map(|p| sh.word(TIMES + 16 * p + 8).load(Ordering::Acquire)).max().unwrap_or(0);
+    Ok((procs * n) as f64 / (last - first).max(1) as f64 * 1000.0)
+}
+
+pub fn w3(plan: &Plan) -> Result<String, String> {
+    let sh = Shared::new("w3")?;
+    let (mut agg, mut one, mut scaling) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.reps {
+        let o = w3_once(&sh, 1, plan.n)?;
+        let a = w3_once(&sh, 2, plan.n)?;
+        one.push(o);
+        agg.push(a);
+        scaling.push(a / o);
+    }
+    let (agg, one, scaling) = (Spread::of(agg), Spread::of(one), Spread::of(scaling));
+    Ok(format!(
+        "shmpool W3 agg_mpairs_s={:.1} scaling={:.2} one_proc_mpairs_s={:.1} min={:.1} max={:.1} reps={}",
+        agg.median, scaling.median, one.median, agg.min, agg.max, plan.reps
+    ))
+}
+
+const RING: u64 = 1024;
+// Ring layout in the control block (word indices): tail and head on their own lines.
+const TAIL: u64 = 512;
+const HEAD: u64 = 520;
+const SLOTS: u64 = 528;
+
+/// One W4 run; `with_heap` false passes bare integers. Returns Mblocks/s.
+fn w4_once(sh: &Shared, n: u64, with_heap: bool) -> Result<f64, String> {
+    for i in [GO, READY, TAIL, HEAD, TIMES, TIMES + 8] {
+        sh.word(i).store(0, Ordering::Relaxed);
+    }
+    let producer = fork(|| {
+        let heap = sh.attach();
+        let base = heap.segment().backend().base().as_ptr();
+        sh.word(READY).fetch_add(1, Ordering::AcqRel);
+        spin_until(|| sh.word(GO).load(Ordering::Acquire) != 0);
+        sh.word(TIMES).store(mono_ns(), Ordering::Relaxed);
+        for i in 0..n {
+            let v = if with_heap {
+                let o = heap.alloc(64).expect("alloc");
+                // SAFETY: a live 64-byte block inside the mapping.
+                unsafe { base.add(o as usize).cast::<u64>().write_volatile(i) };
+                o
+            } else {
+                i
+            };
+            // SYNC: Acquire pairs with the consumer's Release store of HEAD (slot free).
+            spin_until(|| i - sh.word(HEAD).load(Ordering::Acquire) < RING);
+            sh.word(SLOTS + i % RING).store(v, Ordering::Relaxed);
+            // SYNC: Release pairs with the consumer's Acquire load of TAIL.
+            sh.word(TAIL).store(i + 1, Ordering::Release);
+        }
+        0
+    })?;
+    let consumer = fork(|| {
+        let heap = sh.attach();
+        let base = heap.segment().backend().base().as_ptr();
+        sh.word(READY).fetch_add(1, Ordering::AcqRel);
+        for i in 0..n {
+            spin_until(|| sh.word(TAIL).load(Ordering::Acquire) > i);
+            let v = sh.word(SLOTS + i % RING).load(Ordering::Relaxed);
+            sh.word(HEAD).store(i + 1, Ordering::Release);
+            if with_heap {
+                // SAFETY: the block was published through the ring (Release/Acquire).
+                let got = unsafe { base.add(v as usize).cast::<u64>().read_volatile() };
+                if got != i {
+                    return 3;
+                }
+                heap.free(v).expect("free");
+            } else if v != i {
+                return 3;
+            }
+        }
+        sh.word(TIMES + 8).store(mono_ns(), Ordering::Release);
+        0
+    })?;
+    let children = [producer, consumer];
+    spin_until(|| sh.word(READY).load(Ordering::Acquire) == 2);
+    sh.word(GO).store(1, Ordering::Release);
+    wait_all(&children, DEADLINE)?;
+    let (start, end) = (sh.word(TIMES).load(Ordering::Acquire), sh.word(TIMES + 8).load(Ordering::Acquire));
+    Ok(n as f64 / (end - start).max(1) as f64 * 1000.0)
+}
+
+pub fn w4(plan: &Plan) -> Result<Vec<String>, String> {
+    let sh = Shared::new("w4")?;
+    let n = plan.handoffs;
+    w4_once(&sh, n / 4, true)?;
+    let (mut blocks, mut ring) = (Vec::new(), Vec::new());
+    for _ in 0..plan.reps {
+        ring.push(w4_once(&sh, n, false)?);
+        blocks.push(w4_once(&sh, n, true)?);
+    }
+    let (blocks, ring) = (Spread::of(blocks), Spread::of(ring));
+    Ok(vec![
+        format!(
+            "shmpool W4 mblocks_s={:.2} min={:.2} max={:.2} reps={} ring={RING} vs_ring={:.2}",
+            blocks.median,
+            blocks.min,
+            blocks.max,
+            plan.reps,
+            blocks.median / ring.median
+        ),
+        format!(
+            "shmpool W4-ring mblocks_s={:.2} min={:.2} max={:.2} reps={} ring={RING}",
+            ring.median, ring.min, ring.max, plan.reps
+        ),
+    ])
+}
