@@ -187,3 +187,36 @@ fn relative_file_paths_are_found_in_process_maps() {
     assert!(info.contains(&format!("(pid {})", std::process::id())), "{info}{}", text(&out.stderr));
     drop(seg);
 }
+
+/// Every BENCH.md line is printed, in its format, with numbers that parse; no timing is
+/// asserted (speed is the benchmark's business, not the test's).
+#[test]
+fn bench_prints_every_workload_line() {
+    let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let expect: [(&str, &[&str]); 8] = [
+        ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
+        ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
+        ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
+        ("mimalloc W2 ", &["ns_per_op", "mops_s", "K", "R"]),
+        ("shmpool W3 ", &["agg_mpairs_s", "scaling", "one_proc_mpairs_s", "min", "max", "reps"]),
+        ("shmpool W4 ", &["mblocks_s", "min", "max", "reps", "ring"]),
+        ("shmpool W4-ring ", &["mblocks_s", "ring"]),
+        ("shmpool W5 ", &["bytes_per_alloc", "overhead_ratio", "consumed_bytes"]),
+    ];
+    for (prefix, keys) in expect {
+        let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {stdout}"));
+        let fields: std::collections::HashMap<&str, f64> = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.parse::<f64>().unwrap_or_else(|_| panic!("{k}={v} in {line}"))))
+            .collect();
+        for k in keys {
+            assert!(fields.get(k).is_some_and(|v| v.is_finite() && *v > 0.0), "{k} in {line}");
+        }
+    }
+    let w5 = stdout.lines().find(|l| l.starts_with("shmpool W5")).unwrap();
+    let ratio: f64 = w5.split("overhead_ratio=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((1.0..1.05).contains(&ratio), "a million 64-byte blocks cost about 64 bytes each: {w5}");
+}

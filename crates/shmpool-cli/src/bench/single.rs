@@ -21,20 +21,22 @@ fn poke(base: *mut u8, off: u64, v: u64) {
     unsafe { base.add(off as usize).cast::<u64>().write_volatile(v) }
 }
 
-fn line(
-    who: &str,
-    w: &str,
-    s: Spread,
-    reps: usize,
-    unit: &str,
-    rate: &str,
-    scale: f64,
-    extra: &str,
-) -> String {
+/// How a workload's figure is named: time per unit of work, and the rate (millions/s).
+struct Metric {
+    unit: &'static str,
+    rate: &'static str,
+}
+
+const PAIRS: Metric = Metric { unit: "ns_per_pair", rate: "mpairs_s" };
+const OPS: Metric = Metric { unit: "ns_per_op", rate: "mops_s" };
+
+fn line(who: &str, w: &str, m: &Metric, s: Spread, reps: usize, extra: &str) -> String {
     format!(
-        "{who} {w} {unit}={:.1} {rate}={:.1} min={:.1} max={:.1} reps={reps}{extra}",
+        "{who} {w} {}={:.1} {}={:.1} min={:.1} max={:.1} reps={reps}{extra}",
+        m.unit,
         s.median,
-        scale / s.median,
+        m.rate,
+        1000.0 / s.median,
         s.min,
         s.max
     )
@@ -69,8 +71,8 @@ pub fn w1(plan: &Plan) -> Result<Vec<String>, String> {
     let theirs = repeat(plan.reps, || time_ns(|| mi(n)) / n as f64);
     let ratio = format!(" vs_mimalloc={:.2}", ours.median / theirs.median);
     Ok(vec![
-        line("shmpool", "W1", ours, plan.reps, "ns_per_pair", "mpairs_s", 1000.0, &ratio),
-        line("mimalloc", "W1", theirs, plan.reps, "ns_per_pair", "mpairs_s", 1000.0, ""),
+        line("shmpool", "W1", &PAIRS, ours, plan.reps, &ratio),
+        line("mimalloc", "W1", &PAIRS, theirs, plan.reps, ""),
     ])
 }
 
@@ -151,8 +153,8 @@ pub fn w2(plan: &Plan) -> Result<Vec<String>, String> {
         format!(" K={K} R={R}{r}")
     };
     Ok(vec![
-        line("shmpool", "W2", ours, plan.reps, "ns_per_op", "mops_s", 1000.0, &extra(true)),
-        line("mimalloc", "W2", theirs, plan.reps, "ns_per_op", "mops_s", 1000.0, &extra(false)),
+        line("shmpool", "W2", &OPS, ours, plan.reps, &extra(true)),
+        line("mimalloc", "W2", &OPS, theirs, plan.reps, &extra(false)),
     ])
 }
 

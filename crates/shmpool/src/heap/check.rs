@@ -6,7 +6,7 @@
 //! counters and the class/full lists agree. [`Heap::stats`] reads the same structures
 //! without stopping anyone, so under load its numbers are a snapshot, not exact.
 
-use super::class::{bitmap_words, CLASSES, GEOMETRY};
+use super::class::{CLASSES, GEOMETRY};
 use super::layout::{self, Slab, DESC_FREE, SLAB_MAGIC, TAG_LARGE, TAG_SLAB};
 use super::remote::FULL;
 use super::{Heap, Inner, Located};
@@ -260,7 +260,7 @@ impl Inner {
             }
             other => return at(format!("owner {owner} class {c}, but listed as {other:?}")),
         }
-        let words = bitmap_words(u64::from(g.capacity)) as u32;
+        let words = g.words as u32;
         let (mut allocated, mut remote) = (0u64, 0u64);
         let bump = slab.bump.load(Ordering::Relaxed);
         for w in 0..words {

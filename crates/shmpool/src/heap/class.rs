@@ -17,8 +17,8 @@ pub const GRANULE: u64 = 16;
 pub const MAX_CLASS_SIZE: u64 = 512 << 10;
 /// Number of classes.
 pub const CLASSES: usize = 8 + 12 * 8;
-/// Bytes of a slab header before its bitmaps.
-pub const SLAB_FIELDS: u64 = 64;
+/// Bytes of a slab header before its bitmaps: the owner's line and the remote line.
+pub const SLAB_FIELDS: u64 = 128;
 
 /// The class serving `size` bytes (`size` ≤ [`MAX_CLASS_SIZE`]).
 #[inline]
@@ -53,6 +53,8 @@ pub struct Geometry {
     pub capacity: u32,
     /// Offset of block 0 from the slab's start.
     pub blocks_start: u64,
+    /// Words in each of the slab's two bitmaps.
+    pub words: u64,
     /// `ceil(2^RECIP_SHIFT / size)`: `(d * recip) >> RECIP_SHIFT == d / size` for every
     /// in-slab distance `d`, so a free checks alignment without dividing.
     pub recip: u64,
@@ -70,9 +72,10 @@ const fn natural_align(size: u64) -> u64 {
     }
 }
 
-/// Words of one bitmap for `cap` blocks.
+/// Words of one bitmap for `cap` blocks, padded to whole cache lines so the owner's and
+/// the remote freers' bitmaps never share one.
 pub const fn bitmap_words(cap: u64) -> u64 {
-    cap.div_ceil(64)
+    cap.div_ceil(64).next_multiple_of(8)
 }
 
 const fn blocks_start(size: u64, cap: u64) -> u64 {
@@ -128,12 +131,13 @@ const fn geometry(c: usize) -> Geometry {
         units: best_units as u32,
         capacity: cap as u32,
         blocks_start: blocks_start(size, cap),
+        words: bitmap_words(cap),
         recip: (1u64 << RECIP_SHIFT).div_ceil(size),
     }
 }
 
 const fn table() -> [Geometry; CLASSES] {
-    let mut t = [Geometry { size: 0, units: 0, capacity: 0, blocks_start: 0, recip: 0 }; CLASSES];
+    let mut t = [Geometry { size: 0, units: 0, capacity: 0, blocks_start: 0, words: 0, recip: 0 }; CLASSES];
     let mut c = 0;
     while c < CLASSES {
         t[c] = geometry(c);

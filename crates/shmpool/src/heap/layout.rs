@@ -11,7 +11,10 @@
 //! A *slab* is a run of units holding blocks of one size class. Its header is in band:
 //!
 //! ```text
-//!  Slab fields (64 B) │ allocated bitmap │ remote-freed bitmap │ pad │ block 0 │ block 1 │ …
+//!  owner fields (64 B) │ thread_free (64 B) │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
+//!
+//! Each part starts on its own cache line: the owner's fields and the allocated bitmap
+//! are written by the owner, `thread_free` and the remote bitmap by other processes.
 //! ```
 //!
 //! Slab invariants (walked by `Heap::check` on a quiescent heap):
@@ -141,9 +144,11 @@ pub(crate) struct Slab {
     /// Neighbours on the owner's class or full list (unit + 1); owner only.
     pub next: AtomicU32,
     pub prev: AtomicU32,
+    /// Keeps `thread_free`, which other processes CAS, off the owner's cache line.
+    pub _pad: [AtomicU64; 4],
     /// Remote-free list: low 32 bits the first block's index + 1, plus `FULL`.
     pub thread_free: AtomicU64,
-    pub _pad: [AtomicU64; 3],
+    pub _pad2: [AtomicU64; 7],
 }
 
 // SAFETY: repr(C), atomics only.

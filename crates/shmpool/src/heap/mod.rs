@@ -246,8 +246,8 @@ impl Heap {
                 // SAFETY: `locate` found a slab header at `slab`.
                 let owner = unsafe { inner.base.at::<Slab>(slab) }.owner.load(Ordering::Relaxed);
                 match tls::lookup(inner.id) {
-                    Some(d) if d == owner => inner.free_local(d, slab, class, idx),
-                    _ => inner.free_remote(slab, class, idx),
+                    Some(d) if d == owner => inner.free_local(d, slab, class, idx, off),
+                    _ => inner.free_remote(slab, class, idx, off),
                 }
             }
         }
@@ -376,22 +376,22 @@ impl Inner {
     /// the block's allocated state.
     #[inline]
     fn locate(&self, off: u64) -> Result<Located, FreeError> {
-        // SYNC: Acquire pairs with the Release in `ShmStore::set_managed`.
-        let units = self.meta().units.load(Ordering::Acquire);
         let rel = off.checked_sub(self.arena).ok_or(FreeError::OutOfRange(off))?;
         let u = rel >> UNIT_SHIFT;
-        if u >= u64::from(units) {
+        // The whole unit table is committed; units not yet managed read as `Unknown`, so
+        // the table's own bound suffices (no shared load on the free path).
+        if u >= u64::from(self.max_units) {
             return Err(FreeError::OutOfRange(off));
         }
         if !off.is_multiple_of(class::GRANULE) {
             return Err(FreeError::Misaligned(off));
         }
-        let (head, _len, tag) = self.buddy_ro().run_of(u as u32).ok_or(FreeError::NotAllocated(off))?;
+        let (head, tag) = self.run_head(u as u32).ok_or(FreeError::NotAllocated(off))?;
         if tag == layout::TAG_LARGE {
             return Ok(Located::Large { head });
         }
         let slab = self.unit_off(head);
-        // SAFETY: unit `head` heads a slab run inside the managed (committed) arena.
+        // SAFETY: unit `head` heads an allocated run, so it is managed and committed.
         let cls = unsafe { self.base.at::<Slab>(slab) }.class.load(Ordering::Relaxed);
         let class = (cls & 0xffff) as usize;
         if tag != layout::TAG_SLAB || cls & 0xffff_0000 != layout::SLAB_MAGIC || class >= CLASSES {
@@ -404,6 +404,27 @@ impl Inner {
             return Err(FreeError::Interior(off));
         }
         Ok(Located::Slab { slab, class, idx: idx as u32 })
+    }
+
+    /// The head and tag of the allocated run containing managed unit `u` (what
+    /// `Buddy::run_of` answers, inlined for the free path: a slab's head unit needs one
+    /// table read).
+    #[inline(always)]
+    fn run_head(&self, u: u32) -> Option<(u32, u8)> {
+        let word = |u: u32| {
+            // SAFETY: `u < max_units`: the table word is committed (the whole table is).
+            let w: &AtomicU64 = unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) };
+            crate::pages::UnitState::decode(w.load(Ordering::Relaxed))
+        };
+        use crate::pages::UnitState::{Run, Tail};
+        match word(u) {
+            Run { tag, .. } => Some((u, tag)),
+            Tail { head } if head < u => match word(head) {
+                Run { len, tag } if u - head < len => Some((head, tag)),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     fn buddy_ro(&self) -> store::ShmBuddy<'_> {

@@ -20,7 +20,7 @@
 //! `raw.rs` for the contract.
 #![allow(unsafe_code)]
 
-use super::class::{bitmap_words, GEOMETRY, SLAB_FIELDS};
+use super::class::{GEOMETRY, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
 use super::layout::{ClassQueue, Slab, SLAB_MAGIC, TAG_SLAB};
 use super::remote::{self, Pushed, FULL};
@@ -41,8 +41,8 @@ impl Inner {
     /// Word `w` of the allocated (`remote == false`) or remote bitmap of a slab of `class`.
     #[inline(always)]
     fn bits(&self, slab: u64, class: usize, remote: bool, w: u32) -> &AtomicU64 {
-        let words = bitmap_words(u64::from(GEOMETRY[class].capacity));
-        let off = slab + SLAB_FIELDS + 8 * (u64::from(remote) * words + u64::from(w));
+        let words = if remote { GEOMETRY[class].words } else { 0 };
+        let off = slab + SLAB_FIELDS + 8 * (words + u64::from(w));
         // SAFETY: the bitmaps follow the slab fields inside the slab's first unit.
         unsafe { self.base.at(off) }
     }
@@ -94,6 +94,7 @@ impl Inner {
     }
 
     /// Whether block `idx` is allocated and not waiting in a remote-free list.
+    #[inline(always)]
     pub(super) fn check_allocated(
         &self,
         slab: u64,
@@ -110,10 +111,16 @@ impl Inner {
         Ok(())
     }
 
-    /// A free by the owning thread.
+    /// A free by the owning thread of the block at `block`, index `idx` of its slab.
     #[inline]
-    pub(super) fn free_local(&self, d: u32, slab_off: u64, class: usize, idx: u32) -> Result<(), FreeError> {
-        let block = self.block(slab_off, class, idx);
+    pub(super) fn free_local(
+        &self,
+        d: u32,
+        slab_off: u64,
+        class: usize,
+        idx: u32,
+        block: u64,
+    ) -> Result<(), FreeError> {
         self.check_allocated(slab_off, class, idx, block)?;
         let word = self.bits(slab_off, class, false, idx / 64);
         word.store(word.load(Ordering::Relaxed) & !(1 << (idx % 64)), Ordering::Relaxed);
@@ -125,7 +132,8 @@ impl Inner {
         slab.free.store(idx + 1, Ordering::Relaxed);
         let used = slab.used.load(Ordering::Relaxed) - 1;
         slab.used.store(used, Ordering::Relaxed);
-        if used == 0 {
+        // The current slab stays even when empty (no churn for alloc/free/alloc/free).
+        if used == 0 && self.queue(d, class).head.load(Ordering::Relaxed) != self.unit_of(slab_off) + 1 {
             self.slab_emptied(d, slab_off, class);
         }
         Ok(())
@@ -133,8 +141,13 @@ impl Inner {
 
     /// A free by any other thread or process: one `fetch_or` claims the block (a second
     /// free of it sees the bit and fails), one CAS hands it to the owner.
-    pub(super) fn free_remote(&self, slab_off: u64, class: usize, idx: u32) -> Result<(), FreeError> {
-        let block = self.block(slab_off, class, idx);
+    pub(super) fn free_remote(
+        &self,
+        slab_off: u64,
+        class: usize,
+        idx: u32,
+        block: u64,
+    ) -> Result<(), FreeError> {
         let (alloc, remote_bits) =
             (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
         if !remote::claim(alloc, remote_bits, 1 << (idx % 64)) {
@@ -282,6 +295,7 @@ impl Inner {
         self.link64(block).load(Ordering::Relaxed)
     }
 
+    #[inline(always)]
     pub(super) fn unit_of(&self, slab_off: u64) -> u32 {
         ((slab_off - self.arena) >> crate::pages::UNIT_SHIFT) as u32
     }
@@ -342,7 +356,7 @@ impl Inner {
         }
         slab.owner.store(d, Ordering::Relaxed);
         slab.thread_free.store(0, Ordering::Relaxed);
-        for w in 0..bitmap_words(u64::from(g.capacity)) as u32 {
+        for w in 0..g.words as u32 {
             self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
             self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);
         }

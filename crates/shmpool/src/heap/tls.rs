@@ -2,9 +2,10 @@
 //! storage; and fork detection, so a forked child never keeps using its parent's
 //! descriptors.
 //!
-//! A fork copies the parent's thread-locals into the child. `pthread_atfork` bumps a
-//! process-wide generation in the child; an entry from another generation is ignored,
-//! so the child claims descriptors of its own. The check is one load on the fast path.
+//! A fork copies the parent's thread-locals into the child. The `pthread_atfork` child
+//! handler clears the fast-path cache of the forking thread (the only thread the child
+//! has) and bumps a process-wide generation; entries of the owned list from another
+//! generation are ignored, so the child claims descriptors of its own.
 #![allow(unsafe_code)]
 
 use super::Inner;
@@ -19,6 +20,9 @@ static TRACKING: Once = Once::new();
 extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Ordering::Relaxed);
     PID.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
+    // The forking thread is the child's only thread: forget its parent's descriptor here,
+    // so the fast path need not compare generations.
+    LAST.with(|c| c.set((0, 0)));
 }
 
 /// Starts fork tracking (once per process).
@@ -61,16 +65,16 @@ impl Drop for OwnedList {
 }
 
 thread_local! {
-    /// (heap id, descriptor, generation) of the last heap this thread used.
-    static LAST: Cell<(u64, u32, u64)> = const { Cell::new((0, 0, u64::MAX)) };
+    /// (heap id, descriptor) of the last heap this thread used; id 0 is no heap.
+    static LAST: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     static OWNED: RefCell<OwnedList> = const { RefCell::new(OwnedList(Vec::new())) };
 }
 
 /// The descriptor the calling thread owns in heap `id`, if any.
 #[inline(always)]
 pub(crate) fn lookup(id: u64) -> Option<u32> {
-    let (last_id, desc, gen) = LAST.with(Cell::get);
-    if last_id == id && gen == FORK_GEN.load(Ordering::Relaxed) {
+    let (last_id, desc) = LAST.with(Cell::get);
+    if last_id == id {
         Some(desc)
     } else {
         lookup_slow(id)
@@ -81,7 +85,7 @@ pub(crate) fn lookup(id: u64) -> Option<u32> {
 fn lookup_slow(id: u64) -> Option<u32> {
     let gen = FORK_GEN.load(Ordering::Relaxed);
     let desc = OWNED.with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc))?;
-    LAST.with(|c| c.set((id, desc, gen)));
+    LAST.with(|c| c.set((id, desc)));
     Some(desc)
 }
 
@@ -89,5 +93,5 @@ fn lookup_slow(id: u64) -> Option<u32> {
 pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32) {
     let gen = FORK_GEN.load(Ordering::Relaxed);
     OWNED.with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, gen }));
-    LAST.with(|c| c.set((id, desc, gen)));
+    LAST.with(|c| c.set((id, desc)));
 }

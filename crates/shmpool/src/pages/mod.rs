@@ -78,6 +78,7 @@ impl UnitState {
     }
 
     /// Unpacks a table word; anything unrecognised is `Unknown`.
+    #[inline(always)]
     pub fn decode(w: u64) -> Self {
         let v = (w >> 32) as u32;
         match w & 0xff {
