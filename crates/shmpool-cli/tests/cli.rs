@@ -206,7 +206,8 @@ fn bench_prints_every_workload_line() {
         ("shmpool W5 ", &["bytes_per_alloc", "overhead_ratio", "consumed_bytes"]),
     ];
     for (prefix, keys) in expect {
-        let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {stdout}"));
+        let line =
+            stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {stdout}"));
         let fields: std::collections::HashMap<&str, f64> = line
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))

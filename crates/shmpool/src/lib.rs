@@ -41,6 +41,7 @@
 //! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
 //! - `segment::mapping` (mmap and munmap) and `segment::access` (the header, checked raw
 //!   reads and writes of the mapping, `Send`/`Sync` of `Segment`);
+//! - `offset` (reinterpreting copied bytes as a `ShmSafe` type);
 //! - `heap::raw`, whose one primitive views the heap's own structures in the segment, and
 //!   the heap modules that call it (`heap`, `slab`, `store`, `layout`, `lock`), plus
 //!   `heap::tls` (the fork handler). Each names what makes its views sound.
@@ -51,9 +52,11 @@
 
 pub mod heap;
 pub(crate) mod loom;
+pub mod offset;
 pub mod pages;
 pub mod segment;
 #[cfg(test)]
 mod tests;
 
+pub use offset::{Offset, ShmSafe};
 pub use segment::{AttachError, CreateError, GrowError, Segment, SegmentOptions};

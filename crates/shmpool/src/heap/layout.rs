@@ -53,17 +53,49 @@ pub(crate) const DESC_BYTES: u64 = 8 * 4 + 8 * super::class::CLASSES as u64;
 /// Offset of the first unit-table word, after [`Meta`].
 pub(crate) const TABLE_OFF: u64 = META_OFF + 1024;
 
-/// Where the unit table, the descriptors and the arena lie for a segment reserving
-/// `reserved` bytes: `(max_units, descs_off, arena_start)`, or `None` if too small.
+/// Named roots a heap can hold.
+pub const MAX_ROOTS: u32 = 64;
+/// Longest root name, in bytes.
+pub const MAX_ROOT_NAME: usize = 96;
+
+/// Where the unit table, the descriptors, the root table and the arena lie for a segment
+/// reserving `reserved` bytes: `(max_units, descs_off, arena_start)`, or `None` if too
+/// small. The root table follows the descriptors ([`roots_off`]).
 pub(crate) fn plan(reserved: u64) -> Option<(u32, u64, u64)> {
     use crate::pages::UNIT;
     let units_bound = reserved / UNIT;
     let descs_off = (TABLE_OFF + 8 * units_bound).next_multiple_of(64);
-    let arena =
-        (descs_off + u64::from(MAX_DESCS) * core::mem::size_of::<Desc>() as u64).next_multiple_of(UNIT);
+    let roots_end = roots_off(descs_off) + u64::from(MAX_ROOTS) * ROOT_BYTES;
+    let arena = roots_end.next_multiple_of(UNIT);
     let units = reserved.checked_sub(arena)? / UNIT;
     (units > 0).then_some((u32::try_from(units).ok()?, descs_off, arena))
 }
+
+/// Bytes of one [`Root`].
+const ROOT_BYTES: u64 = 32 + MAX_ROOT_NAME as u64;
+
+/// Offset of the root table for descriptors at `descs_off`.
+pub(crate) fn roots_off(descs_off: u64) -> u64 {
+    (descs_off + u64::from(MAX_DESCS) * DESC_BYTES).next_multiple_of(64)
+}
+
+/// A named root: `state` is `hash << 2 | ROOT_*`, the hash of the name with its low two
+/// bits free; the name and the value's offset are valid once the state says READY.
+#[repr(C)]
+pub(crate) struct Root {
+    pub state: AtomicU64,
+    pub offset: AtomicU64,
+    /// `size << 32 | align` of the value's type.
+    pub shape: AtomicU64,
+    pub name_len: AtomicU64,
+    pub name: [AtomicU64; MAX_ROOT_NAME / 8],
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl Shared for Root {}
+
+pub(crate) const ROOT_INIT: u64 = 1;
+pub(crate) const ROOT_READY: u64 = 2;
 
 /// Unit-table tag of a slab run.
 pub(crate) const TAG_SLAB: u8 = 1;

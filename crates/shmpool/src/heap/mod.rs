@@ -42,7 +42,7 @@
 //! ```
 //!
 //! # Safety
-//! This module and `slab`, `store`, `layout`, `lock`, `raw` and `tls` use `unsafe` only
+//! This module and `slab`, `store`, `layout`, `lock`, `raw`, `roots`, `typed` and `tls` use `unsafe` only
 //! to view the heap's own structures in the segment (`raw::Base::at`, whose contract is
 //! in `raw.rs`) and to register the fork handler (`tls.rs`).
 #![allow(unsafe_code)]
@@ -54,14 +54,18 @@ mod layout;
 mod lock;
 mod raw;
 pub(crate) mod remote;
+mod roots;
 mod slab;
 mod store;
 mod tls;
+mod typed;
 mod units;
 
 pub use check::{CheckReport, ClassStats, HeapStats};
 pub use error::{AllocError, FreeError};
-pub use layout::MAX_DESCS;
+pub use layout::{MAX_DESCS, MAX_ROOTS, MAX_ROOT_NAME};
+pub use roots::{RootError, ROOT_INIT_TIMEOUT};
+pub use typed::ShmBox;
 
 use crate::pages::UNIT_SHIFT;
 use crate::segment::{AccessError, Segment};

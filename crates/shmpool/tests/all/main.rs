@@ -12,6 +12,7 @@ mod huge;
 mod multiproc;
 mod pages;
 mod support;
+mod typed;
 
 fn main() {
     if let Some(code) = support::peer::dispatch() {
@@ -29,5 +30,6 @@ fn main() {
     trials.extend(pages::tests());
     trials.extend(heap::tests());
     trials.extend(heap_stress::tests());
+    trials.extend(typed::tests());
     libtest_mimic::run(&args, trials).exit();
 }
