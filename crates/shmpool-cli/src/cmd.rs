@@ -96,7 +96,41 @@ pub fn info(target: &Target) -> Result<String, String> {
         if f.flags & shmpool::segment::header::FLAG_HUGE_PAGES != 0 { "yes" } else { "no" }.into(),
     );
     line("mapped by", describe_pids(&pids));
+    if let Some(heap) = heap_stats(target) {
+        out.push_str(&heap);
+    }
     Ok(out.trim_end().to_string())
+}
+
+/// The heap's use, if the segment holds one (attached read-only).
+fn heap_stats(target: &Target) -> Option<String> {
+    let seg = match target {
+        Target::Shm(n) => Segment::open_shm(n.as_str(), shmpool::segment::Access::ReadOnly),
+        Target::File(p) => Segment::open_file(p, shmpool::segment::Access::ReadOnly),
+    }
+    .ok()?;
+    let heap = shmpool::heap::Heap::attach(seg).ok()?;
+    let s = heap.stats();
+    let mut out = String::from("\nheap\n");
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<17} {v}\n"));
+    line("arena", format!("{} ({} in no slab or block)", human(s.arena_bytes), human(s.free_unit_bytes)));
+    line("thread heaps", format!("{} of {}", s.thread_heaps, shmpool::heap::MAX_DESCS));
+    line("large blocks", format!("{} ({})", s.large_blocks, human(s.large_bytes)));
+    line("slab bytes in use", human(s.slab_used_bytes()));
+    line("fragmentation", format!("{:.1}% of slab memory holds no live block", 100.0 * s.fragmentation()));
+    if !s.classes.is_empty() {
+        out.push_str(&format!("  {:>9} {:>6} {:>10} {:>10}\n", "class", "slabs", "used", "free"));
+        for c in &s.classes {
+            out.push_str(&format!(
+                "  {:>9} {:>6} {:>10} {:>10}\n",
+                human(c.size),
+                c.slabs,
+                c.used_blocks,
+                c.free_blocks
+            ));
+        }
+    }
+    Some(out)
 }
 
 fn describe_pids(pids: &[u32]) -> String {

@@ -56,13 +56,21 @@ fn demo_shows_four_processes_sharing_a_growing_segment() {
     let out = shmpool(&["demo", "--records", "1024"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "demo failed: {stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("4 worker processes shared"), "{stdout}");
+    assert!(stdout.contains("4 worker processes shared one heap"), "{stdout}");
     for how in ["fork", "name /shmpool-demo-", "fd over a Unix socket"] {
         assert!(stdout.contains(how), "missing {how:?}: {stdout}");
     }
-    assert!(stdout.contains("all 2048 records were verified byte for byte"), "{stdout}");
-    let grew = stdout.lines().find(|l| l.contains("the segment grew")).expect("growth line");
-    assert!(grew.contains("1.0 MiB -> 9.0 MiB"), "{grew}");
+    assert!(
+        stdout.contains(
+            "2048 records of 256 B to 16 KiB were verified byte for byte by both readers and all 2048 freed"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("heap invariant walk: clean"), "{stdout}");
+    let grew = stdout.lines().find(|l| l.contains("the heap grew the segment")).expect("growth line");
+    let sizes: Vec<&str> =
+        grew.split("segment ").nth(1).unwrap().split(" as").next().unwrap().split(" -> ").collect();
+    assert_ne!(sizes[0], sizes[1], "the segment grew while they ran: {grew}");
     let pid = stdout.split("/shmpool-demo-").nth(1).and_then(|s| s.split(' ').next()).unwrap();
     assert!(!std::path::Path::new(&format!("/dev/shm/shmpool-demo-{pid}")).exists(), "demo cleans up");
 }
@@ -220,4 +228,22 @@ fn bench_prints_every_workload_line() {
     let w5 = stdout.lines().find(|l| l.starts_with("shmpool W5")).unwrap();
     let ratio: f64 = w5.split("overhead_ratio=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((1.0..1.05).contains(&ratio), "a million 64-byte blocks cost about 64 bytes each: {w5}");
+}
+
+#[test]
+fn info_shows_heap_use() {
+    let name = unique("heapinfo");
+    let _rm = Remove(format!("/dev/shm/{name}"));
+    let seg = shmpool::SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
+    let heap = shmpool::heap::Heap::create(seg).unwrap();
+    let blocks: Vec<u64> = (0..100).map(|_| heap.alloc(100).unwrap()).collect();
+    let big = heap.alloc(3 << 20).unwrap();
+    let info = text(&shmpool(&["info", &name]).stdout);
+    assert!(info.contains("large blocks      1 (3.0 MiB)"), "{info}");
+    assert!(info.contains("thread heaps      1 of"), "{info}");
+    let row = info.lines().find(|l| l.trim_start().starts_with("112 B")).unwrap_or_else(|| panic!("{info}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[2..4], ["1", "100"], "one slab, 100 blocks used: {row}");
+    heap.free(big).unwrap();
+    drop(blocks);
 }

@@ -1,48 +1,43 @@
-//! The demo's shared layout and its workers' loops: a control block and an append-only
-//! log of 4 KiB records in one segment that grows as writers append.
+//! The demo's shared structures and its workers' loops, on the shared heap.
+//!
+//! A control block (found through the named root `demo/control`) holds the run's
+//! parameters, a slot array of record offsets, and each worker's results. A writer
+//! allocates a record of a random size from the heap (which grows the segment as
+//! needed), fills it, and publishes its offset in the next slot (Release). A reader walks
+//! every slot in order, waits for it (Acquire), verifies the record byte for byte, and
+//! the last of the readers to finish with a record frees it — a free by a process other
+//! than the one that allocated it.
 //!
 //! ```text
-//!  4096  control: magic, records per writer, writers, next index, go, attached count
-//!  4352  worker slots: 16 × 128 B of per-worker results (pid, role, counts, timings)
-//!  8192  record 0 │ record 1 │ … each: ready word, writer, seq, publish time, checksum, payload
+//!  record: seq │ writer │ publish time │ checksum │ size │ readers left │ payload …
 //! ```
-//!
-//! A writer reserves the next record index with one `fetch_add`, grows the segment if
-//! the record lies past the committed size, fills the record and publishes it by storing
-//! its ready word (Release). A reader walks every index in order: it waits until the
-//! record is committed (so it never touches an unbacked page), then until it is ready
-//! (Acquire), and verifies the payload byte for byte.
 
-use shmpool::segment::HEADER_LEN;
-use shmpool::Segment;
+use shmpool::heap::Heap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CTRL: u64 = HEADER_LEN;
-const MAGIC: u64 = u64::from_ne_bytes(*b"DEMOLOG1");
-const C_MAGIC: u64 = CTRL;
-const C_PER_WRITER: u64 = CTRL + 8;
-const C_WRITERS: u64 = CTRL + 16;
-const C_NEXT: u64 = CTRL + 24;
-const C_GO: u64 = CTRL + 32;
-const C_ATTACHED: u64 = CTRL + 40;
-const SLOTS: u64 = CTRL + 256;
-const SLOT_LEN: u64 = 128;
-/// Most workers the layout has slots for.
+const MAGIC: u64 = u64::from_ne_bytes(*b"DEMOLOG2");
+/// Control block words.
+const C_MAGIC: u64 = 0;
+const C_PER_WRITER: u64 = 1;
+const C_WRITERS: u64 = 2;
+const C_READERS: u64 = 3;
+const C_NEXT: u64 = 4;
+const C_GO: u64 = 5;
+const C_ATTACHED: u64 = 6;
+const C_SLOTS: u64 = 7;
+const SLOT_WORDS: u64 = 16;
+const FIRST_SLOT: u64 = 16;
+/// Most workers the control block has result slots for.
 pub const MAX_WORKERS: u64 = 16;
-const RECORDS: u64 = CTRL + 4096;
-/// Bytes of one record.
-pub const RECORD: u64 = 4096;
-const PAYLOAD: u64 = 40;
-/// The segment grows in steps of this size.
-pub const GROW_STEP: u64 = 1 << 20;
+const CONTROL_WORDS: u64 = FIRST_SLOT + MAX_WORKERS * SLOT_WORDS;
+/// Record header words; the payload follows.
+const HEADER: u64 = 6;
+/// Record sizes are drawn from this range.
+const MIN_RECORD: u64 = 256;
+const MAX_RECORD: u64 = 16 << 10;
 /// How long a worker waits for the start signal or for a record.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Bytes of segment the control block and `records` records need.
-pub fn bytes_for(records: u64) -> u64 {
-    RECORDS + records * RECORD
-}
 
 /// What a worker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +54,7 @@ pub enum How {
     Fd = 3,
 }
 
-/// Fields of a worker slot, in u64 words.
+/// Fields of a worker's result slot.
 #[derive(Debug, Clone, Copy)]
 pub enum Field {
     Pid = 0,
@@ -70,37 +65,78 @@ pub enum Field {
     ElapsedNs = 5,
     P50Ns = 6,
     P99Ns = 7,
-    Grows = 8,
+    Freed = 8,
     Bad = 9,
     Done = 10,
 }
 
-fn word(seg: &Segment, off: u64) -> &AtomicU64 {
-    seg.atomic_u64(off).expect("demo layout lies in the committed segment")
+/// The demo's control block in a heap.
+pub struct Log<'h> {
+    heap: &'h Heap,
+    ctl: u64,
 }
 
-/// One field of worker `slot`.
-pub fn slot_field(seg: &Segment, slot: u64, f: Field) -> &AtomicU64 {
-    word(seg, SLOTS + slot * SLOT_LEN + 8 * f as u64)
-}
+impl<'h> Log<'h> {
+    /// Creates the control block and slot array for `writers` × `per_writer` records.
+    pub fn create(heap: &'h Heap, writers: u64, readers: u64, per_writer: u64) -> Result<Self, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let ctl = heap.alloc_zeroed(8 * CONTROL_WORDS).map_err(|x| e(&x))?;
+        let slots = heap.alloc_zeroed(8 * writers * per_writer).map_err(|x| e(&x))?;
+        heap.find_or_init("demo/control", || ctl).map_err(|x| e(&x))?;
+        let log = Log { heap, ctl };
+        for (w, v) in
+            [(C_PER_WRITER, per_writer), (C_WRITERS, writers), (C_READERS, readers), (C_SLOTS, slots)]
+        {
+            log.word(w).store(v, Ordering::Relaxed);
+        }
+        // SYNC: Release pairs with the Acquire check in `open`.
+        log.word(C_MAGIC).store(MAGIC, Ordering::Release);
+        Ok(log)
+    }
 
-/// Writes the control block of a new demo segment.
-pub fn init(seg: &Segment, writers: u64, per_writer: u64) {
-    word(seg, C_PER_WRITER).store(per_writer, Ordering::Relaxed);
-    word(seg, C_WRITERS).store(writers, Ordering::Relaxed);
-    // SYNC: Release pairs with the Acquire check in `attach_worker`.
-    word(seg, C_MAGIC).store(MAGIC, Ordering::Release);
-}
+    /// Finds the control block of a demo heap.
+    pub fn open(heap: &'h Heap) -> Result<Self, String> {
+        let root = heap.find_or_init::<u64>("demo/control", || 0).map_err(|e| e.to_string())?;
+        let ctl = root.read(heap.segment()).map_err(|e| e.to_string())?;
+        let log = Log { heap, ctl };
+        if ctl == 0 || heap.usable_size(ctl).map_or(true, |n| n < 8 * CONTROL_WORDS) {
+            return Err("the segment holds no demo control block".into());
+        }
+        // SYNC: Acquire pairs with the Release in `create`.
+        if log.word(C_MAGIC).load(Ordering::Acquire) != MAGIC {
+            return Err("the demo control block is not initialised".into());
+        }
+        Ok(log)
+    }
 
-/// Workers that have attached and are waiting to start.
-pub fn attached(seg: &Segment) -> u64 {
-    word(seg, C_ATTACHED).load(Ordering::Acquire)
-}
+    fn word(&self, i: u64) -> &AtomicU64 {
+        self.heap.segment().atomic_u64(self.ctl + 8 * i).expect("the control block is a live heap block")
+    }
 
-/// Starts every waiting worker at once.
-pub fn go(seg: &Segment) {
-    // SYNC: Release pairs with the workers' Acquire spin on the go word.
-    word(seg, C_GO).store(mono_ns(), Ordering::Release);
+    fn slot(&self, idx: u64) -> &AtomicU64 {
+        let slots = self.word(C_SLOTS).load(Ordering::Relaxed);
+        self.heap.segment().atomic_u64(slots + 8 * idx).expect("the slot array is a live heap block")
+    }
+
+    /// One field of worker `slot`'s results.
+    pub fn field(&self, slot: u64, f: Field) -> &AtomicU64 {
+        self.word(FIRST_SLOT + slot * SLOT_WORDS + f as u64)
+    }
+
+    /// Workers that have attached and wait for the start.
+    pub fn attached(&self) -> u64 {
+        self.word(C_ATTACHED).load(Ordering::Acquire)
+    }
+
+    /// Starts every waiting worker at once.
+    pub fn go(&self) {
+        // SYNC: Release pairs with the workers' Acquire spin on the go word.
+        self.word(C_GO).store(1, Ordering::Release);
+    }
+
+    fn record_word(&self, rec: u64, i: u64) -> &AtomicU64 {
+        self.heap.segment().atomic_u64(rec + 8 * i).expect("a live record")
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: one clock for every process on the host.
@@ -120,82 +156,95 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs worker `slot` to completion and records its results in its slot.
-pub fn run_worker(seg: &Segment, slot: u64, role: Role, how: How) -> Result<(), String> {
-    if slot >= MAX_WORKERS || seg.committed() < RECORDS || seg.load_u64(C_MAGIC) != Ok(MAGIC) {
-        return Err("segment holds no demo layout (or the slot is out of range)".into());
+/// Runs worker `slot` to completion and records its results.
+pub fn run_worker(heap: &Heap, slot: u64, role: Role, how: How) -> Result<(), String> {
+    if slot >= MAX_WORKERS {
+        return Err(format!("worker slot {slot} is out of range"));
     }
-    let set = |f, v| slot_field(seg, slot, f).store(v, Ordering::Relaxed);
+    let log = Log::open(heap)?;
+    let set = |f, v| log.field(slot, f).store(v, Ordering::Relaxed);
     set(Field::Pid, u64::from(std::process::id()));
     set(Field::Role, role as u64);
     set(Field::How, how as u64);
-    word(seg, C_ATTACHED).fetch_add(1, Ordering::AcqRel);
-    wait_for("the start signal", || word(seg, C_GO).load(Ordering::Acquire) != 0)?;
+    log.word(C_ATTACHED).fetch_add(1, Ordering::AcqRel);
+    wait_for("the start signal", || log.word(C_GO).load(Ordering::Acquire) != 0)?;
     let start = mono_ns();
     match role {
-        Role::Writer => write_records(seg, slot),
-        Role::Reader => read_records(seg, slot),
+        Role::Writer => write_records(&log, slot),
+        Role::Reader => read_records(&log, slot),
     }?;
     set(Field::ElapsedNs, mono_ns() - start);
     // SYNC: Release pairs with the parent's Acquire load of Done before it reads the slot.
-    slot_field(seg, slot, Field::Done).store(1, Ordering::Release);
+    log.field(slot, Field::Done).store(1, Ordering::Release);
     Ok(())
 }
 
-fn write_records(seg: &Segment, slot: u64) -> Result<(), String> {
-    let n = word(seg, C_PER_WRITER).load(Ordering::Relaxed);
-    let mut rec = vec![0u8; RECORD as usize];
-    let mut grows = 0;
+fn write_records(log: &Log<'_>, slot: u64) -> Result<(), String> {
+    let heap = log.heap;
+    let n = log.word(C_PER_WRITER).load(Ordering::Relaxed);
+    let readers = log.word(C_READERS).load(Ordering::Relaxed);
+    let mut rng = slot.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = Vec::new();
+    let mut bytes = 0;
     for seq in 0..n {
-        let idx = word(seg, C_NEXT).fetch_add(1, Ordering::Relaxed);
-        let off = RECORDS + idx * RECORD;
-        if off + RECORD > seg.committed() {
-            seg.grow_to((off + RECORD).next_multiple_of(GROW_STEP)).map_err(|e| e.to_string())?;
-            grows += 1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let size = MIN_RECORD + rng % (MAX_RECORD - MIN_RECORD);
+        let rec = heap.alloc(size).map_err(|e| e.to_string())?;
+        buf.resize((size - 8 * HEADER) as usize, 0);
+        let sum = fill_payload(&mut buf, slot, seq);
+        heap.segment().write_bytes(rec + 8 * HEADER, &buf).map_err(|e| e.to_string())?;
+        for (i, v) in [seq, slot, mono_ns(), sum, size, readers].into_iter().enumerate() {
+            log.record_word(rec, i as u64).store(v, Ordering::Relaxed);
         }
-        let sum = fill_payload(&mut rec[PAYLOAD as usize..], slot, seq);
-        for (i, v) in [slot, seq, mono_ns(), sum].into_iter().enumerate() {
-            rec[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_ne_bytes());
-        }
-        seg.write_bytes(off + 8, &rec[8..]).map_err(|e| e.to_string())?;
-        // SYNC: Release pairs with the readers' Acquire load of the ready word.
-        word(seg, off).store(1, Ordering::Release);
+        let idx = log.word(C_NEXT).fetch_add(1, Ordering::Relaxed);
+        // SYNC: Release pairs with the readers' Acquire load of the slot: the record's
+        // contents are visible before its offset is.
+        log.slot(idx).store(rec, Ordering::Release);
+        bytes += size;
     }
-    slot_field(seg, slot, Field::Records).store(n, Ordering::Relaxed);
-    slot_field(seg, slot, Field::Bytes).store(n * RECORD, Ordering::Relaxed);
-    slot_field(seg, slot, Field::Grows).store(grows, Ordering::Relaxed);
+    log.field(slot, Field::Records).store(n, Ordering::Relaxed);
+    log.field(slot, Field::Bytes).store(bytes, Ordering::Relaxed);
     Ok(())
 }
 
-fn read_records(seg: &Segment, slot: u64) -> Result<(), String> {
-    let total =
-        word(seg, C_PER_WRITER).load(Ordering::Relaxed) * word(seg, C_WRITERS).load(Ordering::Relaxed);
-    let mut rec = vec![0u8; RECORD as usize];
-    let mut expect = vec![0u8; (RECORD - PAYLOAD) as usize];
+fn read_records(log: &Log<'_>, slot: u64) -> Result<(), String> {
+    let heap = log.heap;
+    let total = log.word(C_PER_WRITER).load(Ordering::Relaxed) * log.word(C_WRITERS).load(Ordering::Relaxed);
+    let mut buf = Vec::new();
+    let mut expect = Vec::new();
     let mut latencies = Vec::with_capacity(total as usize);
-    let mut bad = 0;
+    let (mut bad, mut freed, mut bytes) = (0, 0, 0);
     for idx in 0..total {
-        let off = RECORDS + idx * RECORD;
-        wait_for("a record to be committed", || seg.committed() >= off + RECORD)?;
-        wait_for("a record to be published", || word(seg, off).load(Ordering::Acquire) != 0)?;
+        wait_for("a record", || log.slot(idx).load(Ordering::Acquire) != 0)?;
+        let rec = log.slot(idx).load(Ordering::Acquire);
         let seen = mono_ns();
-        seg.read_bytes(off, &mut rec).map_err(|e| e.to_string())?;
-        let field = |i: usize| u64::from_ne_bytes(rec[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
-        let (writer, seq, published, sum) = (field(0), field(1), field(2), field(3));
-        let expected_sum = fill_payload(&mut expect, writer, seq);
-        if sum != expected_sum || rec[PAYLOAD as usize..] != expect[..] {
+        let w = |i| log.record_word(rec, i).load(Ordering::Relaxed);
+        let (seq, writer, published, sum, size) = (w(0), w(1), w(2), w(3), w(4));
+        buf.resize((size - 8 * HEADER) as usize, 0);
+        expect.resize(buf.len(), 0);
+        heap.segment().read_bytes(rec + 8 * HEADER, &mut buf).map_err(|e| e.to_string())?;
+        if fill_payload(&mut expect, writer, seq) != sum || buf != expect {
             bad += 1;
         }
         latencies.push(seen.saturating_sub(published));
+        bytes += size;
+        // SYNC: AcqRel: the last reader's free happens after every reader's reads.
+        if log.record_word(rec, 5).fetch_sub(1, Ordering::AcqRel) == 1 {
+            heap.free(rec).map_err(|e| e.to_string())?;
+            freed += 1;
+        }
     }
     latencies.sort_unstable();
     let pct = |p: usize| latencies.get(latencies.len().saturating_sub(1) * p / 100).copied().unwrap_or(0);
-    let set = |f, v| slot_field(seg, slot, f).store(v, Ordering::Relaxed);
+    let set = |f, v| log.field(slot, f).store(v, Ordering::Relaxed);
     set(Field::Records, total);
-    set(Field::Bytes, total * RECORD);
+    set(Field::Bytes, bytes);
     set(Field::P50Ns, pct(50));
     set(Field::P99Ns, pct(99));
     set(Field::Bad, bad);
+    set(Field::Freed, freed);
     Ok(())
 }
 

@@ -1,12 +1,15 @@
-//! `shmpool demo`: four worker processes share one segment — two forked, one unrelated
-//! process that attaches by name, one unrelated process that receives the descriptor
-//! over a Unix socket. Two write a log of checksummed records, growing the segment as
-//! they go; two read every record and verify it. The parent prints what each did.
+//! `shmpool demo`: four worker processes share one heap — two forked, one unrelated
+//! process that attaches by name, one unrelated process that receives the descriptor over
+//! a Unix socket. Two writers allocate records of random sizes and publish them; two
+//! readers verify every record, and the last reader of each frees it. The segment grows
+//! as the heap needs; at the end the heap's invariant walk runs and the parent reports.
 
 mod log;
 
+use crate::child::{self, Forked};
 use crate::units::human;
-use log::{Field, How, Role};
+use log::{Field, How, Log, Role};
+use shmpool::heap::Heap;
 use shmpool::segment::Access;
 use shmpool::{Segment, SegmentOptions};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,7 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A worker process, forked or spawned.
 enum Proc {
-    Forked(libc::pid_t),
+    Forked(Forked),
     Spawned(Child),
 }
 
@@ -32,51 +35,28 @@ impl Proc {
                 use std::os::unix::process::ExitStatusExt;
                 s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
             })),
-            Proc::Forked(pid) => {
-                let mut status = 0;
-                // SAFETY: waitpid on our own child with a valid status pointer.
-                match unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) } {
-                    0 => Ok(None),
-                    r if r == *pid && libc::WIFEXITED(status) => Ok(Some(libc::WEXITSTATUS(status))),
-                    r if r == *pid => Ok(Some(128 + libc::WTERMSIG(status))),
-                    _ => Err("waitpid failed".into()),
-                }
-            }
+            Proc::Forked(f) => f.poll(),
         }
     }
 
     fn kill(&mut self) {
         match self {
             Proc::Spawned(c) => drop(c.kill()),
-            // SAFETY: signalling our own child.
-            Proc::Forked(pid) => drop(unsafe { libc::kill(*pid, libc::SIGKILL) }),
+            Proc::Forked(f) => f.kill(),
         }
     }
 }
 
-/// Forks a worker that runs `run_worker` in the child and leaves with `_exit`.
-fn fork_worker(seg: &Segment, slot: u64, role: Role) -> Result<Proc, String> {
-    // SAFETY: the demo forks from its main thread before it starts any other thread, so
-    // the child inherits no held lock; the child leaves through `_exit`.
-    match unsafe { libc::fork() } {
-        -1 => Err("fork failed".into()),
-        0 => {
-            // A panic must not unwind into the parent's code (and its cleanup) in the child.
-            let run = std::panic::AssertUnwindSafe(|| log::run_worker(seg, slot, role, How::Fork));
-            let code = match std::panic::catch_unwind(run) {
-                Ok(Ok(())) => 0,
-                Ok(Err(e)) => {
-                    eprintln!("shmpool demo worker {slot}: {e}");
-                    1
-                }
-                Err(_) => 101,
-            };
-            // SAFETY: ends the child without running the parent's destructors (which
-            // would unlink the demo segment).
-            unsafe { libc::_exit(code) }
+/// Forks a worker that runs on the heap it inherits.
+fn fork_worker(heap: &Heap, slot: u64, role: Role) -> Result<Proc, String> {
+    child::fork(|| match log::run_worker(heap, slot, role, How::Fork) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shmpool demo worker {slot}: {e}");
+            1
         }
-        pid => Ok(Proc::Forked(pid)),
-    }
+    })
+    .map(Proc::Forked)
 }
 
 fn spawn_worker(args: &[&str]) -> Result<Proc, String> {
@@ -102,7 +82,8 @@ pub fn worker_main(name: Option<&str>, socket: Option<&str>, slot: u64, reader: 
         }
         (None, None) => return Err("a worker needs --name or --socket".into()),
     };
-    log::run_worker(&seg, slot, if reader { Role::Reader } else { Role::Writer }, how)
+    let heap = Heap::attach(seg).map_err(|e| e.to_string())?;
+    log::run_worker(&heap, slot, if reader { Role::Reader } else { Role::Writer }, how)
 }
 
 /// Removes the demo's shm name and socket when the demo ends, however it ends.
@@ -121,35 +102,43 @@ pub fn run(per_writer: u64) -> Result<(), String> {
     let name = format!("shmpool-demo-{pid}");
     let sock_path = std::env::temp_dir().join(format!("shmpool-demo-{pid}.sock"));
     let _cleanup = Cleanup(name.clone(), sock_path.clone());
-    let max = log::bytes_for(2 * per_writer).next_multiple_of(log::GROW_STEP) + log::GROW_STEP;
     let seg = SegmentOptions::new()
-        .size(log::GROW_STEP)
-        .max_size(max)
+        .size(1 << 20)
+        .max_size(1 << 30)
         .create_shm(&name)
         .map_err(|e| format!("create segment: {e}"))?;
-    let initial = seg.committed();
-    log::init(&seg, 2, per_writer);
+    let heap = Heap::create(seg).map_err(|e| format!("create heap: {e}"))?;
+    let log = Log::create(&heap, 2, 2, per_writer)?;
+    let initial = heap.segment().committed();
 
     let listener =
         UnixListener::bind(&sock_path).map_err(|e| format!("bind {}: {e}", sock_path.display()))?;
-    let mut procs = vec![fork_worker(&seg, 0, Role::Writer)?, fork_worker(&seg, 1, Role::Reader)?];
+    let mut procs = vec![fork_worker(&heap, 0, Role::Writer)?, fork_worker(&heap, 1, Role::Reader)?];
     procs.push(spawn_worker(&["--name", &name, "--slot", "2", "--reader"])?);
     procs.push(spawn_worker(&["--socket", sock_path.to_str().unwrap_or_default(), "--slot", "3"])?);
-    let outcome = hand_fd_and_start(&seg, &listener, &mut procs);
+    let started = Instant::now();
+    let outcome = hand_fd_and_start(&heap, &log, &listener, &mut procs);
     let codes = outcome.and_then(|()| wait_all(&mut procs));
     if codes.is_err() {
         procs.iter_mut().for_each(Proc::kill);
     }
-    let (text, ok) = report(&seg, &name, initial, &codes?);
+    let codes = codes?;
+    let wall = started.elapsed();
+    let (text, ok) = report(&heap, &log, &name, initial, &codes, wall);
     crate::print_out(&text)?;
     if ok {
         Ok(())
     } else {
-        Err("demo failed: a worker did not finish or read bad data".into())
+        Err("demo failed: a worker did not finish, read bad data, or the heap is inconsistent".into())
     }
 }
 
-fn hand_fd_and_start(seg: &Segment, listener: &UnixListener, procs: &mut [Proc]) -> Result<(), String> {
+fn hand_fd_and_start(
+    heap: &Heap,
+    log: &Log<'_>,
+    listener: &UnixListener,
+    procs: &mut [Proc],
+) -> Result<(), String> {
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + DEADLINE;
     let conn = loop {
@@ -164,14 +153,14 @@ fn hand_fd_and_start(seg: &Segment, listener: &UnixListener, procs: &mut [Proc])
             Err(e) => return Err(format!("accept: {e}")),
         }
     };
-    seg.send_to(&conn).map_err(|e| e.to_string())?;
-    while log::attached(seg) < procs.len() as u64 {
+    heap.segment().send_to(&conn).map_err(|e| e.to_string())?;
+    while log.attached() < procs.len() as u64 {
         if Instant::now() > deadline {
             return Err("workers did not attach in time".into());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    log::go(seg);
+    log.go();
     Ok(())
 }
 
@@ -192,25 +181,32 @@ fn wait_all(procs: &mut [Proc]) -> Result<Vec<i32>, String> {
     Ok(codes.into_iter().map(|c| c.expect("all ended")).collect())
 }
 
-/// The report, and whether every worker finished and every record checked out.
-fn report(seg: &Segment, name: &str, initial: u64, codes: &[i32]) -> (String, bool) {
-    let get = |slot: u64, f: Field| log::slot_field(seg, slot, f).load(Ordering::Acquire);
+/// The report, and whether every worker finished, every record checked out and the heap
+/// passed its invariant walk.
+fn report(
+    heap: &Heap,
+    log: &Log<'_>,
+    name: &str,
+    initial: u64,
+    codes: &[i32],
+    wall: Duration,
+) -> (String, bool) {
+    let get = |slot: u64, f: Field| log.field(slot, f).load(Ordering::Acquire);
     let mut out = format!(
-        "shmpool demo: {} worker processes shared /{name} ({}), no copies between them\n",
+        "shmpool demo: {} worker processes shared one heap in /{name} for {:.0} ms\n",
         codes.len(),
-        seg.kind()
+        wall.as_secs_f64() * 1000.0
     );
     out.push_str(&format!(
-        "  the segment grew {} -> {} while they ran ({} reserved)\n\n",
+        "  the heap grew the segment {} -> {} as the writers allocated\n\n",
         human(initial),
-        human(seg.committed()),
-        human(seg.reserved())
+        human(heap.segment().committed())
     ));
     out.push_str(
         "  worker  pid      attached by                role    records   data       MiB/s   notes\n",
     );
     let mut ok = true;
-    let mut written = 0;
+    let (mut written, mut freed) = (0, 0);
     for (slot, code) in codes.iter().enumerate() {
         let slot = slot as u64;
         let done = get(slot, Field::Done) == 1 && *code == 0;
@@ -223,10 +219,17 @@ fn report(seg: &Segment, name: &str, initial: u64, codes: &[i32]) -> (String, bo
         let ms = |ns: u64| ns as f64 / 1e6;
         let (role, notes) = if get(slot, Field::Role) == Role::Writer as u64 {
             written += get(slot, Field::Records);
-            ("writer", format!("asked the segment to grow {}x", get(slot, Field::Grows)))
+            ("writer", "allocated each record from the heap".to_string())
         } else {
+            freed += get(slot, Field::Freed);
             let (p50, p99) = (ms(get(slot, Field::P50Ns)), ms(get(slot, Field::P99Ns)));
-            ("reader", format!("publish-to-read delay p50 {p50:.2} ms, p99 {p99:.2} ms"))
+            (
+                "reader",
+                format!(
+                    "freed {} (remote frees); delay p50 {p50:.2} ms, p99 {p99:.2} ms",
+                    get(slot, Field::Freed)
+                ),
+            )
         };
         let secs = get(slot, Field::ElapsedNs) as f64 / 1e9;
         let bytes = get(slot, Field::Bytes);
@@ -246,10 +249,24 @@ fn report(seg: &Segment, name: &str, initial: u64, codes: &[i32]) -> (String, bo
             out.push_str(&format!("          ^ {bad} records did not match their checksum\n"));
         }
     }
-    out.push_str(&if ok {
-        format!("\n  all {written} records were verified byte for byte by both readers\n")
-    } else {
-        "\n  FAILED: see the workers marked above\n".to_string()
-    });
+    ok &= freed == written;
+    let walk = heap.check();
+    out.push_str(&format!(
+        "\n  {written} records of 256 B to 16 KiB were verified byte for byte by both readers and all {freed} freed\n"
+    ));
+    match walk {
+        Ok(r) => out.push_str(&format!(
+            "  heap invariant walk: clean ({} slabs; {} blocks still allocated: control block, slot array, root)\n",
+            r.slabs,
+            r.slab_blocks - r.pending_remote
+        )),
+        Err(e) => {
+            ok = false;
+            out.push_str(&format!("  heap invariant walk FAILED: {e}\n"));
+        }
+    }
+    if !ok {
+        out.push_str("\n  FAILED: see above\n");
+    }
     (out, ok)
 }

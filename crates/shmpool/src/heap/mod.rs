@@ -157,10 +157,12 @@ impl Heap {
 
     /// Opens the heap in `seg` (created by [`Heap::create`] in any process).
     pub fn attach(seg: Segment) -> Result<Heap, HeapError> {
-        if seg.committed() < META_OFF + 1024 {
+        let (max_units, descs_off, arena) = layout::plan(seg.reserved()).ok_or(HeapError::NotAHeap)?;
+        // A heap commits all its metadata at creation: with less committed, this is no
+        // heap, and nothing past the committed end may be touched (not even by a drop).
+        if seg.committed() < arena {
             return Err(HeapError::NotAHeap);
         }
-        let (max_units, descs_off, arena) = layout::plan(seg.reserved()).ok_or(HeapError::NotAHeap)?;
         let heap = Self::assemble(seg, arena, descs_off, max_units);
         let meta = heap.inner.meta();
         // SYNC: Acquire pairs with the Release in `create`.
@@ -174,8 +176,7 @@ impl Heap {
         let ok = meta.arena_start.load(Ordering::Relaxed) == arena
             && meta.descs_off.load(Ordering::Relaxed) == descs_off
             && meta.max_units.load(Ordering::Relaxed) == max_units
-            && meta.units.load(Ordering::Relaxed) <= max_units
-            && heap.inner.seg.committed() >= arena;
+            && meta.units.load(Ordering::Relaxed) <= max_units;
         if !ok {
             return Err(HeapError::Corrupted("the heap's layout does not match the segment".into()));
         }

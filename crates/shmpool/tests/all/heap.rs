@@ -22,6 +22,10 @@ pub fn tests() -> Vec<Trial> {
         trial("heap::thread_exit_abandons_and_others_adopt", thread_exit_abandons_and_others_adopt),
         trial("heap::random_ops_match_a_model", random_ops_match_a_model),
         trial("heap::attach_validates", attach_validates),
+        trial(
+            "heap::attach_to_a_small_plain_segment_is_refused_not_a_sigbus",
+            attach_to_a_small_plain_segment_is_refused_not_a_sigbus,
+        ),
     ]
 }
 
@@ -339,4 +343,14 @@ fn attach_validates() {
     assert_eq!(other.usable_size(off), Ok(64));
     other.free(off).unwrap();
     assert_eq!(heap.free(off), Err(FreeError::DoubleFree(off)));
+}
+
+/// Regression: attaching a heap to a plain segment whose committed size ends before the
+/// heap metadata would end used to touch unbacked pages (SIGBUS) while refusing it.
+fn attach_to_a_small_plain_segment_is_refused_not_a_sigbus() {
+    use shmpool::heap::HeapError;
+    let seg = SegmentOptions::new().size(64 << 10).max_size(16 << 20).create_memfd("small").unwrap();
+    assert!(matches!(Heap::attach(seg), Err(HeapError::NotAHeap)));
+    let ro = SegmentOptions::new().size(64 << 10).max_size(1 << 30).create_memfd("small2").unwrap();
+    assert!(matches!(Heap::attach(ro), Err(HeapError::NotAHeap)));
 }
