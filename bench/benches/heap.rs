@@ -42,7 +42,9 @@ fn remote_free(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let h = heap.clone();
-                std::thread::spawn(move || (0..1024).map(|_| h.alloc(64).unwrap()).collect::<Vec<u64>>()).join().unwrap()
+                std::thread::spawn(move || (0..1024).map(|_| h.alloc(64).unwrap()).collect::<Vec<u64>>())
+                    .join()
+                    .unwrap()
             },
             |blocks| {
                 for off in blocks {

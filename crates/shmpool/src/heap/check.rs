@@ -82,7 +82,39 @@ impl HeapStats {
     }
 }
 
+/// A thread heap in use, and who owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadHeapInfo {
+    /// Its index in the segment.
+    pub index: u32,
+    /// Owner process.
+    pub pid: u32,
+    /// Owner process's start time (clock ticks since boot), to tell a reused pid apart.
+    pub start_time: u64,
+    /// Owner thread (Linux tid).
+    pub tid: u32,
+    /// `false` once its thread ended (or its handle dropped): waiting to be adopted.
+    pub active: bool,
+}
+
 impl Heap {
+    /// The thread heaps in use (active, or abandoned and waiting for adoption).
+    pub fn thread_heaps(&self) -> Vec<ThreadHeapInfo> {
+        (0..layout::MAX_DESCS)
+            .filter_map(|d| {
+                let desc = self.inner.desc(d);
+                let state = desc.state.load(Ordering::Acquire);
+                (state != DESC_FREE).then(|| ThreadHeapInfo {
+                    index: d,
+                    pid: desc.owner_pid.load(Ordering::Relaxed),
+                    start_time: desc.owner_start.load(Ordering::Relaxed),
+                    tid: desc.owner_tid.load(Ordering::Relaxed),
+                    active: state == layout::DESC_ACTIVE,
+                })
+            })
+            .collect()
+    }
+
     /// Walks every invariant; run it on a quiescent heap.
     pub fn check(&self) -> Result<CheckReport, Broken> {
         self.inner.check()

@@ -48,7 +48,7 @@ pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
 /// Thread heaps a segment can hold (threads of all processes together).
 pub const MAX_DESCS: u32 = 256;
 /// Bytes of one [`Desc`] in the segment.
-pub(crate) const DESC_BYTES: u64 = 8 * 4 + 8 * super::class::CLASSES as u64;
+pub(crate) const DESC_BYTES: u64 = 8 * 5 + 8 * super::class::CLASSES as u64;
 
 /// Offset of the first unit-table word, after [`Meta`].
 pub(crate) const TABLE_OFF: u64 = META_OFF + 1024;
@@ -147,6 +147,9 @@ pub(crate) struct Desc {
     pub _reserved: AtomicU32,
     /// Which `Heap` handle of the owner process claimed it (abandoned when it drops).
     pub instance: AtomicU64,
+    /// The owner process's start time (clock ticks since boot, proc(5) `stat` field 22):
+    /// with `owner_pid`, it tells a dead owner from a new process that reused its pid.
+    pub owner_start: AtomicU64,
     /// Remote frees into this heap's full slabs: a list of block offsets (0 = empty),
     /// linked through the blocks' first 8 bytes; the owner takes it whole with a swap.
     pub delayed: AtomicU64,

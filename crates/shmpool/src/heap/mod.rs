@@ -61,7 +61,7 @@ mod tls;
 mod typed;
 mod units;
 
-pub use check::{CheckReport, ClassStats, HeapStats};
+pub use check::{CheckReport, ClassStats, HeapStats, ThreadHeapInfo};
 pub use error::{AllocError, FreeError};
 pub use layout::{MAX_DESCS, MAX_ROOTS, MAX_ROOT_NAME};
 pub use roots::{RootError, ROOT_INIT_TIMEOUT};
@@ -327,6 +327,7 @@ impl Heap {
                     desc.state.compare_exchange(from, DESC_ACTIVE, Ordering::Acquire, Ordering::Relaxed);
                 if won.is_ok() {
                     desc.owner_pid.store(pid, Ordering::Relaxed);
+                    desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
                     desc.owner_tid.store(tid, Ordering::Relaxed);
                     desc.instance.store(inner.instance, Ordering::Relaxed);
                     tls::remember(Arc::downgrade(&self.inner), inner.id, d);

@@ -132,8 +132,9 @@ impl Inner {
         slab.free.store(idx + 1, Ordering::Relaxed);
         let used = slab.used.load(Ordering::Relaxed) - 1;
         slab.used.store(used, Ordering::Relaxed);
-        // The current slab stays even when empty (no churn for alloc/free/alloc/free).
-        if used == 0 && self.queue(d, class).head.load(Ordering::Relaxed) != self.unit_of(slab_off) + 1 {
+        // The current slab (the head of its class list: no `prev`) stays even when empty,
+        // so alloc/free/alloc/free does not churn slabs; `slab_emptied` checks precisely.
+        if used == 0 && slab.prev.load(Ordering::Relaxed) != 0 {
             self.slab_emptied(d, slab_off, class);
         }
         Ok(())

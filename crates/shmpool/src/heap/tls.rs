@@ -14,14 +14,17 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Once, Weak};
 
 static FORK_GEN: AtomicU64 = AtomicU64::new(0);
+/// This process's start time, read from procfs on first use (0: not read yet).
+static START: AtomicU64 = AtomicU64::new(0);
 static PID: AtomicU32 = AtomicU32::new(0);
 static TRACKING: Once = Once::new();
 
 extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Ordering::Relaxed);
     PID.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
-    // The forking thread is the child's only thread: forget its parent's descriptor here,
-    // so the fast path need not compare generations.
+    START.store(0, Ordering::Relaxed); // the child's own, read lazily (no I/O in here)
+                                       // The forking thread is the child's only thread: forget its parent's descriptor here,
+                                       // so the fast path need not compare generations.
     LAST.with(|c| c.set((0, 0)));
 }
 
@@ -34,6 +37,22 @@ pub(crate) fn init() {
         let r = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
         assert_eq!(r, 0, "pthread_atfork failed");
     });
+}
+
+/// This process's start time in clock ticks since boot (proc(5) `/proc/self/stat` field
+/// 22), read once per process; 0 if procfs cannot be read.
+pub(crate) fn start_time() -> u64 {
+    let cached = START.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let t = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        // the command name (field 2) may hold spaces: count fields after its ')'
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()))
+        .unwrap_or(0);
+    START.store(t, Ordering::Relaxed);
+    t
 }
 
 /// This process's pid, without a system call.

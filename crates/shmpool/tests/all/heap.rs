@@ -240,10 +240,22 @@ fn thread_exit_abandons_and_others_adopt() {
     })
     .join()
     .unwrap();
-    assert_eq!(heap.stats().thread_heaps, 1);
+    let owners = heap.thread_heaps();
+    assert_eq!(owners.len(), 1);
+    assert!(!owners[0].active, "its thread ended: abandoned, waiting for adoption");
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
+    assert_eq!(
+        (owners[0].pid, owners[0].start_time),
+        (std::process::id(), start),
+        "owner recorded for recovery"
+    );
     // this thread adopts the exited thread's heap rather than taking a new one
     let mine = heap.alloc(64).unwrap();
-    assert_eq!(heap.stats().thread_heaps, 1);
+    let owners = heap.thread_heaps();
+    assert_eq!(owners.len(), 1);
+    assert!(owners[0].active);
+    assert_eq!(owners[0].tid, rustix::thread::gettid().as_raw_nonzero().get() as u32);
     verify(&heap, kept, 64, 9);
     heap.free(kept).unwrap(); // now a local free: we own that slab
     heap.free(mine).unwrap();
