@@ -17,8 +17,8 @@ pub const GRANULE: u64 = 16;
 pub const MAX_CLASS_SIZE: u64 = 512 << 10;
 /// Number of classes.
 pub const CLASSES: usize = 8 + 12 * 8;
-/// Bytes of a slab header before its bitmaps: the owner's line and the remote line.
-pub const SLAB_FIELDS: u64 = 128;
+/// Bytes of a slab header before its bitmaps: the read-mostly, owner and remote lines.
+pub const SLAB_FIELDS: u64 = 192;
 
 /// The class serving `size` bytes (`size` ≤ [`MAX_CLASS_SIZE`]).
 #[inline]

@@ -11,10 +11,11 @@
 //! A *slab* is a run of units holding blocks of one size class. Its header is in band:
 //!
 //! ```text
-//!  owner fields (64 B) │ thread_free (64 B) │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
+//!  class, owner │ owner fields │ thread_free │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
 //!
-//! Each part starts on its own cache line: the owner's fields and the allocated bitmap
-//! are written by the owner, `thread_free` and the remote bitmap by other processes.
+//! Each part starts on its own cache line: `class` and `owner` are read by every free and
+//! rarely written; the owner's fields and the allocated bitmap are written by the owner;
+//! `thread_free` and the remote bitmap by other processes.
 //! ```
 //!
 //! Slab invariants (walked by `Heap::check` on a quiescent heap):
@@ -162,13 +163,14 @@ unsafe impl Shared for Desc {}
 /// `Slab::class` carries this in its upper half, so a stray unit is not taken for a slab.
 pub(crate) const SLAB_MAGIC: u32 = 0x5AB0_0000;
 
-/// The in-band header of a slab.
+/// The in-band header of a slab: three cache lines, by who writes them.
 #[repr(C)]
 pub(crate) struct Slab {
-    /// `SLAB_MAGIC | class`.
+    /// `SLAB_MAGIC | class`; written once, read by every free.
     pub class: AtomicU32,
-    /// Index of the owning [`Desc`].
+    /// Index of the owning [`Desc`]; changes only when the owner changes.
     pub owner: AtomicU32,
+    pub _read_mostly: [AtomicU64; 7],
     /// First free block, as index + 1 (0 = none); owner only.
     pub free: AtomicU32,
     /// Blocks from here to capacity have never been handed out; owner only.
@@ -179,11 +181,10 @@ pub(crate) struct Slab {
     /// Neighbours on the owner's class or full list (unit + 1); owner only.
     pub next: AtomicU32,
     pub prev: AtomicU32,
-    /// Keeps `thread_free`, which other processes CAS, off the owner's cache line.
-    pub _pad: [AtomicU64; 4],
+    pub _owner_line: [AtomicU64; 5],
     /// Remote-free list: low 32 bits the first block's index + 1, plus `FULL`.
     pub thread_free: AtomicU64,
-    pub _pad2: [AtomicU64; 7],
+    pub _remote_line: [AtomicU64; 7],
 }
 
 // SAFETY: repr(C), atomics only.

@@ -419,7 +419,7 @@ impl Inner {
     fn run_head(&self, u: u32) -> Option<(u32, u8)> {
         let word = |u: u32| {
             // SAFETY: `u < max_units`: the table word is committed (the whole table is).
-            let w: &AtomicU64 = unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) };
+            let w: &crate::loom::AtomicU64 = unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) };
             crate::pages::UnitState::decode(w.load(Ordering::Relaxed))
         };
         use crate::pages::UnitState::{Run, Tail};

@@ -84,7 +84,8 @@ impl Drop for OwnedList {
 }
 
 thread_local! {
-    /// (heap id, descriptor) of the last heap this thread used; id 0 is no heap.
+    /// (heap id, descriptor) of the last heap this thread used; id 0 is no heap, and
+    /// descriptor `NONE` says this thread has none in that heap (it only frees there).
     static LAST: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     static OWNED: RefCell<OwnedList> = const { RefCell::new(OwnedList(Vec::new())) };
 }
@@ -94,18 +95,21 @@ thread_local! {
 pub(crate) fn lookup(id: u64) -> Option<u32> {
     let (last_id, desc) = LAST.with(Cell::get);
     if last_id == id {
-        Some(desc)
+        (desc != NONE).then_some(desc)
     } else {
         lookup_slow(id)
     }
 }
 
+/// "No descriptor in this heap" in the `LAST` cache.
+const NONE: u32 = u32::MAX;
+
 #[cold]
 fn lookup_slow(id: u64) -> Option<u32> {
     let gen = FORK_GEN.load(Ordering::Relaxed);
-    let desc = OWNED.with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc))?;
-    LAST.with(|c| c.set((id, desc)));
-    Some(desc)
+    let desc = OWNED.with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc));
+    LAST.with(|c| c.set((id, desc.unwrap_or(NONE))));
+    desc
 }
 
 /// Records that the calling thread now owns `desc` in `heap`.
