@@ -48,10 +48,21 @@ fn expand(input: &DeriveInput) -> Result<proc_macro2::TokenStream, Error> {
     for ty in &types {
         where_clause.predicates.push(syn::parse_quote!(#ty: ::shmpool::ShmSafe));
     }
+    // No padding: its bytes are uninitialised, and copying a value out to shared memory
+    // reads every byte. (Checked for non-generic structs; generic ones get it per use.)
+    let no_padding = input.generics.params.is_empty().then(|| {
+        quote! {
+            const _: () = assert!(
+                ::core::mem::size_of::<#name>() == 0 #(+ ::core::mem::size_of::<#types>())*,
+                "ShmSafe structs must have no padding: add explicit padding fields",
+            );
+        }
+    });
     Ok(quote! {
         // SAFETY: a #[repr(C)]/#[repr(transparent)] struct of ShmSafe fields (required by
-        // the where clause) has no pointers, no drop glue that matters, and is valid for
-        // any bit pattern, as each of its fields is.
+        // the where clause) without padding has no pointers, no drop glue that matters,
+        // and is valid for any bit pattern, as each of its fields is.
         unsafe impl #impl_g ::shmpool::ShmSafe for #name #ty_g #where_clause {}
+        #no_padding
     })
 }

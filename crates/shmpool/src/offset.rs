@@ -50,12 +50,20 @@ pub use shmpool_derive::ShmSafe;
 /// struct Pointer { p: &'static u8 }
 /// ```
 ///
-/// or a type not valid for every bit pattern.
+/// a type not valid for every bit pattern,
 ///
 /// ```compile_fail
 /// #[derive(shmpool::ShmSafe)]
 /// #[repr(C)]
 /// struct Flag { on: bool }
+/// ```
+///
+/// or padding, whose bytes are uninitialised:
+///
+/// ```compile_fail
+/// #[derive(shmpool::ShmSafe)]
+/// #[repr(C)]
+/// struct Padded { a: u8, b: u64 }
 /// ```
 ///
 /// # Safety

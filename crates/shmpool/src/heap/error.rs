@@ -15,6 +15,10 @@ pub enum AllocError {
     /// The alignment is not a power of two, or is larger than a unit (64 KiB).
     #[error("unsupported alignment {0}")]
     BadAlign(u64),
+    /// The calling thread is exiting (a thread-local destructor after its thread heap was
+    /// given up): it may free, but not allocate.
+    #[error("allocation from a thread that is exiting")]
+    ThreadExiting,
     /// Every thread-heap descriptor of the segment is in use.
     #[error("all {0} thread heaps of the segment are in use")]
     NoThreadHeap(u32),

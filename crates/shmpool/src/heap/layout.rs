@@ -42,6 +42,8 @@ use crate::loom::{AtomicU32, AtomicU64};
 
 /// "SHMHEAP1".
 pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
+/// The magic while `Heap::create` formats the heap.
+pub(crate) const HEAP_FORMATTING: u64 = u64::from_ne_bytes(*b"SHMHEAP?");
 /// Layout version of the heap structures.
 pub(crate) const HEAP_VERSION: u64 = 1;
 /// Offset of [`Meta`].

@@ -71,7 +71,10 @@ use crate::pages::UNIT_SHIFT;
 use crate::segment::{AccessError, Segment};
 use class::{class_of, CLASSES, GEOMETRY, MAX_CLASS_SIZE};
 use core::sync::atomic::{AtomicU64, Ordering};
-use layout::{Desc, Meta, Slab, DESC_ABANDONED, DESC_ACTIVE, DESC_FREE, HEAP_MAGIC, HEAP_VERSION, META_OFF};
+use layout::{
+    Desc, Meta, Slab, DESC_ABANDONED, DESC_ACTIVE, DESC_FREE, HEAP_FORMATTING, HEAP_MAGIC, HEAP_VERSION,
+    META_OFF,
+};
 use raw::Base;
 use std::sync::Arc;
 
@@ -139,7 +142,9 @@ impl Heap {
         seg.grow_to(arena)?;
         let heap = Self::assemble(seg, arena, descs_off, max_units);
         let meta = heap.inner.meta();
-        if meta.magic.load(Ordering::Acquire) != 0 {
+        // Claim the formatting: of two processes creating a heap in one segment at once,
+        // one formats and the other gets `AlreadyFormatted`.
+        if meta.magic.compare_exchange(0, HEAP_FORMATTING, Ordering::Acquire, Ordering::Acquire).is_err() {
             return Err(HeapError::AlreadyFormatted);
         }
         meta.version.store(HEAP_VERSION, Ordering::Relaxed);
@@ -207,6 +212,11 @@ impl Heap {
     pub fn alloc(&self, size: u64) -> Result<u64, AllocError> {
         let inner = &*self.inner;
         if size > MAX_CLASS_SIZE {
+            // Remote frees waiting for this thread may empty slabs whose units a large
+            // block can use: take them before asking the pages (or growing).
+            if let Some(d) = tls::lookup(inner.id) {
+                inner.drain_delayed(d);
+            }
             return inner.alloc_large(size);
         }
         let c = class_of(size);
@@ -330,7 +340,10 @@ impl Heap {
                     desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
                     desc.owner_tid.store(tid, Ordering::Relaxed);
                     desc.instance.store(inner.instance, Ordering::Relaxed);
-                    tls::remember(Arc::downgrade(&self.inner), inner.id, d);
+                    if !tls::remember(Arc::downgrade(&self.inner), inner.id, d) {
+                        inner.abandon(d);
+                        return Err(AllocError::ThreadExiting);
+                    }
                     return Ok(d);
                 }
             }
@@ -384,9 +397,9 @@ impl Inner {
     fn locate(&self, off: u64) -> Result<Located, FreeError> {
         let rel = off.checked_sub(self.arena).ok_or(FreeError::OutOfRange(off))?;
         let u = rel >> UNIT_SHIFT;
-        // The whole unit table is committed; units not yet managed read as `Unknown`, so
-        // the table's own bound suffices (no shared load on the free path).
-        if u >= u64::from(self.max_units) {
+        // SYNC: Acquire pairs with the Release in `ShmStore::set_managed`: a managed unit
+        // is committed, so a view of its slab header cannot fault.
+        if u >= u64::from(self.meta().units.load(Ordering::Acquire).min(self.max_units)) {
             return Err(FreeError::OutOfRange(off));
         }
         if !off.is_multiple_of(class::GRANULE) {
@@ -424,7 +437,7 @@ impl Inner {
         };
         use crate::pages::UnitState::{Run, Tail};
         match word(u) {
-            Run { tag, .. } => Some((u, tag)),
+            Run { len, tag } if len > 0 => Some((u, tag)),
             Tail { head } if head < u => match word(head) {
                 Run { len, tag } if u - head < len => Some((head, tag)),
                 _ => None,

@@ -81,7 +81,8 @@ impl Inner {
         let slab_off = self.unit_off(head - 1);
         let slab = self.slab(slab_off);
         let f = slab.free.load(Ordering::Relaxed);
-        if f == 0 {
+        // `f` comes from shared memory: never index past the slab with it.
+        if f == 0 || f > GEOMETRY[class].capacity {
             return None;
         }
         let idx = f - 1;
@@ -157,6 +158,9 @@ impl Inner {
         let slab = self.slab(slab_off);
         if remote::push_block(&slab.thread_free, self.link32(block), idx) == Pushed::SlabIsFull {
             let owner = slab.owner.load(Ordering::Relaxed);
+            if owner >= super::layout::MAX_DESCS {
+                return Ok(()); // a damaged header: the block stays claimed, not lost to a wild write
+            }
             remote::push_offset(&self.desc(owner).delayed, self.link64(block), block);
         }
         Ok(())
@@ -176,8 +180,17 @@ impl Inner {
         slab.used.store(slab.used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
 
+    /// A slab that remote frees emptied goes back to the pages, as one emptied by its
+    /// owner does (unless it is the current slab).
+    fn retire_if_empty(&self, d: u32, slab_off: u64, class: usize) {
+        let slab = self.slab(slab_off);
+        if slab.used.load(Ordering::Relaxed) == 0 && slab.prev.load(Ordering::Relaxed) != 0 {
+            self.slab_emptied(d, slab_off, class);
+        }
+    }
+
     /// Takes a slab's remote frees onto its free list (owner only, slab not `FULL`).
-    fn collect(&self, slab_off: u64, class: usize) {
+    fn collect_list(&self, slab_off: u64, class: usize) {
         let mut next = remote::take_blocks(&self.slab(slab_off).thread_free);
         let mut budget = GEOMETRY[class].capacity;
         while next != 0 && budget > 0 {
@@ -193,16 +206,23 @@ impl Inner {
 
     /// Takes the remote frees that went to this heap's `delayed` list because their slabs
     /// were full; those slabs go back on their class lists.
-    fn drain_delayed(&self, d: u32) {
+    pub(super) fn drain_delayed(&self, d: u32) {
         let mut off = remote::take_offsets(&self.desc(d).delayed);
-        while off != 0 {
-            let next = self.link64(off).load(Ordering::Relaxed);
-            if let Ok(super::Located::Slab { slab, class, idx }) = self.locate(off) {
-                if self.slab(slab).thread_free.load(Ordering::Relaxed) & FULL != 0 {
-                    self.unfull(d, slab, class);
-                }
-                self.reclaim(slab, class, idx);
+        let mut budget = self.seg.committed() / 16;
+        while off != 0 && budget > 0 {
+            budget -= 1;
+            // Validate before reading the link: an entry is only trusted as a block of a
+            // slab this heap owns.
+            let Ok(super::Located::Slab { slab, class, idx }) = self.locate(off) else { break };
+            if self.slab(slab).owner.load(Ordering::Relaxed) != d {
+                break;
             }
+            let next = self.link64(off).load(Ordering::Relaxed);
+            if self.slab(slab).thread_free.load(Ordering::Relaxed) & FULL != 0 {
+                self.unfull(d, slab, class);
+            }
+            self.reclaim(slab, class, idx);
+            self.retire_if_empty(d, slab, class);
             off = next;
         }
     }
@@ -235,7 +255,7 @@ impl Inner {
             let slab_off = self.unit_off(head - 1);
             let slab = self.slab(slab_off);
             if slab.free.load(Ordering::Relaxed) == 0 {
-                self.collect(slab_off, class);
+                self.collect_list(slab_off, class);
             }
             if slab.free.load(Ordering::Relaxed) == 0
                 && slab.bump.load(Ordering::Relaxed) < GEOMETRY[class].capacity

@@ -74,6 +74,9 @@ struct OwnedList(Vec<Owned>);
 
 impl Drop for OwnedList {
     fn drop(&mut self) {
+        // Later thread-local destructors of this thread must not keep using a heap given
+        // up here: forget it (they free as a foreign thread; `remember` refuses to claim).
+        LAST.with(|c| c.set((0, 0)));
         let gen = FORK_GEN.load(Ordering::Relaxed);
         for o in self.0.drain(..).filter(|o| o.gen == gen) {
             if let Some(heap) = o.heap.upgrade() {
@@ -107,14 +110,21 @@ const NONE: u32 = u32::MAX;
 #[cold]
 fn lookup_slow(id: u64) -> Option<u32> {
     let gen = FORK_GEN.load(Ordering::Relaxed);
-    let desc = OWNED.with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc));
+    let desc = OWNED
+        .try_with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc))
+        .ok()
+        .flatten();
     LAST.with(|c| c.set((id, desc.unwrap_or(NONE))));
     desc
 }
 
-/// Records that the calling thread now owns `desc` in `heap`.
-pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32) {
+/// Records that the calling thread now owns `desc` in `heap`. Returns false when the
+/// thread is exiting (its owned list is already gone): the caller gives `desc` back.
+pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32) -> bool {
     let gen = FORK_GEN.load(Ordering::Relaxed);
-    OWNED.with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, gen }));
-    LAST.with(|c| c.set((id, desc)));
+    let kept = OWNED.try_with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, gen })).is_ok();
+    if kept {
+        LAST.with(|c| c.set((id, desc)));
+    }
+    kept
 }
