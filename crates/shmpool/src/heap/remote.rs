@@ -16,22 +16,55 @@ use crate::loom::{AtomicU32, AtomicU64, Ordering};
 /// free (the block is not allocated, or another free claimed it first); the heap is then
 /// unchanged.
 ///
-/// Two racing frees of one block: the second either sees the first's remote bit, or —
-/// if the owner reclaimed the first in between — sees the allocated bit cleared once its
-/// `fetch_or` synchronises with the owner's release in [`reclaim`]. Exactly one wins.
+/// Two racing remote frees of one block: the second either sees the first's remote bit,
+/// or — if the owner reclaimed the first in between — sees the allocated bit cleared once
+/// its `fetch_or` synchronises with the owner's release in [`reclaim`]. A remote free
+/// racing the owner's own free of the block ([`release_local`]): each side writes its
+/// bit, then reads the other's, all SeqCst (Dekker), so at least one sees the other
+/// and refuses. At most one free of a block wins.
 #[inline]
 pub(crate) fn claim(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
     if alloc.load(Ordering::Relaxed) & bit == 0 {
         return false;
     }
-    // SYNC: AcqRel. Acquire pairs with the Release `fetch_and` in `reclaim`, so a block
-    // reclaimed before this claim shows its cleared allocated bit below.
-    if remote.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+    // SYNC: SeqCst (so also AcqRel: Acquire pairs with the Release `fetch_and` in
+    // `reclaim`). With the SeqCst load below and the SeqCst pair in `release_local` this
+    // is Dekker's handshake: of the two, at least one side sees the other's write.
+    if remote.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
         return false;
     }
-    if alloc.load(Ordering::Relaxed) & bit == 0 {
+    loom_sc_order();
+    if alloc.load(Ordering::SeqCst) & bit == 0 {
         // The owner reclaimed a racing free of this block meanwhile: we are the second.
         remote.fetch_and(!bit, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// loom models SeqCst loads and read-modify-writes as AcqRel (its README: "false alarms"),
+/// so in a model a SeqCst fence stands in for the single total order the SeqCst operations
+/// of `claim` and `release_local` get on real hardware; elsewhere it compiles to nothing.
+#[inline(always)]
+fn loom_sc_order() {
+    #[cfg(loom)]
+    crate::loom::fence(Ordering::SeqCst);
+}
+
+/// The owner's own free of a block: clears its allocated bit unless the block is free
+/// already or a remote free claims it at the same time (see [`claim`]); false is a double
+/// free and leaves the bitmaps as they were.
+#[inline]
+pub(crate) fn release_local(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
+    // SYNC: SeqCst RMW then SeqCst load, paired with `claim`'s (Dekker). Only the owner
+    // writes `alloc`; the RMW is what puts the write in the SeqCst order (a locked
+    // instruction on x86, no fence).
+    if alloc.fetch_and(!bit, Ordering::SeqCst) & bit == 0 {
+        return false;
+    }
+    loom_sc_order();
+    if remote.load(Ordering::SeqCst) & bit != 0 {
+        alloc.fetch_or(bit, Ordering::Relaxed); // a remote free has (or is taking) it
         return false;
     }
     true

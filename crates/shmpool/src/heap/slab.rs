@@ -122,9 +122,12 @@ impl Inner {
         idx: u32,
         block: u64,
     ) -> Result<(), FreeError> {
-        self.check_allocated(slab_off, class, idx, block)?;
-        let word = self.bits(slab_off, class, false, idx / 64);
-        word.store(word.load(Ordering::Relaxed) & !(1 << (idx % 64)), Ordering::Relaxed);
+        let (alloc, remote_bits) =
+            (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
+        // Refuses a double free, also one racing a remote free of the same block.
+        if !remote::release_local(alloc, remote_bits, 1 << (idx % 64)) {
+            return Err(FreeError::DoubleFree(block));
+        }
         let slab = self.slab(slab_off);
         if slab.thread_free.load(Ordering::Relaxed) & FULL != 0 {
             self.unfull(d, slab_off, class); // it has room again

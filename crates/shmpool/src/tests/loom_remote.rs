@@ -127,3 +127,25 @@ fn a_racing_double_free_is_refused_once() {
         assert_eq!(got, [0, 0, 1]);
     });
 }
+
+/// The owner frees a block while another thread frees the same block: at most one of the
+/// two frees wins, and the block is reclaimed at most once — never handed out twice.
+#[test]
+fn owner_and_remote_double_free_do_not_both_win() {
+    model(|| {
+        let slab = Arc::new(Slab::new());
+        let remote = {
+            let s = slab.clone();
+            thread::spawn(move || s.free(2))
+        };
+        let owner = remote::release_local(&slab.alloc_bits, &slab.remote_bits, 1 << 2);
+        let remote_won = remote.join().unwrap();
+        let mut got = [0; BLOCKS];
+        slab.collect(&mut got);
+        assert!(!(owner && remote_won), "both frees of one block were accepted");
+        assert_eq!(got[2], u32::from(remote_won), "reclaimed exactly when the remote free won");
+        if owner {
+            assert_eq!(slab.alloc_bits.load(Ordering::Relaxed) & 1 << 2, 0);
+        }
+    });
+}
