@@ -103,7 +103,7 @@ impl Heap {
         (0..layout::MAX_DESCS)
             .filter_map(|d| {
                 let desc = self.inner.desc(d);
-                let state = desc.state.load(Ordering::Acquire);
+                let state = layout::desc_state(desc.state.load(Ordering::Acquire));
                 (state != DESC_FREE).then(|| ThreadHeapInfo {
                     index: d,
                     pid: desc.owner_pid.load(Ordering::Relaxed),
@@ -178,7 +178,7 @@ impl Inner {
             large_bytes: meta.large_bytes.load(Ordering::Relaxed),
             classes,
             thread_heaps: (0..layout::MAX_DESCS)
-                .filter(|&d| self.desc(d).state.load(Ordering::Relaxed) != DESC_FREE)
+                .filter(|&d| layout::desc_state(self.desc(d).state.load(Ordering::Relaxed)) != DESC_FREE)
                 .count() as u32,
         }
     }

@@ -127,10 +127,18 @@ pub(crate) struct Meta {
 // SAFETY: repr(C), atomics only.
 unsafe impl Shared for Meta {}
 
-/// Desc states.
+/// Desc states, in the low two bits of `Desc::state`; the bits above count claims (a
+/// generation), so a stale abandon can never hit a later owner.
 pub(crate) const DESC_FREE: u32 = 0;
 pub(crate) const DESC_ACTIVE: u32 = 1;
 pub(crate) const DESC_ABANDONED: u32 = 2;
+/// Claimed, identity being written; not yet usable by anyone else.
+pub(crate) const DESC_CLAIMING: u32 = 3;
+
+/// The state part of a `Desc::state` word.
+pub(crate) const fn desc_state(word: u32) -> u32 {
+    word & 3
+}
 
 /// One class's slabs in a thread heap.
 #[repr(C)]

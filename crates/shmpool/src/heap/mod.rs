@@ -331,21 +331,29 @@ impl Heap {
         for from in [DESC_ABANDONED, DESC_FREE] {
             for d in 0..layout::MAX_DESCS {
                 let desc = inner.desc(d);
+                let word = desc.state.load(Ordering::Relaxed);
+                if layout::desc_state(word) != from {
+                    continue;
+                }
+                let claimed = (word & !3).wrapping_add(4) | layout::DESC_CLAIMING;
                 // SYNC: Acquire pairs with the Release in `abandon`: the previous owner's
                 // updates of the descriptor and its slabs are visible to the adopter.
-                let won =
-                    desc.state.compare_exchange(from, DESC_ACTIVE, Ordering::Acquire, Ordering::Relaxed);
-                if won.is_ok() {
-                    desc.owner_pid.store(pid, Ordering::Relaxed);
-                    desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
-                    desc.owner_tid.store(tid, Ordering::Relaxed);
-                    desc.instance.store(inner.instance, Ordering::Relaxed);
-                    if !tls::remember(Arc::downgrade(&self.inner), inner.id, d) {
-                        inner.abandon(d);
-                        return Err(AllocError::ThreadExiting);
-                    }
-                    return Ok(d);
+                if desc.state.compare_exchange(word, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                    continue;
                 }
+                desc.owner_pid.store(pid, Ordering::Relaxed);
+                desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
+                desc.owner_tid.store(tid, Ordering::Relaxed);
+                desc.instance.store(inner.instance, Ordering::Relaxed);
+                let token = (claimed & !3) | DESC_ACTIVE;
+                // SYNC: Release pairs with the Acquire load in `Inner::drop` (and in
+                // `thread_heaps`): whoever sees ACTIVE sees this owner's identity.
+                desc.state.store(token, Ordering::Release);
+                if !tls::remember(Arc::downgrade(&self.inner), inner.id, d, token) {
+                    inner.abandon(d, token);
+                    return Err(AllocError::ThreadExiting);
+                }
+                return Ok(d);
             }
         }
         Err(AllocError::NoThreadHeap(layout::MAX_DESCS))
@@ -455,10 +463,13 @@ impl Inner {
         })
     }
 
-    /// Marks thread heap `d` abandoned: its slabs wait for another thread to adopt it.
-    pub(crate) fn abandon(&self, d: u32) {
+    /// Marks thread heap `d` abandoned if it is still in the claim `token` (its ACTIVE
+    /// state word): its slabs wait for another thread to adopt it. A stale token (the
+    /// heap was abandoned and claimed again since) changes nothing.
+    pub(crate) fn abandon(&self, d: u32, token: u32) {
+        let abandoned = (token & !3) | DESC_ABANDONED;
         // SYNC: Release pairs with the Acquire CAS in `Heap::claim`.
-        self.desc(d).state.store(DESC_ABANDONED, Ordering::Release);
+        let _ = self.desc(d).state.compare_exchange(token, abandoned, Ordering::Release, Ordering::Relaxed);
     }
 
     fn zero(&self, off: u64, len: u64) {
@@ -490,11 +501,15 @@ impl Drop for Inner {
         let pid = tls::pid();
         for d in 0..layout::MAX_DESCS {
             let desc = self.desc(d);
-            if desc.state.load(Ordering::Relaxed) == DESC_ACTIVE
+            // SYNC: Acquire pairs with the Release store of ACTIVE in `claim`: the identity
+            // read next is the one of the claim in this word, and the CAS in `abandon`
+            // fails if that claim has ended since.
+            let word = desc.state.load(Ordering::Acquire);
+            if layout::desc_state(word) == DESC_ACTIVE
                 && desc.owner_pid.load(Ordering::Relaxed) == pid
                 && desc.instance.load(Ordering::Relaxed) == self.instance
             {
-                self.abandon(d);
+                self.abandon(d, word);
             }
         }
     }

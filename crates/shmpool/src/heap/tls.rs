@@ -65,6 +65,8 @@ struct Owned {
     heap: Weak<Inner>,
     id: u64,
     desc: u32,
+    /// The descriptor's state word when claimed (its generation): abandons only that claim.
+    token: u32,
     gen: u64,
 }
 
@@ -80,7 +82,7 @@ impl Drop for OwnedList {
         let gen = FORK_GEN.load(Ordering::Relaxed);
         for o in self.0.drain(..).filter(|o| o.gen == gen) {
             if let Some(heap) = o.heap.upgrade() {
-                heap.abandon(o.desc);
+                heap.abandon(o.desc, o.token);
             }
         }
     }
@@ -120,9 +122,9 @@ fn lookup_slow(id: u64) -> Option<u32> {
 
 /// Records that the calling thread now owns `desc` in `heap`. Returns false when the
 /// thread is exiting (its owned list is already gone): the caller gives `desc` back.
-pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32) -> bool {
+pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32, token: u32) -> bool {
     let gen = FORK_GEN.load(Ordering::Relaxed);
-    let kept = OWNED.try_with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, gen })).is_ok();
+    let kept = OWNED.try_with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, token, gen })).is_ok();
     if kept {
         LAST.with(|c| c.set((id, desc)));
     }
