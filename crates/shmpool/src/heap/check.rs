@@ -131,14 +131,15 @@ fn fail<T>(what: String) -> Result<T, Broken> {
 }
 
 impl Inner {
-    fn slabs(&self) -> Vec<(u32, u64)> {
+    /// The runs tagged `want` in the unit table: `(head, units)`.
+    fn runs(&self, want: u8) -> Vec<(u32, u64)> {
         let buddy = self.buddy_ro();
         let mut out = Vec::new();
         let mut u = 0;
         while u < buddy.units() {
             match buddy.state(u) {
                 UnitState::Run { len, tag } => {
-                    if tag == TAG_SLAB {
+                    if tag == want {
                         out.push((u, u64::from(len)));
                     }
                     u += len.max(1);
@@ -151,10 +152,10 @@ impl Inner {
     }
 
     fn stats(&self) -> HeapStats {
-        let meta = self.meta();
         let buddy = self.buddy_ro();
+        let large = self.runs(TAG_LARGE);
         let mut per: HashMap<usize, ClassStats> = HashMap::new();
-        for (u, _) in self.slabs() {
+        for (u, _) in self.runs(TAG_SLAB) {
             let slab = self.slab(self.unit_off(u));
             let cls = slab.class.load(Ordering::Relaxed);
             let c = (cls & 0xffff) as usize;
@@ -174,8 +175,8 @@ impl Inner {
             reserved: self.seg.reserved(),
             arena_bytes: u64::from(buddy.units()) * UNIT,
             free_unit_bytes: buddy.free_units() * UNIT,
-            large_blocks: meta.large_blocks.load(Ordering::Relaxed),
-            large_bytes: meta.large_bytes.load(Ordering::Relaxed),
+            large_blocks: large.len() as u64,
+            large_bytes: large.iter().map(|&(_, units)| units * UNIT).sum(),
             classes,
             thread_heaps: (0..layout::MAX_DESCS)
                 .filter(|&d| layout::desc_state(self.desc(d).state.load(Ordering::Relaxed)) != DESC_FREE)
@@ -209,15 +210,13 @@ impl Inner {
                 other => return fail(format!("unit {u}: {other:?}")),
             }
         }
-        if report.large_blocks != self.meta().large_blocks.load(Ordering::Relaxed) {
-            return fail("large block count disagrees with the unit table".into());
-        }
         Ok(report)
     }
 
     /// Delayed-list entries per slab unit, each checked to be a block in a slab.
     fn check_delayed(&self) -> Result<HashMap<u32, u64>, Broken> {
         let mut per = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
         for d in 0..layout::MAX_DESCS {
             let mut off = self.desc(d).delayed.load(Ordering::Relaxed);
             let mut steps = 0u64;
@@ -226,9 +225,18 @@ impl Inner {
                 if steps > self.seg.committed() / 16 {
                     return fail(format!("heap {d}: delayed list has a cycle"));
                 }
-                let Ok(Located::Slab { slab, .. }) = self.locate(off) else {
+                let Ok(Located::Slab { slab, class, idx }) = self.locate(off) else {
                     return fail(format!("heap {d}: delayed list holds {off}, not a slab block"));
                 };
+                if self.slab(slab).owner.load(Ordering::Relaxed) != d {
+                    return fail(format!("heap {d}: delayed block {off} is in another heap's slab"));
+                }
+                if self.bitmap(slab, class, true, idx / 64) & 1 << (idx % 64) == 0 {
+                    return fail(format!("heap {d}: delayed block {off} is not marked freed remotely"));
+                }
+                if !seen.insert(off) {
+                    return fail(format!("heap {d}: block {off} is on a delayed list twice"));
+                }
                 *per.entry(self.unit_of(slab)).or_insert(0) += 1;
                 off = self.link64_at(off);
             }

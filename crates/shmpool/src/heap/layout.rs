@@ -118,10 +118,6 @@ pub(crate) struct Meta {
     pub units: AtomicU32,
     pub page_lock: super::lock::LockWord,
     pub heads: [AtomicU32; MAX_ORDER],
-    /// Bytes in large blocks now (stats).
-    pub large_bytes: AtomicU64,
-    /// Large blocks now (stats).
-    pub large_blocks: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only.

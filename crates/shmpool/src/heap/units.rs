@@ -7,7 +7,6 @@ use super::layout::{TABLE_OFF, TAG_LARGE};
 use super::store::{ShmBuddy, ShmStore};
 use super::{tls, Inner};
 use crate::pages::{Buddy, PagesError, UnitState, UNIT, UNIT_SHIFT};
-use core::sync::atomic::Ordering;
 
 /// The arena grows by at least this many units (1 MiB) at a time.
 const MIN_GROWTH_UNITS: u32 = 16;
@@ -73,9 +72,6 @@ impl Inner {
             return Err(AllocError::TooLarge(size));
         }
         let head = self.alloc_units(units, TAG_LARGE)?;
-        let meta = self.meta();
-        meta.large_blocks.fetch_add(1, Ordering::Relaxed);
-        meta.large_bytes.fetch_add(u64::from(units) << UNIT_SHIFT, Ordering::Relaxed);
         Ok(self.unit_off(head))
     }
 
@@ -99,13 +95,10 @@ impl Inner {
         }
         let _lock = self.meta().page_lock.lock(tls::pid());
         let mut buddy = self.buddy();
-        let UnitState::Run { len, tag: TAG_LARGE } = buddy.state(head) else {
+        let UnitState::Run { tag: TAG_LARGE, .. } = buddy.state(head) else {
             return Err(FreeError::DoubleFree(off));
         };
         buddy.free(head).map_err(|_| FreeError::NotAllocated(off))?;
-        let meta = self.meta();
-        meta.large_blocks.fetch_sub(1, Ordering::Relaxed);
-        meta.large_bytes.fetch_sub(u64::from(len) << UNIT_SHIFT, Ordering::Relaxed);
         Ok(())
     }
 }
