@@ -47,6 +47,12 @@ impl Inner {
         unsafe { self.base.at(off) }
     }
 
+    /// Block `idx`'s words of the allocated and remote bitmaps, and its bit in them.
+    #[inline(always)]
+    fn block_bits(&self, slab: u64, class: usize, idx: u32) -> (&AtomicU64, &AtomicU64, u64) {
+        (self.bits(slab, class, false, idx / 64), self.bits(slab, class, true, idx / 64), 1 << (idx % 64))
+    }
+
     #[inline(always)]
     fn block(&self, slab: u64, class: usize, idx: u32) -> u64 {
         let g = &GEOMETRY[class];
@@ -122,10 +128,9 @@ impl Inner {
         idx: u32,
         block: u64,
     ) -> Result<(), FreeError> {
-        let (alloc, remote_bits) =
-            (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
+        let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
         // Refuses a double free, also one racing a remote free of the same block.
-        if !remote::release_local(alloc, remote_bits, 1 << (idx % 64)) {
+        if !remote::release_local(alloc, remote_bits, bit) {
             return Err(FreeError::DoubleFree(block));
         }
         let slab = self.slab(slab_off);
@@ -153,9 +158,8 @@ impl Inner {
         idx: u32,
         block: u64,
     ) -> Result<(), FreeError> {
-        let (alloc, remote_bits) =
-            (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
-        if !remote::claim(alloc, remote_bits, 1 << (idx % 64)) {
+        let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
+        if !remote::claim(alloc, remote_bits, bit) {
             return Err(FreeError::DoubleFree(block));
         }
         let slab = self.slab(slab_off);
@@ -171,9 +175,8 @@ impl Inner {
 
     /// Returns a remotely freed block to its slab's free list (owner only).
     fn reclaim(&self, slab_off: u64, class: usize, idx: u32) {
-        let (alloc, remote_bits) =
-            (self.bits(slab_off, class, false, idx / 64), self.bits(slab_off, class, true, idx / 64));
-        if !remote::reclaim(alloc, remote_bits, 1 << (idx % 64)) {
+        let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
+        if !remote::reclaim(alloc, remote_bits, bit) {
             return;
         }
         let slab = self.slab(slab_off);
