@@ -137,10 +137,7 @@ impl Inner {
         if slab.thread_free.load(Ordering::Relaxed) & FULL != 0 {
             self.unfull(d, slab_off, class); // it has room again
         }
-        self.link32(block).store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
-        slab.free.store(idx + 1, Ordering::Relaxed);
-        let used = slab.used.load(Ordering::Relaxed) - 1;
-        slab.used.store(used, Ordering::Relaxed);
+        let used = self.push_free(slab, block, idx);
         // The current slab (the head of its class list: no `prev`) stays even when empty,
         // so alloc/free/alloc/free does not churn slabs; `slab_emptied` checks precisely.
         if used == 0 && slab.prev.load(Ordering::Relaxed) != 0 {
@@ -179,11 +176,18 @@ impl Inner {
         if !remote::reclaim(alloc, remote_bits, bit) {
             return;
         }
-        let slab = self.slab(slab_off);
-        self.link32(self.block(slab_off, class, idx))
-            .store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.push_free(self.slab(slab_off), self.block(slab_off, class, idx), idx);
+    }
+
+    /// Puts block `idx` (at `block`) on its slab's free list; returns the slab's `used`
+    /// count after (owner only).
+    #[inline(always)]
+    fn push_free(&self, slab: &Slab, block: u64, idx: u32) -> u32 {
+        self.link32(block).store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
         slab.free.store(idx + 1, Ordering::Relaxed);
-        slab.used.store(slab.used.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        let used = slab.used.load(Ordering::Relaxed) - 1;
+        slab.used.store(used, Ordering::Relaxed);
+        used
     }
 
     /// A slab that remote frees emptied goes back to the pages, as one emptied by its
