@@ -102,6 +102,32 @@ pub fn info(target: &Target) -> Result<String, String> {
     Ok(out.trim_end().to_string())
 }
 
+/// The processes owning thread heaps: live ones, and dead ones whose heaps are orphaned.
+fn owners(heap: &shmpool::heap::Heap) -> String {
+    use std::collections::BTreeMap;
+    let mut per: BTreeMap<u32, (bool, u32, u32)> = BTreeMap::new(); // pid -> (alive, active, abandoned)
+    for t in heap.thread_heaps() {
+        let e = per.entry(t.pid).or_insert((t.owner_alive, 0, 0));
+        if t.active {
+            e.1 += 1;
+        } else {
+            e.2 += 1;
+        }
+    }
+    let mut out = String::new();
+    for (pid, (alive, active, abandoned)) in per {
+        let what = match (alive, active) {
+            (true, _) => "alive",
+            (false, 0) => "exited",
+            (false, _) => "dead: its active thread heaps are orphaned",
+        };
+        out.push_str(&format!(
+            "  process {pid:<10} {what} ({active} active, {abandoned} abandoned thread heaps)\n"
+        ));
+    }
+    out
+}
+
 /// The heap's use, if the segment holds one (attached read-only).
 fn heap_stats(target: &Target) -> Option<String> {
     let seg = match target {
@@ -118,6 +144,7 @@ fn heap_stats(target: &Target) -> Option<String> {
     line("large blocks", format!("{} ({})", s.large_blocks, human(s.large_bytes)));
     line("slab bytes in use", human(s.slab_used_bytes()));
     line("fragmentation", format!("{:.1}% of slab memory holds no live block", 100.0 * s.fragmentation()));
+    out.push_str(&owners(&heap));
     if !s.classes.is_empty() {
         out.push_str(&format!("  {:>9} {:>6} {:>10} {:>10}\n", "class", "slabs", "used", "free"));
         for c in &s.classes {

@@ -241,6 +241,8 @@ fn info_shows_heap_use() {
     let info = text(&shmpool(&["info", &name]).stdout);
     assert!(info.contains("large blocks      1 (3.0 MiB)"), "{info}");
     assert!(info.contains("thread heaps      1 of"), "{info}");
+    let me = std::process::id();
+    assert!(info.contains(&format!("process {me:<10} alive (1 active, 0 abandoned thread heaps)")), "{info}");
     let row = info.lines().find(|l| l.trim_start().starts_with("112 B")).unwrap_or_else(|| panic!("{info}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[2..4], ["1", "100"], "one slab, 100 blocks used: {row}");

@@ -95,6 +95,20 @@ pub struct ThreadHeapInfo {
     pub tid: u32,
     /// `false` once its thread ended (or its handle dropped): waiting to be adopted.
     pub active: bool,
+    /// Whether the owner process still runs: its pid exists with the same start time (a
+    /// new process that reused the pid does not count). An active heap of a dead process
+    /// is orphaned: nobody will free into it locally again.
+    pub owner_alive: bool,
+}
+
+/// Whether process `pid`, started at `start` (clock ticks since boot), still runs.
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let now =
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse::<u64>().ok());
+    // A zombie has exited: it only waits for its parent to reap it.
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    now == Some(start) && !zombie
 }
 
 impl Heap {
@@ -104,12 +118,17 @@ impl Heap {
             .filter_map(|d| {
                 let desc = self.inner.desc(d);
                 let state = layout::desc_state(desc.state.load(Ordering::Acquire));
-                (state != DESC_FREE).then(|| ThreadHeapInfo {
-                    index: d,
-                    pid: desc.owner_pid.load(Ordering::Relaxed),
-                    start_time: desc.owner_start.load(Ordering::Relaxed),
-                    tid: desc.owner_tid.load(Ordering::Relaxed),
-                    active: state == layout::DESC_ACTIVE,
+                (state != DESC_FREE).then(|| {
+                    let (pid, start_time) =
+                        (desc.owner_pid.load(Ordering::Relaxed), desc.owner_start.load(Ordering::Relaxed));
+                    ThreadHeapInfo {
+                        index: d,
+                        pid,
+                        start_time,
+                        tid: desc.owner_tid.load(Ordering::Relaxed),
+                        active: state == layout::DESC_ACTIVE,
+                        owner_alive: process_alive(pid, start_time),
+                    }
                 })
             })
             .collect()

@@ -61,7 +61,7 @@ mod tls;
 mod typed;
 mod units;
 
-pub use check::{CheckReport, ClassStats, HeapStats, ThreadHeapInfo};
+pub use check::{process_alive, CheckReport, ClassStats, HeapStats, ThreadHeapInfo};
 pub use error::{AllocError, FreeError};
 pub use layout::{MAX_DESCS, MAX_ROOTS, MAX_ROOT_NAME};
 pub use roots::{RootError, ROOT_INIT_TIMEOUT};

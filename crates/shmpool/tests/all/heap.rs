@@ -23,6 +23,10 @@ pub fn tests() -> Vec<Trial> {
         trial("heap::random_ops_match_a_model", random_ops_match_a_model),
         trial("heap::attach_validates", attach_validates),
         trial(
+            "heap::thread_heaps_of_a_dead_process_are_reported_orphaned",
+            thread_heaps_of_a_dead_process_are_reported_orphaned,
+        ),
+        trial(
             "heap::slabs_emptied_by_remote_frees_return_to_the_pages",
             slabs_emptied_by_remote_frees_return_to_the_pages,
         ),
@@ -382,4 +386,21 @@ fn slabs_emptied_by_remote_frees_return_to_the_pages() {
     let big = heap.alloc(16 << 20).expect("the emptied slabs' units are free again");
     heap.free(big).unwrap();
     heap.check().unwrap();
+}
+
+/// A child that allocates and exits without dropping its handle leaves an active thread
+/// heap behind; `thread_heaps` tells that its owner is dead (what recovery will act on).
+fn thread_heaps_of_a_dead_process_are_reported_orphaned() {
+    let heap = heap(64 << 20);
+    heap.free(heap.alloc(64).unwrap()).unwrap();
+    let h = &heap;
+    let child = crate::support::fork(move || i32::from(h.alloc(64).is_err()));
+    let child_pid = child.pid() as u32;
+    assert_eq!(child.wait(), 0);
+    let owners = heap.thread_heaps();
+    let mine = owners.iter().find(|t| t.pid == std::process::id()).expect("this process's heap");
+    assert!(mine.active && mine.owner_alive);
+    let orphan = owners.iter().find(|t| t.pid == child_pid).expect("the child's heap");
+    assert!(orphan.active && !orphan.owner_alive, "{orphan:?}");
+    assert!(!shmpool::heap::process_alive(child_pid, orphan.start_time));
 }
