@@ -152,7 +152,7 @@ fn fail<T>(what: String) -> Result<T, Broken> {
 impl Inner {
     /// The runs tagged `want` in the unit table: `(head, units)`.
     fn runs(&self, want: u8) -> Vec<(u32, u64)> {
-        let buddy = self.buddy_ro();
+        let buddy = self.buddy();
         let mut out = Vec::new();
         let mut u = 0;
         while u < buddy.units() {
@@ -171,7 +171,7 @@ impl Inner {
     }
 
     fn stats(&self) -> HeapStats {
-        let buddy = self.buddy_ro();
+        let buddy = self.buddy();
         let large = self.runs(TAG_LARGE);
         let mut per: HashMap<usize, ClassStats> = HashMap::new();
         for (u, _) in self.runs(TAG_SLAB) {
@@ -204,7 +204,7 @@ impl Inner {
     }
 
     fn check(&self) -> Result<CheckReport, Broken> {
-        let buddy = self.buddy_ro();
+        let buddy = self.buddy();
         buddy.check()?;
         let delayed = self.check_delayed()?;
         let on_lists = self.check_lists()?;

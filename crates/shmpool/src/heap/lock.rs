@@ -22,8 +22,6 @@ const WAITERS: u32 = 1 << 31;
 #[repr(C)]
 pub(crate) struct LockWord {
     word: AtomicU32,
-    /// Times the lock was taken after waiting (stats).
-    contended: AtomicU32,
 }
 
 // SAFETY: repr(C), atomics only.
@@ -53,7 +51,6 @@ impl LockWord {
                 return;
             }
         }
-        self.contended.fetch_add(1, Ordering::Relaxed);
         loop {
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0 {

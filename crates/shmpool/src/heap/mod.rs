@@ -454,7 +454,7 @@ impl Inner {
         }
     }
 
-    fn buddy_ro(&self) -> store::ShmBuddy<'_> {
+    pub(super) fn buddy(&self) -> store::ShmBuddy<'_> {
         crate::pages::Buddy::new(store::ShmStore {
             base: self.base,
             meta: self.meta(),

@@ -3,19 +3,15 @@
 
 use super::class::MAX_CLASS_SIZE;
 use super::error::{AllocError, FreeError};
-use super::layout::{TABLE_OFF, TAG_LARGE};
-use super::store::{ShmBuddy, ShmStore};
+use super::layout::TAG_LARGE;
+use super::store::ShmBuddy;
 use super::{tls, Inner};
-use crate::pages::{Buddy, PagesError, UnitState, UNIT, UNIT_SHIFT};
+use crate::pages::{PagesError, UnitState, UNIT, UNIT_SHIFT};
 
 /// The arena grows by at least this many units (1 MiB) at a time.
 const MIN_GROWTH_UNITS: u32 = 16;
 
 impl Inner {
-    fn buddy(&self) -> ShmBuddy<'_> {
-        Buddy::new(ShmStore { base: self.base, meta: self.meta(), table_off: TABLE_OFF, arena: self.arena })
-    }
-
     /// Takes a run of `units` units tagged `tag`, growing the arena if needed.
     pub(super) fn alloc_units(&self, units: u32, tag: u8) -> Result<u32, AllocError> {
         let _lock = self.meta().page_lock.lock(tls::pid());
