@@ -2,17 +2,17 @@
 //!
 //! [`Heap::check`] verifies, on a quiescent heap (no allocation or free in flight in any
 //! process), every invariant listed in `layout.rs`: the page-run allocator's, and for
-//! each slab that its bitmaps, free list, remote list, the owners' delayed lists, the
+//! each slab that its bitmaps, free list, remote state, the owners' delayed stacks, the
 //! counters and the class/full lists agree. [`Heap::stats`] reads the same structures
 //! without stopping anyone, so under load its numbers are a snapshot, not exact.
 
 use super::class::{CLASSES, GEOMETRY};
-use super::layout::{self, Slab, DESC_FREE, SLAB_MAGIC, TAG_LARGE, TAG_SLAB};
-use super::remote::FULL;
-use super::{Heap, Inner, Located};
+use super::layout::{self, Slab, DESC_FREE, TAG_LARGE, TAG_SLAB};
+use super::remote::{FULL, QUEUED};
+use super::{Heap, Inner};
 use crate::loom::Ordering;
 use crate::pages::{Broken, UnitState, UNIT};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Counts gathered by [`Heap::check`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,11 +176,7 @@ impl Inner {
         let mut per: HashMap<usize, ClassStats> = HashMap::new();
         for (u, _) in self.runs(TAG_SLAB) {
             let slab = self.slab(self.unit_off(u));
-            let cls = slab.class.load(Ordering::Relaxed);
-            let c = (cls & 0xffff) as usize;
-            if cls & 0xffff_0000 != SLAB_MAGIC || c >= CLASSES {
-                continue;
-            }
+            let Some(c) = layout::slab_class(slab.class.load(Ordering::Relaxed)) else { continue };
             let e = per.entry(c).or_insert(ClassStats { size: GEOMETRY[c].size, ..Default::default() });
             let used = u64::from(slab.used.load(Ordering::Relaxed));
             e.slabs += 1;
@@ -232,35 +228,30 @@ impl Inner {
         Ok(report)
     }
 
-    /// Delayed-list entries per slab unit, each checked to be a block in a slab.
-    fn check_delayed(&self) -> Result<HashMap<u32, u64>, Broken> {
-        let mut per = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
+    /// The slabs on the owners' delayed stacks, each checked to be a queued slab of its
+    /// stack's owner, on one stack once.
+    fn check_delayed(&self) -> Result<HashSet<u32>, Broken> {
+        let mut seen = HashSet::new();
         for d in 0..layout::MAX_DESCS {
-            let mut off = self.desc(d).delayed.load(Ordering::Relaxed);
-            let mut steps = 0u64;
-            while off != 0 {
-                steps += 1;
-                if steps > self.seg.committed() / 16 {
-                    return fail(format!("heap {d}: delayed list has a cycle"));
+            let mut next = self.desc(d).delayed.load(Ordering::Relaxed);
+            while next != 0 {
+                let unit = (next - 1) as u32;
+                if self.owned_slab(d, unit).is_none() {
+                    return fail(format!("heap {d}: delayed stack holds unit {unit}, not a slab it owns"));
                 }
-                let Ok(Located::Slab { slab, class, idx }) = self.locate(off) else {
-                    return fail(format!("heap {d}: delayed list holds {off}, not a slab block"));
-                };
-                if self.slab(slab).owner.load(Ordering::Relaxed) != d {
-                    return fail(format!("heap {d}: delayed block {off} is in another heap's slab"));
+                if !seen.insert(unit) {
+                    return fail(format!(
+                        "heap {d}: slab at unit {unit} is on a delayed stack twice (or it cycles)"
+                    ));
                 }
-                if self.bitmap(slab, class, true, idx / 64) & 1 << (idx % 64) == 0 {
-                    return fail(format!("heap {d}: delayed block {off} is not marked freed remotely"));
+                let slab = self.slab(self.unit_off(unit));
+                if slab.remote_state.load(Ordering::Relaxed) & QUEUED == 0 {
+                    return fail(format!("heap {d}: delayed slab at unit {unit} is not flagged QUEUED"));
                 }
-                if !seen.insert(off) {
-                    return fail(format!("heap {d}: block {off} is on a delayed list twice"));
-                }
-                *per.entry(self.unit_of(slab)).or_insert(0) += 1;
-                off = self.link64_at(off);
+                next = u64::from(slab.delayed_next.load(Ordering::Relaxed));
             }
         }
-        Ok(per)
+        Ok(seen)
     }
 
     /// For each slab on some owner list: (owner, class, on the full list).
@@ -294,30 +285,33 @@ impl Inner {
         &self,
         unit: u32,
         len: u32,
-        delayed: &HashMap<u32, u64>,
+        delayed: &HashSet<u32>,
         lists: &HashMap<u32, (u32, usize, bool)>,
     ) -> Result<(u64, u64), Broken> {
         let off = self.unit_off(unit);
         let slab: &Slab = self.slab(off);
         let cls = slab.class.load(Ordering::Relaxed);
-        let c = (cls & 0xffff) as usize;
         let at = |what: String| fail(format!("slab at unit {unit}: {what}"));
-        if cls & 0xffff_0000 != SLAB_MAGIC || c >= CLASSES {
+        let Some(c) = layout::slab_class(cls) else {
             return at(format!("bad class word {cls:#x}"));
-        }
+        };
         let g = &GEOMETRY[c];
         if g.units != len {
             return at(format!("{len} units, class {c} needs {}", g.units));
         }
         let owner = slab.owner.load(Ordering::Relaxed);
+        let state = slab.remote_state.load(Ordering::Relaxed);
         match lists.get(&unit) {
             Some(&(d, lc, full)) if d == owner && lc == c => {
-                let flagged = slab.thread_free.load(Ordering::Relaxed) & FULL != 0;
-                if flagged != full {
-                    return at(format!("FULL flag {flagged} but on the full list: {full}"));
+                if (state & FULL != 0) != full {
+                    return at(format!("remote state {state:#x} but on the full list: {full}"));
                 }
             }
             other => return at(format!("owner {owner} class {c}, but listed as {other:?}")),
+        }
+        let queued = delayed.contains(&unit);
+        if (state & QUEUED != 0) != queued {
+            return at(format!("remote state {state:#x} but on a delayed stack: {queued}"));
         }
         let words = g.words as u32;
         let (mut allocated, mut remote) = (0u64, 0u64);
@@ -350,13 +344,8 @@ impl Inner {
             }
             None => return at("free list is cyclic or holds an allocated block".into()),
         }
-        let tf = slab.thread_free.load(Ordering::Relaxed) & 0xffff_ffff;
-        let pending = self.walk(off, c, tf, |idx| self.bitmap(off, c, true, idx / 64) & 1 << (idx % 64) != 0);
-        let Some(pending) = pending else {
-            return at("remote-free list is cyclic or holds a block not freed".into());
-        };
-        if pending + delayed.get(&unit).copied().unwrap_or(0) != remote {
-            return at(format!("{remote} remote bits, {pending} on thread_free plus delayed entries"));
+        if remote > 0 && state & FULL != 0 && !queued {
+            return at(format!("{remote} remote frees into the full slab, which is not queued"));
         }
         Ok((used, remote))
     }

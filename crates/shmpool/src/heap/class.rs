@@ -24,7 +24,7 @@ pub const SLAB_FIELDS: u64 = 192;
 #[inline]
 pub const fn class_of(size: u64) -> usize {
     if size <= 128 {
-        return if size == 0 { 0 } else { (size.div_ceil(16) - 1) as usize };
+        return (size.saturating_sub(1) / 16) as usize;
     }
     let s1 = size - 1;
     let b = 63 - s1.leading_zeros() as u64; // 2^b <= s1 < 2^(b+1)
@@ -152,6 +152,17 @@ const fn table() -> [Geometry; CLASSES] {
 /// Geometry of every class.
 pub static GEOMETRY: [Geometry; CLASSES] = table();
 
+/// Classes `0..ONE_UNIT_CLASSES` all have one-unit slabs, so a block's slab is the unit
+/// it lies in: the free path's fast case.
+pub const ONE_UNIT_CLASSES: usize = {
+    let t = table();
+    let mut c = 0;
+    while c < CLASSES && t[c].units == 1 {
+        c += 1;
+    }
+    c
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +203,14 @@ mod tests {
             );
             assert!(g.units <= 33, "class {c} ({} B) takes a {}-unit slab", g.size, g.units);
         }
+    }
+
+    #[test]
+    fn small_classes_have_one_unit_slabs() {
+        // The free fast path serves these; it should cover the common sizes.
+        assert!(class_size(ONE_UNIT_CLASSES - 1) >= 1024, "{ONE_UNIT_CLASSES}");
+        assert!(GEOMETRY[..ONE_UNIT_CLASSES].iter().all(|g| g.units == 1));
+        assert!(ONE_UNIT_CLASSES == CLASSES || GEOMETRY[ONE_UNIT_CLASSES].units > 1);
     }
 
     #[test]

@@ -11,23 +11,24 @@
 //! A *slab* is a run of units holding blocks of one size class. Its header is in band:
 //!
 //! ```text
-//!  class, owner │ owner fields │ thread_free │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
+//!  class, owner │ owner fields │ remote_state │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
 //!
 //! Each part starts on its own cache line: `class` and `owner` are read by every free and
 //! rarely written; the owner's fields and the allocated bitmap are written by the owner;
-//! `thread_free` and the remote bitmap by other processes.
+//! `remote_state` and the remote bitmap by other processes.
 //! ```
 //!
 //! Slab invariants (walked by `Heap::check` on a quiescent heap):
 //! - block `i` is *allocated* iff its bit is set in `allocated`; only the owner writes
 //!   that bitmap;
 //! - bit `i` of `remote` is set iff block `i` was freed by a non-owner and the owner has
-//!   not collected it yet; such a block is on `thread_free` or on the owner's `delayed`
-//!   list;
+//!   not collected it yet (so the block is still allocated);
 //! - the blocks on `free` are exactly the unallocated blocks below `bump`; `used` is the
 //!   number of allocated blocks;
 //! - the slab is on its owner's class list, or on its full list iff `FULL` is set in
-//!   `thread_free` (then remote frees go to the owner's `delayed` list).
+//!   `remote_state`;
+//! - the slab is on its owner's delayed stack iff `QUEUED` is set in `remote_state`; a
+//!   `FULL` slab with remote bits set is `QUEUED` (see `remote.rs`).
 //!
 //! # Safety
 //! The `Shared` impls below hold because every struct here is `#[repr(C)]` and made only
@@ -45,7 +46,7 @@ pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
 /// The magic while `Heap::create` formats the heap.
 pub(crate) const HEAP_FORMATTING: u64 = u64::from_ne_bytes(*b"SHMHEAP?");
 /// Layout version of the heap structures.
-pub(crate) const HEAP_VERSION: u64 = 1;
+pub(crate) const HEAP_VERSION: u64 = 2;
 /// Offset of [`Meta`].
 pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
 /// Thread heaps a segment can hold (threads of all processes together).
@@ -157,8 +158,8 @@ pub(crate) struct Desc {
     /// The owner process's start time (clock ticks since boot, proc(5) `stat` field 22):
     /// with `owner_pid`, it tells a dead owner from a new process that reused its pid.
     pub owner_start: AtomicU64,
-    /// Remote frees into this heap's full slabs: a list of block offsets (0 = empty),
-    /// linked through the blocks' first 8 bytes; the owner takes it whole with a swap.
+    /// Full slabs of this heap that remote frees went into: a stack of unit + 1 (0 =
+    /// empty), linked through `Slab::delayed_next`; the owner takes it whole with a swap.
     pub delayed: AtomicU64,
     pub classes: [ClassQueue; CLASSES],
 }
@@ -168,6 +169,13 @@ unsafe impl Shared for Desc {}
 
 /// `Slab::class` carries this in its upper half, so a stray unit is not taken for a slab.
 pub(crate) const SLAB_MAGIC: u32 = 0x5AB0_0000;
+
+/// The class a slab's `class` word names, if it is one (`SLAB_MAGIC | class`).
+#[inline(always)]
+pub(crate) fn slab_class(word: u32) -> Option<usize> {
+    let c = word.wrapping_sub(SLAB_MAGIC) as usize;
+    (c < CLASSES).then_some(c)
+}
 
 /// The in-band header of a slab: three cache lines, by who writes them.
 #[repr(C)]
@@ -188,8 +196,10 @@ pub(crate) struct Slab {
     pub next: AtomicU32,
     pub prev: AtomicU32,
     pub _owner_line: [AtomicU64; 5],
-    /// Remote-free list: low 32 bits the first block's index + 1, plus `FULL`.
-    pub thread_free: AtomicU64,
+    /// `remote::FULL` and `remote::QUEUED`.
+    pub remote_state: AtomicU32,
+    /// The next slab on the owner's delayed stack (unit + 1), while `QUEUED`.
+    pub delayed_next: AtomicU32,
     pub _remote_line: [AtomicU64; 7],
 }
 

@@ -69,11 +69,10 @@ pub use typed::ShmBox;
 
 use crate::pages::UNIT_SHIFT;
 use crate::segment::{AccessError, Segment};
-use class::{class_of, CLASSES, GEOMETRY, MAX_CLASS_SIZE};
+use class::{class_of, GEOMETRY, MAX_CLASS_SIZE};
 use core::sync::atomic::{AtomicU64, Ordering};
 use layout::{
-    Desc, Meta, Slab, DESC_ABANDONED, DESC_ACTIVE, DESC_FREE, HEAP_FORMATTING, HEAP_MAGIC, HEAP_VERSION,
-    META_OFF,
+    Desc, Meta, DESC_ABANDONED, DESC_ACTIVE, DESC_FREE, HEAP_FORMATTING, HEAP_MAGIC, HEAP_VERSION, META_OFF,
 };
 use raw::Base;
 use std::sync::Arc;
@@ -255,16 +254,9 @@ impl Heap {
     #[inline]
     pub fn free(&self, off: u64) -> Result<(), FreeError> {
         let inner = &*self.inner;
-        match inner.locate(off)? {
-            Located::Large { head } => inner.free_large(head, off),
-            Located::Slab { slab, class, idx } => {
-                // SAFETY: `locate` found a slab header at `slab`.
-                let owner = unsafe { inner.base.at::<Slab>(slab) }.owner.load(Ordering::Relaxed);
-                match tls::lookup(inner.id) {
-                    Some(d) if d == owner => inner.free_local(d, slab, class, idx, off),
-                    _ => inner.free_remote(slab, class, idx, off),
-                }
-            }
+        match inner.free_own_small(off) {
+            Some(done) => done,
+            None => inner.free_any(off),
         }
     }
 
@@ -399,31 +391,42 @@ impl Inner {
         self.arena + (u64::from(u) << UNIT_SHIFT)
     }
 
+    /// Any free: by the owner or anyone else, of a slab block or a large block, or of an
+    /// offset that names no block (which it reports).
+    #[inline(never)]
+    fn free_any(&self, off: u64) -> Result<(), FreeError> {
+        match self.locate(off)? {
+            Located::Large { head } => self.free_large(head, off),
+            Located::Slab { slab, class, idx } => {
+                let owner = self.slab(slab).owner.load(Ordering::Relaxed);
+                match tls::lookup(self.id) {
+                    Some(d) if d == owner => self.free_local(d, slab, class, idx, off),
+                    _ => self.free_remote(slab, class, idx, off),
+                }
+            }
+        }
+    }
+
     /// Finds the block an offset names, checking everything a free must check except
     /// the block's allocated state.
     #[inline]
     fn locate(&self, off: u64) -> Result<Located, FreeError> {
         let rel = off.checked_sub(self.arena).ok_or(FreeError::OutOfRange(off))?;
         let u = rel >> UNIT_SHIFT;
-        // SYNC: Acquire pairs with the Release in `ShmStore::set_managed`: a managed unit
-        // is committed, so a view of its slab header cannot fault.
-        if u >= u64::from(self.meta().units.load(Ordering::Acquire).min(self.max_units)) {
+        if u >= u64::from(self.max_units) {
             return Err(FreeError::OutOfRange(off));
         }
         if !off.is_multiple_of(class::GRANULE) {
             return Err(FreeError::Misaligned(off));
         }
-        let (head, tag) = self.run_head(u as u32).ok_or(FreeError::NotAllocated(off))?;
+        let (head, len, tag) = self.run_head(u as u32).ok_or(FreeError::NotAllocated(off))?;
         if tag == layout::TAG_LARGE {
             return Ok(Located::Large { head });
         }
         let slab = self.unit_off(head);
-        // SAFETY: unit `head` heads an allocated run, so it is managed and committed.
-        let cls = unsafe { self.base.at::<Slab>(slab) }.class.load(Ordering::Relaxed);
-        let class = (cls & 0xffff) as usize;
-        if tag != layout::TAG_SLAB || cls & 0xffff_0000 != layout::SLAB_MAGIC || class >= CLASSES {
-            return Err(FreeError::NotAllocated(off));
-        }
+        let class = layout::slab_class(self.slab(slab).class.load(Ordering::Relaxed))
+            .filter(|&c| tag == layout::TAG_SLAB && GEOMETRY[c].units == len)
+            .ok_or(FreeError::NotAllocated(off))?;
         let g = &GEOMETRY[class];
         let d = (off - slab).checked_sub(g.blocks_start).ok_or(FreeError::Interior(off))?;
         let idx = (d * g.recip) >> class::RECIP_SHIFT;
@@ -433,21 +436,30 @@ impl Inner {
         Ok(Located::Slab { slab, class, idx: idx as u32 })
     }
 
-    /// The head and tag of the allocated run containing managed unit `u` (what
+    /// Unit `u`'s word in the unit table (`u < max_units`).
+    ///
+    /// Load it with Acquire (which pairs with the Release in `ShmStore::set_entry`) before
+    /// viewing the unit as the head of a run: the run's units are then committed.
+    #[inline(always)]
+    fn table_word(&self, u: u32) -> &crate::loom::AtomicU64 {
+        debug_assert!(u < self.max_units);
+        // SAFETY: the whole table (one 8-aligned word per unit of the reservation) is in
+        // the metadata committed at creation, and `u < max_units`.
+        unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) }
+    }
+
+    /// The head, length and tag of the allocated run containing unit `u` (what
     /// `Buddy::run_of` answers, inlined for the free path: a slab's head unit needs one
     /// table read).
     #[inline(always)]
-    fn run_head(&self, u: u32) -> Option<(u32, u8)> {
-        let word = |u: u32| {
-            // SAFETY: `u < max_units`: the table word is committed (the whole table is).
-            let w: &crate::loom::AtomicU64 = unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) };
-            crate::pages::UnitState::decode(w.load(Ordering::Relaxed))
-        };
+    fn run_head(&self, u: u32) -> Option<(u32, u32, u8)> {
+        // SYNC: Acquire, see `table_word`.
+        let word = |u: u32| crate::pages::UnitState::decode(self.table_word(u).load(Ordering::Acquire));
         use crate::pages::UnitState::{Run, Tail};
         match word(u) {
-            Run { len, tag } if len > 0 => Some((u, tag)),
+            Run { len, tag } if len > 0 => Some((u, len, tag)),
             Tail { head } if head < u => match word(head) {
-                Run { len, tag } if u - head < len => Some((head, tag)),
+                Run { len, tag } if u - head < len => Some((head, len, tag)),
                 _ => None,
             },
             _ => None,

@@ -1,165 +1,161 @@
-//! The lock-free lists remote frees travel on. Both are MPSC stacks: any thread pushes
-//! with a CAS; the owner takes the whole list with one atomic swap, so no pop can meet
-//! an ABA (Treiber 1986; mimalloc's `thread_free`). Modelled in `tests/loom_remote.rs`.
+//! How frees by other threads and processes reach a slab's owner: through the slab's
+//! *remote bitmap*, never through links in the blocks. Modelled in `tests/loom_remote.rs`.
 //!
-//! - A slab's remote list: a word holding the first block's index + 1 in its low 32 bits
-//!   and the `FULL` flag at bit 32; links are block indices + 1 in the blocks' first
-//!   4 bytes.
-//! - A thread heap's delayed list: a word holding the first block's offset; links are
-//!   offsets in the blocks' first 8 bytes. Pushers use it while the slab is `FULL`: the
-//!   owner put the slab aside and looks at this one list instead of every full slab.
+//! - A remote free sets the block's bit in the remote bitmap with one `fetch_or`; the
+//!   owner collects a bitmap word at a time, so a burst of remote frees costs it one
+//!   load and one `fetch_and` per 64 blocks.
+//! - The owner collects the slab it allocates from when its free list runs dry. A slab it
+//!   filled and put aside is flagged `FULL` in its `remote_state`; the first remote free
+//!   into a `FULL` slab flags it `QUEUED` and pushes the slab (not the block) onto the
+//!   owner's *delayed* stack, which the owner takes whole with one swap (no ABA).
+//!
+//! Because no remote free writes into the block, a block is never on two lists at once,
+//! whatever the interleaving. Frees of one block that are ordered (one happens before the
+//! other, in any processes) always refuse the second as a double free. Two frees of one
+//! block that *race* — a data race in the program — cannot corrupt the heap either: at
+//! most one takes effect on this allocation of the block; an owner's free and a remote free
+//! racing may both return `Ok`, and then the remote one frees the block's next
+//! allocation, if the owner makes one before collecting, or nothing.
 
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 
 /// A remote free's claim on a block: `alloc` and `remote` are the words of the slab's
 /// allocated and remote bitmaps holding the block's `bit`. Returns false for a double
-/// free (the block is not allocated, or another free claimed it first); the heap is then
-/// unchanged.
+/// free (the block is not allocated, a free of it waits to be collected, or another free
+/// claims it at the same time); the bitmaps are then as they were.
 ///
-/// Two racing remote frees of one block: the second either sees the first's remote bit,
-/// or — if the owner reclaimed the first in between — sees the allocated bit cleared once
-/// its `fetch_or` synchronises with the owner's release in [`reclaim`]. A remote free
-/// racing the owner's own free of the block ([`release_local`]): each side writes its
-/// bit, then reads the other's, all SeqCst (Dekker), so at least one sees the other
-/// and refuses. At most one free of a block wins.
+/// The checks come before the `fetch_or`: once the bit is set the owner may collect the
+/// block at once, and its allocated bit then says nothing about this free.
 #[inline]
 pub(crate) fn claim(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
-    if alloc.load(Ordering::Relaxed) & bit == 0 {
+    // SYNC: Acquire pairs with the Release `fetch_and` in `collect`: a free ordered after
+    // an earlier free of this block finds its remote bit still set, or cleared by a collect
+    // whose clearing of the allocated bit it then sees.
+    if remote.load(Ordering::Acquire) & bit != 0 || alloc.load(Ordering::Relaxed) & bit == 0 {
         return false;
     }
-    // SYNC: SeqCst (so also AcqRel: Acquire pairs with the Release `fetch_and` in
-    // `reclaim`). With the SeqCst load below and the SeqCst pair in `release_local` this
-    // is Dekker's handshake: of the two, at least one side sees the other's write.
-    if remote.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
+    // SYNC: SeqCst, for the handshake with `mark_full`/`unqueue` (see `needs_notice`).
+    // Its Release half pairs with the Acquire load in `collect`: the freer's writes to the
+    // block happen before the owner reuses it.
+    remote.fetch_or(bit, Ordering::SeqCst) & bit == 0
+}
+
+/// The owner's own free of a block: clears its allocated bit unless the block is free
+/// already or a remote free of it waits to be collected; false is a double free and
+/// leaves the bitmaps as they were. Plain loads and a store: only the owner writes
+/// `alloc`.
+#[inline(always)]
+pub(crate) fn release_local(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
+    let a = alloc.load(Ordering::Relaxed);
+    // A remote free that happened before this one left its bit set (only the owner clears
+    // it, after clearing the allocated bit).
+    if a & bit == 0 || remote.load(Ordering::Relaxed) & bit != 0 {
         return false;
     }
-    loom_sc_order();
-    if alloc.load(Ordering::SeqCst) & bit == 0 {
-        // The owner reclaimed a racing free of this block meanwhile: we are the second.
-        remote.fetch_and(!bit, Ordering::Relaxed);
-        return false;
-    }
+    alloc.store(a & !bit, Ordering::Relaxed);
     true
+}
+
+/// The owner collects one word of a slab's remote bitmap: returns the bits of the blocks
+/// that go back on the free list, whose allocated bits it has cleared. A bit whose block
+/// is not allocated (left by a racing double free) is dropped.
+#[inline]
+pub(crate) fn collect(alloc: &AtomicU64, remote: &AtomicU64) -> u64 {
+    // SYNC: Acquire pairs with the Release half of the `fetch_or` in `claim`; SeqCst
+    // makes it the owner's read of the handshake in `needs_notice` (a plain load on x86).
+    let pending = remote.load(Ordering::SeqCst);
+    if pending == 0 {
+        return 0;
+    }
+    let a = alloc.load(Ordering::Relaxed);
+    alloc.store(a & !pending, Ordering::Relaxed);
+    // SYNC: Release pairs with the Acquire half of `claim`'s `fetch_or`: a later free that
+    // finds these bits clear sees the allocated bits cleared above and refuses.
+    remote.fetch_and(!pending, Ordering::Release);
+    pending & a
+}
+
+/// In a slab's `remote_state`: the owner put the slab aside as full; remote frees must
+/// tell it.
+pub(crate) const FULL: u32 = 1;
+/// In a slab's `remote_state`: the slab is on its owner's delayed stack.
+pub(crate) const QUEUED: u32 = 2;
+
+/// After a successful [`claim`]: whether this free must push the slab onto its owner's
+/// delayed stack (it is `FULL` and nobody queued it yet). At most one freer is told so
+/// per queueing.
+///
+/// With `mark_full` (and `unqueue`) this is a store-then-load handshake on both sides, all
+/// SeqCst: the freer sets its bit and then reads the state; the owner sets `FULL` (clears
+/// `QUEUED`) and then reads the bitmap. At least one side sees the other's write, so a
+/// remote free into a full slab is either queued or seen by the owner.
+#[inline]
+pub(crate) fn needs_notice(state: &AtomicU32) -> bool {
+    loom_sc_order();
+    // SYNC: SeqCst, the freer's read of the handshake above.
+    let mut s = state.load(Ordering::SeqCst);
+    while s & FULL != 0 && s & QUEUED == 0 {
+        // Relaxed: the pusher's Release CAS on the delayed stack publishes the slab.
+        match state.compare_exchange_weak(s, s | QUEUED, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => s = now,
+        }
+    }
+    false
+}
+
+/// The owner flags a slab `FULL`. The caller then collects the whole remote bitmap, and
+/// un-flags the slab if that gave it room.
+#[inline]
+pub(crate) fn mark_full(state: &AtomicU32) {
+    // SYNC: SeqCst, the owner's write of the handshake in `needs_notice`.
+    state.fetch_or(FULL, Ordering::SeqCst);
+    loom_sc_order();
+}
+
+/// The owner takes the slab back onto its class list.
+#[inline]
+pub(crate) fn clear_full(state: &AtomicU32) {
+    state.fetch_and(!FULL, Ordering::Relaxed);
+}
+
+/// The owner takes a slab off its delayed stack: remote frees may queue it again. The
+/// caller then collects its whole bitmap.
+#[inline]
+pub(crate) fn unqueue(state: &AtomicU32) {
+    // SYNC: SeqCst, the owner's write of the handshake in `needs_notice`.
+    state.fetch_and(!QUEUED, Ordering::SeqCst);
+    loom_sc_order();
 }
 
 /// loom models SeqCst loads and read-modify-writes as AcqRel (its README: "false alarms"),
 /// so in a model a SeqCst fence stands in for the single total order the SeqCst operations
-/// of `claim` and `release_local` get on real hardware; elsewhere it compiles to nothing.
+/// of the handshake get on real hardware; elsewhere it compiles to nothing.
 #[inline(always)]
 fn loom_sc_order() {
     #[cfg(loom)]
     crate::loom::fence(Ordering::SeqCst);
 }
 
-/// The owner's own free of a block: clears its allocated bit unless the block is free
-/// already or a remote free claims it at the same time (see [`claim`]); false is a double
-/// free and leaves the bitmaps as they were.
+/// Pushes a slab, named by `unit + 1` and whose stack link is `link`, onto an owner's
+/// delayed stack `head`. Only the freer that [`needs_notice`] told to does this.
 #[inline]
-pub(crate) fn release_local(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
-    // SYNC: SeqCst RMW then SeqCst load, paired with `claim`'s (Dekker). Only the owner
-    // writes `alloc`; the RMW is what puts the write in the SeqCst order (a locked
-    // instruction on x86, no fence).
-    if alloc.fetch_and(!bit, Ordering::SeqCst) & bit == 0 {
-        return false;
-    }
-    loom_sc_order();
-    if remote.load(Ordering::SeqCst) & bit != 0 {
-        alloc.fetch_or(bit, Ordering::Relaxed); // a remote free has (or is taking) it
-        return false;
-    }
-    true
-}
-
-/// The owner's reclaim of a block taken from a remote or delayed list. Returns whether
-/// the block goes back on the free list: a stale or duplicate entry (remote bit clear, or
-/// block already free) is dropped, so no block can be freed twice.
-#[inline]
-pub(crate) fn reclaim(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
-    // Only the owner clears remote bits, so a bit seen set stays set until we clear it.
-    if remote.load(Ordering::Relaxed) & bit == 0 {
-        return false;
-    }
-    let a = alloc.load(Ordering::Relaxed);
-    let live = a & bit != 0;
-    if live {
-        alloc.store(a & !bit, Ordering::Relaxed);
-    }
-    // SYNC: Release pairs with the Acquire `fetch_or` in `claim`: a later claim of the
-    // block sees the allocated bit cleared above.
-    remote.fetch_and(!bit, Ordering::Release);
-    live
-}
-
-/// The slab is on its owner's full list: remote frees go to the owner's delayed list.
-pub(crate) const FULL: u64 = 1 << 32;
-const INDEX: u64 = 0xffff_ffff;
-
-/// Where a remote free went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pushed {
-    /// Onto the slab's remote list.
-    Slab,
-    /// Nowhere yet: the slab is `FULL`; push onto the owner's delayed list instead.
-    SlabIsFull,
-}
-
-/// Pushes block `idx`, whose link word is `link`, onto the slab list `head`.
-#[inline]
-pub(crate) fn push_block(head: &AtomicU64, link: &AtomicU32, idx: u32) -> Pushed {
+pub(crate) fn push_slab(head: &AtomicU64, link: &AtomicU32, unit1: u32) {
     let mut cur = head.load(Ordering::Relaxed);
     loop {
-        if cur & FULL != 0 {
-            return Pushed::SlabIsFull;
-        }
         link.store(cur as u32, Ordering::Relaxed);
-        let new = (cur & !INDEX) | u64::from(idx + 1);
-        // SYNC: Release pairs with the Acquire in `take_blocks`: the link written above
-        // (and the freer's bitmap update) are visible to the owner that takes the list.
-        match head.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return Pushed::Slab,
-            Err(now) => cur = now,
-        }
-    }
-}
-
-/// Takes the whole slab list, keeping the `FULL` flag; returns the first index + 1.
-#[inline]
-pub(crate) fn take_blocks(head: &AtomicU64) -> u32 {
-    // SYNC: Acquire pairs with the Release CAS in `push_block`.
-    (head.fetch_and(FULL, Ordering::Acquire) & INDEX) as u32
-}
-
-/// Marks an empty slab list `FULL`; fails if a remote free slipped in.
-#[inline]
-pub(crate) fn mark_full(head: &AtomicU64) -> bool {
-    // Relaxed: a failure only sends the owner round to take the list, whose Acquire
-    // pairs with the pushers' Release.
-    head.compare_exchange(0, FULL, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-}
-
-/// Lets remote frees onto the slab list again.
-#[inline]
-pub(crate) fn clear_full(head: &AtomicU64) {
-    head.fetch_and(!FULL, Ordering::Relaxed);
-}
-
-/// Pushes the block at `off`, whose 8-byte link word is `link`, onto a delayed list.
-#[inline]
-pub(crate) fn push_offset(head: &AtomicU64, link: &AtomicU64, off: u64) {
-    let mut cur = head.load(Ordering::Relaxed);
-    loop {
-        link.store(cur, Ordering::Relaxed);
-        // SYNC: Release pairs with the Acquire in `take_offsets`.
-        match head.compare_exchange_weak(cur, off, Ordering::Release, Ordering::Relaxed) {
+        // SYNC: Release pairs with the Acquire in `take_slabs`: the link written above is
+        // visible to the owner that takes the stack.
+        match head.compare_exchange_weak(cur, u64::from(unit1), Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => cur = now,
         }
     }
 }
 
-/// Takes a whole delayed list; returns the first offset (0: empty).
+/// Takes a whole delayed stack; returns the first slab's unit + 1 (0: empty).
 #[inline]
-pub(crate) fn take_offsets(head: &AtomicU64) -> u64 {
-    // SYNC: Acquire pairs with the Release CAS in `push_offset`.
-    head.swap(0, Ordering::Acquire)
+pub(crate) fn take_slabs(head: &AtomicU64) -> u32 {
+    // SYNC: Acquire pairs with the Release CAS in `push_slab`.
+    head.swap(0, Ordering::Acquire) as u32
 }

@@ -8,11 +8,11 @@
 //! | `free`, `bump`, `used`, links | plain (Relaxed) stores | never                   |
 //! | `allocated` bits | plain load + store          | load only                       |
 //! | `remote` bits    | `fetch_and` when collecting | `fetch_or` when freeing         |
-//! | `thread_free`    | `swap` (take all), CAS to set `FULL` | CAS push (one per free)|
-//! | desc `delayed`   | `swap` (take all)           | CAS push (slab is `FULL`)       |
+//! | `remote_state`   | sets and clears `FULL`, clears `QUEUED` | CAS sets `QUEUED` (slab is `FULL`) |
+//! | desc `delayed`   | `swap` (take all)           | CAS push of a `QUEUED` slab     |
 //!
-//! The owner never needs a read-modify-write on its fast path; a remote free costs one
-//! `fetch_or` and one CAS.
+//! The owner needs no read-modify-write on its fast path; a remote free costs one
+//! `fetch_or` (and, into a full slab, one CAS and one push per collection).
 //!
 //! # Safety
 //! Views are taken at slab offsets from the owner's lists or from `locate`, which checked
@@ -20,12 +20,16 @@
 //! `raw.rs` for the contract.
 #![allow(unsafe_code)]
 
-use super::class::{GEOMETRY, SLAB_FIELDS};
+use super::class::{GEOMETRY, GRANULE, ONE_UNIT_CLASSES, RECIP_SHIFT, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
-use super::layout::{ClassQueue, Slab, SLAB_MAGIC, TAG_SLAB};
-use super::remote::{self, Pushed, FULL};
+use super::layout::{slab_class, ClassQueue, Slab, SLAB_MAGIC, TAG_SLAB};
+use super::remote::{self, FULL, QUEUED};
 use super::Inner;
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::pages::{UnitState, UNIT, UNIT_SHIFT};
+
+/// The unit-table word of a one-unit slab's unit.
+const ONE_UNIT_SLAB: u64 = UnitState::Run { len: 1, tag: TAG_SLAB }.encode();
 
 /// How many never-used blocks one slow-path call threads onto the free list.
 const EXTEND_BYTES: u64 = 4096;
@@ -63,12 +67,6 @@ impl Inner {
     #[inline(always)]
     fn link32(&self, block: u64) -> &AtomicU32 {
         // SAFETY: blocks are 16-aligned, at least 16 bytes, inside a committed slab.
-        unsafe { self.base.at(block) }
-    }
-
-    #[inline(always)]
-    fn link64(&self, block: u64) -> &AtomicU64 {
-        // SAFETY: as `link32`.
         unsafe { self.base.at(block) }
     }
 
@@ -118,6 +116,37 @@ impl Inner {
         Ok(())
     }
 
+    /// The common free, inlined: by the thread that owns the block's slab, a one-unit
+    /// slab. It checks what `locate` checks; `None` hands the free to `free_any`, which
+    /// takes every other case (remote frees, large blocks, bigger slabs, and offsets that
+    /// name no block, which it reports).
+    #[inline(always)]
+    pub(super) fn free_own_small(&self, off: u64) -> Option<Result<(), FreeError>> {
+        // An offset below the arena wraps to a unit far beyond `max_units`.
+        let u = off.wrapping_sub(self.arena) >> UNIT_SHIFT;
+        if u >= u64::from(self.max_units) || !off.is_multiple_of(GRANULE) {
+            return None;
+        }
+        // SYNC: Acquire, see `table_word`: the unit is committed.
+        if self.table_word(u as u32).load(Ordering::Acquire) != ONE_UNIT_SLAB {
+            return None;
+        }
+        let slab_off = off & !(UNIT - 1); // the arena starts on a unit boundary
+        let slab = self.slab(slab_off);
+        let class = slab_class(slab.class.load(Ordering::Relaxed)).filter(|&c| c < ONE_UNIT_CLASSES)?;
+        let d = super::tls::lookup(self.id)?;
+        if slab.owner.load(Ordering::Relaxed) != d {
+            return None;
+        }
+        let g = &GEOMETRY[class];
+        let dist = (off - slab_off).checked_sub(g.blocks_start)?;
+        let idx = (dist * g.recip) >> RECIP_SHIFT;
+        if idx * g.size != dist || idx >= u64::from(g.capacity) {
+            return None;
+        }
+        Some(self.free_local(d, slab_off, class, idx as u32, off))
+    }
+
     /// A free by the owning thread of the block at `block`, index `idx` of its slab.
     #[inline]
     pub(super) fn free_local(
@@ -134,7 +163,7 @@ impl Inner {
             return Err(FreeError::DoubleFree(block));
         }
         let slab = self.slab(slab_off);
-        if slab.thread_free.load(Ordering::Relaxed) & FULL != 0 {
+        if slab.remote_state.load(Ordering::Relaxed) & FULL != 0 {
             self.unfull(d, slab_off, class); // it has room again
         }
         let used = self.push_free(slab, block, idx);
@@ -147,7 +176,7 @@ impl Inner {
     }
 
     /// A free by any other thread or process: one `fetch_or` claims the block (a second
-    /// free of it sees the bit and fails), one CAS hands it to the owner.
+    /// free of it sees the bit and fails) and hands it to the owner.
     pub(super) fn free_remote(
         &self,
         slab_off: u64,
@@ -160,23 +189,15 @@ impl Inner {
             return Err(FreeError::DoubleFree(block));
         }
         let slab = self.slab(slab_off);
-        if remote::push_block(&slab.thread_free, self.link32(block), idx) == Pushed::SlabIsFull {
+        if remote::needs_notice(&slab.remote_state) {
             let owner = slab.owner.load(Ordering::Relaxed);
             if owner >= super::layout::MAX_DESCS {
                 return Ok(()); // a damaged header: the block stays claimed, not lost to a wild write
             }
-            remote::push_offset(&self.desc(owner).delayed, self.link64(block), block);
+            let unit1 = self.unit_of(slab_off) + 1;
+            remote::push_slab(&self.desc(owner).delayed, &slab.delayed_next, unit1);
         }
         Ok(())
-    }
-
-    /// Returns a remotely freed block to its slab's free list (owner only).
-    fn reclaim(&self, slab_off: u64, class: usize, idx: u32) {
-        let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
-        if !remote::reclaim(alloc, remote_bits, bit) {
-            return;
-        }
-        self.push_free(self.slab(slab_off), self.block(slab_off, class, idx), idx);
     }
 
     /// Puts block `idx` (at `block`) on its slab's free list; returns the slab's `used`
@@ -199,42 +220,65 @@ impl Inner {
         }
     }
 
-    /// Takes a slab's remote frees onto its free list (owner only, slab not `FULL`).
-    fn collect_list(&self, slab_off: u64, class: usize) {
-        let mut next = remote::take_blocks(&self.slab(slab_off).thread_free);
-        let mut budget = GEOMETRY[class].capacity;
-        while next != 0 && budget > 0 {
-            let idx = next - 1;
-            if idx >= GEOMETRY[class].capacity {
-                break; // a damaged list: stop rather than wander
+    /// Takes a slab's remote frees onto its free list (owner only); returns how many.
+    fn collect(&self, slab_off: u64, class: usize) -> u32 {
+        let g = &GEOMETRY[class];
+        let slab = self.slab(slab_off);
+        let mut got = 0;
+        for w in 0..g.capacity.div_ceil(64) {
+            let mut bits =
+                remote::collect(self.bits(slab_off, class, false, w), self.bits(slab_off, class, true, w));
+            while bits != 0 {
+                let idx = w * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if idx < g.capacity {
+                    self.push_free(slab, self.block(slab_off, class, idx), idx);
+                    got += 1;
+                }
             }
-            next = self.link32(self.block(slab_off, class, idx)).load(Ordering::Relaxed);
-            self.reclaim(slab_off, class, idx);
+        }
+        got
+    }
+
+    /// Takes the full slabs that remote frees went into (this heap's delayed stack),
+    /// collects them and puts them back on their class lists (or gives them back, empty).
+    pub(super) fn drain_delayed(&self, d: u32) {
+        let mut next = remote::take_slabs(&self.desc(d).delayed);
+        let mut budget = self.max_units;
+        while next != 0 && budget > 0 {
             budget -= 1;
+            // Validate before following the link: only a queued slab head this heap owns.
+            let unit = next - 1;
+            let Some(class) = self.owned_slab(d, unit) else { break };
+            let slab_off = self.unit_off(unit);
+            let slab = self.slab(slab_off);
+            if slab.remote_state.load(Ordering::Relaxed) & QUEUED == 0 {
+                break;
+            }
+            next = slab.delayed_next.load(Ordering::Relaxed);
+            remote::unqueue(&slab.remote_state);
+            self.collect(slab_off, class);
+            if slab.remote_state.load(Ordering::Relaxed) & FULL != 0 && slab.free.load(Ordering::Relaxed) != 0
+            {
+                self.unfull(d, slab_off, class);
+            }
+            self.retire_if_empty(d, slab_off, class);
         }
     }
 
-    /// Takes the remote frees that went to this heap's `delayed` list because their slabs
-    /// were full; those slabs go back on their class lists.
-    pub(super) fn drain_delayed(&self, d: u32) {
-        let mut off = remote::take_offsets(&self.desc(d).delayed);
-        let mut budget = self.seg.committed() / 16;
-        while off != 0 && budget > 0 {
-            budget -= 1;
-            // Validate before reading the link: an entry is only trusted as a block of a
-            // slab this heap owns.
-            let Ok(super::Located::Slab { slab, class, idx }) = self.locate(off) else { break };
-            if self.slab(slab).owner.load(Ordering::Relaxed) != d {
-                break;
-            }
-            let next = self.link64(off).load(Ordering::Relaxed);
-            if self.slab(slab).thread_free.load(Ordering::Relaxed) & FULL != 0 {
-                self.unfull(d, slab, class);
-            }
-            self.reclaim(slab, class, idx);
-            self.retire_if_empty(d, slab, class);
-            off = next;
+    /// The class of the slab headed by `unit`, if it is one and `d` owns it.
+    pub(super) fn owned_slab(&self, d: u32, unit: u32) -> Option<usize> {
+        if unit >= self.max_units {
+            return None;
         }
+        let (head, len, tag) = self.run_head(unit)?;
+        let slab = self.slab(self.unit_off(unit));
+        let class = slab_class(slab.class.load(Ordering::Relaxed))?;
+        let ok = head == unit
+            && tag == TAG_SLAB
+            && GEOMETRY[class].units == len
+            && slab.owner.load(Ordering::Relaxed) == d;
+        ok.then_some(class)
     }
 
     /// Threads up to `EXTEND_BYTES` of never-used blocks onto the free list.
@@ -265,7 +309,7 @@ impl Inner {
             let slab_off = self.unit_off(head - 1);
             let slab = self.slab(slab_off);
             if slab.free.load(Ordering::Relaxed) == 0 {
-                self.collect_list(slab_off, class);
+                self.collect(slab_off, class);
             }
             if slab.free.load(Ordering::Relaxed) == 0
                 && slab.bump.load(Ordering::Relaxed) < GEOMETRY[class].capacity
@@ -275,12 +319,15 @@ impl Inner {
             if let Some(off) = self.pop(d, class) {
                 return Ok(off);
             }
-            // Exhausted: from now on remote frees go to the delayed list. A remote free
-            // that slipped in makes this fail; collect it on the next turn.
-            if remote::mark_full(&slab.thread_free) {
-                self.unlink(&q.head, slab_off);
-                self.link_front(&q.full, slab_off);
+            // Exhausted: from now on remote frees queue the slab on the delayed stack.
+            // Those that came before the flag are collected now (see `needs_notice`).
+            remote::mark_full(&slab.remote_state);
+            if self.collect(slab_off, class) > 0 {
+                remote::clear_full(&slab.remote_state);
+                continue;
             }
+            self.unlink(&q.head, slab_off);
+            self.link_front(&q.full, slab_off);
         }
         let slab_off = self.new_slab(d, class)?;
         self.link_front(&q.head, slab_off);
@@ -291,7 +338,7 @@ impl Inner {
     /// A full slab got a block back: back onto its class list, remote frees direct again.
     fn unfull(&self, d: u32, slab_off: u64, class: usize) {
         let q = self.queue(d, class);
-        remote::clear_full(&self.slab(slab_off).thread_free);
+        remote::clear_full(&self.slab(slab_off).remote_state);
         self.unlink(&q.full, slab_off);
         self.link_back(q, slab_off);
     }
@@ -303,7 +350,10 @@ impl Inner {
         let q = self.queue(d, class);
         let unit = self.unit_of(slab_off);
         let slab = self.slab(slab_off);
-        if q.head.load(Ordering::Relaxed) == unit + 1 || slab.thread_free.load(Ordering::Relaxed) != 0 {
+        // A queued slab stays until the owner takes it off its delayed stack.
+        if q.head.load(Ordering::Relaxed) == unit + 1
+            || slab.remote_state.load(Ordering::Relaxed) & QUEUED != 0
+        {
             return;
         }
         self.unlink(&q.head, slab_off);
@@ -319,11 +369,6 @@ impl Inner {
     /// The 4-byte link at `block`.
     pub(super) fn link32_at(&self, block: u64) -> u32 {
         self.link32(block).load(Ordering::Relaxed)
-    }
-
-    /// The 8-byte link at `block`.
-    pub(super) fn link64_at(&self, block: u64) -> u64 {
-        self.link64(block).load(Ordering::Relaxed)
     }
 
     #[inline(always)]
@@ -386,7 +431,8 @@ impl Inner {
             f.store(0, Ordering::Relaxed);
         }
         slab.owner.store(d, Ordering::Relaxed);
-        slab.thread_free.store(0, Ordering::Relaxed);
+        slab.remote_state.store(0, Ordering::Relaxed);
+        slab.delayed_next.store(0, Ordering::Relaxed);
         for w in 0..g.words as u32 {
             self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
             self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);

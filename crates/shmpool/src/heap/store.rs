@@ -49,7 +49,9 @@ impl UnitStore for ShmStore<'_> {
         self.word(u).load(Ordering::Relaxed)
     }
     fn set_entry(&mut self, u: u32, word: u64) {
-        self.word(u).store(word, Ordering::Relaxed);
+        // SYNC: Release pairs with the Acquire in `Inner::table_word` readers (the free
+        // path): whoever sees a unit as the head of a run sees it committed.
+        self.word(u).store(word, Ordering::Release);
     }
     fn head(&self, order: usize) -> u32 {
         self.meta.heads[order].load(Ordering::Relaxed)

@@ -68,12 +68,12 @@ const K_TAIL: u64 = 3;
 
 impl UnitState {
     /// Packs into a table word: kind in bits 0..8, tag in 8..16, value in 32..64.
-    pub fn encode(self) -> u64 {
+    pub const fn encode(self) -> u64 {
         match self {
             Self::Unknown => 0,
-            Self::Free { order } => K_FREE | u64::from(order) << 32,
-            Self::Run { len, tag } => K_RUN | u64::from(tag) << 8 | u64::from(len) << 32,
-            Self::Tail { head } => K_TAIL | u64::from(head) << 32,
+            Self::Free { order } => K_FREE | (order as u64) << 32,
+            Self::Run { len, tag } => K_RUN | (tag as u64) << 8 | (len as u64) << 32,
+            Self::Tail { head } => K_TAIL | (head as u64) << 32,
         }
     }
 

@@ -1,13 +1,13 @@
 //! The remote-free protocol of a slab, with the functions the heap uses (`heap::remote`):
-//! freers claim a block in the remote bitmap (`fetch_or`) and push it onto the slab's
-//! list, or onto the owner's delayed list once the owner marked the slab `FULL`; the owner
-//! takes lists whole and reclaims each block whose remote bit it clears.
+//! freers claim a block in the remote bitmap (`fetch_or`) and, when the owner flagged the
+//! slab `FULL`, queue the slab on the owner's delayed stack; the owner collects bitmap
+//! words and takes the delayed stack whole.
 //!
-//! loom checks every interleaving for: each freed block reclaimed exactly once (none
-//! lost, none twice), a double free refused exactly once, and the links read by the
-//! owner ordered after the pushers wrote them.
+//! loom checks every interleaving for: each freed block collected exactly once (none
+//! lost, none twice), a remote free into a full slab always noticed, a double free of
+//! ordered frees refused, and a block never in two places after racing frees.
 
-use crate::heap::remote::{self, Pushed};
+use crate::heap::remote::{self, FULL};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -15,59 +15,60 @@ use loom::thread;
 const BLOCKS: usize = 3;
 
 struct Slab {
-    list: AtomicU64,
     /// Owner-written allocated bitmap: every block starts allocated.
     alloc_bits: AtomicU64,
     remote_bits: AtomicU64,
-    links: [AtomicU32; BLOCKS],
-    /// The owner's delayed list; offsets are `1 + index` here (0 means empty).
+    state: AtomicU32,
+    /// The owner's delayed stack (this one slab is unit 0, pushed as 1).
     delayed: AtomicU64,
-    delayed_links: [AtomicU64; BLOCKS],
+    delayed_next: AtomicU32,
+    /// Each block's contents: a freer writes 1 before freeing it.
+    data: [AtomicU32; BLOCKS],
 }
 
 impl Slab {
     fn new() -> Self {
         Self {
-            list: AtomicU64::new(0),
             alloc_bits: AtomicU64::new((1 << BLOCKS) - 1),
             remote_bits: AtomicU64::new(0),
-            links: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
+            state: AtomicU32::new(0),
             delayed: AtomicU64::new(0),
-            delayed_links: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            // Not a valid link: the owner must see the one the pusher wrote.
+            delayed_next: AtomicU32::new(99),
+            data: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
         }
     }
 
     /// A remote free of block `idx`; false if refused as a double free.
     fn free(&self, idx: u32) -> bool {
+        self.data[idx as usize].store(1, Ordering::Relaxed);
         if !remote::claim(&self.alloc_bits, &self.remote_bits, 1 << idx) {
             return false;
         }
-        if remote::push_block(&self.list, &self.links[idx as usize], idx) == Pushed::SlabIsFull {
-            let off = u64::from(idx) + 1;
-            remote::push_offset(&self.delayed, &self.delayed_links[idx as usize], off);
+        if remote::needs_notice(&self.state) {
+            remote::push_slab(&self.delayed, &self.delayed_next, 1);
         }
         true
     }
 
-    /// The owner takes both lists and reclaims; returns how often each block came back.
-    fn collect(&self, got: &mut [u32; BLOCKS]) {
-        let mut next = remote::take_blocks(&self.list);
-        while next != 0 {
-            let idx = next - 1;
-            next = self.links[idx as usize].load(Ordering::Relaxed);
-            self.reclaim(idx, got);
+    /// The owner collects the bitmap; counts each block that comes back.
+    fn collect(&self, got: &mut [u32; BLOCKS]) -> u32 {
+        let bits = remote::collect(&self.alloc_bits, &self.remote_bits);
+        for (i, g) in got.iter_mut().enumerate() {
+            if bits >> i & 1 != 0 {
+                assert_eq!(self.data[i].load(Ordering::Relaxed), 1, "the freer's writes are visible");
+                *g += 1;
+            }
         }
-        let mut off = remote::take_offsets(&self.delayed);
-        while off != 0 {
-            let idx = (off - 1) as u32;
-            off = self.delayed_links[idx as usize].load(Ordering::Relaxed);
-            self.reclaim(idx, got);
-        }
+        bits.count_ones()
     }
 
-    fn reclaim(&self, idx: u32, got: &mut [u32; BLOCKS]) {
-        if remote::reclaim(&self.alloc_bits, &self.remote_bits, 1 << idx) {
-            got[idx as usize] += 1;
+    /// The owner drains its delayed stack: the slab comes off it and is collected.
+    fn drain(&self, got: &mut [u32; BLOCKS]) {
+        if remote::take_slabs(&self.delayed) != 0 {
+            assert_eq!(self.delayed_next.load(Ordering::Relaxed), 0, "one slab, pushed once");
+            remote::unqueue(&self.state);
+            self.collect(got);
         }
     }
 }
@@ -83,7 +84,7 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 }
 
 #[test]
-fn remote_frees_are_reclaimed_exactly_once() {
+fn remote_frees_are_collected_exactly_once_and_never_missed() {
     model(|| {
         let slab = Arc::new(Slab::new());
         let freers: Vec<_> = [0u32, 1]
@@ -94,23 +95,29 @@ fn remote_frees_are_reclaimed_exactly_once() {
             })
             .collect();
         let mut got = [0; BLOCKS];
-        // The owner collects, and marks the slab full when it finds nothing, while the
-        // freers run.
+        // The owner finds its slab exhausted: collects, flags it full, collects what came
+        // before the flag, and keeps it in use only if that gave it room.
         slab.collect(&mut got);
-        if remote::mark_full(&slab.list) {
-            slab.collect(&mut got);
-            remote::clear_full(&slab.list);
+        remote::mark_full(&slab.state);
+        if slab.collect(&mut got) > 0 {
+            remote::clear_full(&slab.state);
         }
         for f in freers {
             f.join().unwrap();
         }
-        slab.collect(&mut got);
+        // A full slab is only looked at again through the delayed stack: whatever was
+        // freed into it must have been queued.
+        slab.drain(&mut got);
+        if slab.state.load(Ordering::Relaxed) & FULL == 0 {
+            slab.collect(&mut got);
+        }
         assert_eq!(got, [1, 1, 0], "each freed block exactly once");
+        assert_eq!(slab.remote_bits.load(Ordering::Relaxed), 0);
     });
 }
 
 #[test]
-fn a_racing_double_free_is_refused_once() {
+fn a_racing_double_remote_free_is_refused_once() {
     model(|| {
         let slab = Arc::new(Slab::new());
         let twice: Vec<_> = (0..2)
@@ -128,24 +135,68 @@ fn a_racing_double_free_is_refused_once() {
     });
 }
 
-/// The owner frees a block while another thread frees the same block: at most one of the
-/// two frees wins, and the block is reclaimed at most once — never handed out twice.
+/// A remote free that happens after an earlier free of the block is refused, also when
+/// the owner collected the earlier one in between: ordered frees are always checked.
 #[test]
-fn owner_and_remote_double_free_do_not_both_win() {
+fn a_free_ordered_after_a_collected_free_is_refused() {
     model(|| {
         let slab = Arc::new(Slab::new());
-        let remote = {
-            let s = slab.clone();
-            thread::spawn(move || s.free(2))
+        let done = Arc::new(AtomicU32::new(0));
+        let first = {
+            let (s, done) = (slab.clone(), done.clone());
+            thread::spawn(move || {
+                assert!(s.free(2));
+                done.store(1, Ordering::Release);
+            })
         };
-        let owner = remote::release_local(&slab.alloc_bits, &slab.remote_bits, 1 << 2);
-        let remote_won = remote.join().unwrap();
+        let second = {
+            let (s, done) = (slab.clone(), done.clone());
+            thread::spawn(move || {
+                if done.load(Ordering::Acquire) == 1 {
+                    assert!(!s.free(2), "a second free ordered after the first was accepted");
+                }
+            })
+        };
         let mut got = [0; BLOCKS];
         slab.collect(&mut got);
-        assert!(!(owner && remote_won), "both frees of one block were accepted");
-        assert_eq!(got[2], u32::from(remote_won), "reclaimed exactly when the remote free won");
-        if owner {
-            assert_eq!(slab.alloc_bits.load(Ordering::Relaxed) & 1 << 2, 0);
-        }
+        first.join().unwrap();
+        second.join().unwrap();
+        slab.collect(&mut got);
+        assert_eq!(got, [0, 0, 1]);
     });
+}
+
+/// The owner frees a block, maybe allocates it again, while another thread frees it too
+/// (a racing double free): whatever wins, the block ends up in exactly one place —
+/// allocated, or free once — never handed out twice.
+#[test]
+fn racing_owner_and_remote_frees_keep_the_block_in_one_place() {
+    for realloc in [false, true] {
+        model(move || {
+            let slab = Arc::new(Slab::new());
+            let remote = {
+                let s = slab.clone();
+                thread::spawn(move || s.free(2))
+            };
+            let mut on_free_list = 0;
+            let owner = remote::release_local(&slab.alloc_bits, &slab.remote_bits, 1 << 2);
+            if owner {
+                on_free_list += 1;
+                if realloc {
+                    // The owner pops the block again (the plain store `pop` makes).
+                    let a = slab.alloc_bits.load(Ordering::Relaxed);
+                    slab.alloc_bits.store(a | 1 << 2, Ordering::Relaxed);
+                    on_free_list -= 1;
+                }
+            }
+            let remote_won = remote.join().unwrap();
+            let mut got = [0; BLOCKS];
+            slab.collect(&mut got);
+            on_free_list += got[2];
+            let allocated = slab.alloc_bits.load(Ordering::Relaxed) >> 2 & 1;
+            assert!(owner || remote_won, "both frees refused");
+            assert_eq!(on_free_list + allocated as u32, 1, "the block is in two places, or none");
+            assert_eq!(slab.remote_bits.load(Ordering::Relaxed), 0);
+        });
+    }
 }
