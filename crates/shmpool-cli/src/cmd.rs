@@ -114,7 +114,14 @@ fn owners(heap: &shmpool::heap::Heap) -> String {
             e.2 += 1;
         }
     }
-    let mut out = String::new();
+    let procs = heap.processes();
+    let dead = procs.iter().filter(|p| !p.alive).count();
+    let mut out = format!(
+        "  {:<17} {} of {} ({dead} dead)\n",
+        "registered procs",
+        procs.len(),
+        shmpool::heap::MAX_PROCS
+    );
     for (pid, (alive, active, abandoned)) in per {
         let what = match (alive, active) {
             (true, _) => "alive",

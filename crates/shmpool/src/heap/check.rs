@@ -93,6 +93,8 @@ pub struct ThreadHeapInfo {
     pub start_time: u64,
     /// Owner thread (Linux tid).
     pub tid: u32,
+    /// The owner process's slot in the registry ([`Heap::processes`]).
+    pub process_slot: u32,
     /// `false` once its thread ended (or its handle dropped): waiting to be adopted.
     pub active: bool,
     /// Whether the owner process still runs: its pid exists with the same start time (a
@@ -126,6 +128,7 @@ impl Heap {
                         pid,
                         start_time,
                         tid: desc.owner_tid.load(Ordering::Relaxed),
+                        process_slot: desc.proc_slot.load(Ordering::Relaxed),
                         active: state == layout::DESC_ACTIVE,
                         owner_alive: process_alive(pid, start_time),
                     }
@@ -202,6 +205,7 @@ impl Inner {
     fn check(&self) -> Result<CheckReport, Broken> {
         let buddy = self.buddy();
         buddy.check()?;
+        self.check_registry()?;
         let delayed = self.check_delayed()?;
         let on_lists = self.check_lists()?;
         let mut report =

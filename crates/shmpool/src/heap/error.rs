@@ -22,6 +22,9 @@ pub enum AllocError {
     /// Every thread-heap descriptor of the segment is in use.
     #[error("all {0} thread heaps of the segment are in use")]
     NoThreadHeap(u32),
+    /// Every slot of the segment's process registry is in use.
+    #[error("all {0} process slots of the segment are in use")]
+    NoProcessSlot(u32),
 }
 
 impl From<GrowError> for AllocError {

@@ -5,6 +5,8 @@
 //!  4096     Meta: magic, geometry, page lock, buddy list heads
 //!  …        unit table: one u64 per unit of the reserved capacity (pages::UnitState)
 //!  …        thread-heap descriptors: MAX_DESCS × Desc
+//!  …        named roots: MAX_ROOTS × Root
+//!  …        process registry: MAX_PROCS × Proc
 //!  arena    unit 0, aligned to 64 KiB; units are added as the segment grows
 //! ```
 //!
@@ -64,16 +66,40 @@ pub const MAX_ROOT_NAME: usize = 96;
 
 /// Where the unit table, the descriptors, the root table and the arena lie for a segment
 /// reserving `reserved` bytes: `(max_units, descs_off, arena_start)`, or `None` if too
-/// small. The root table follows the descriptors ([`roots_off`]).
+/// small. The root table follows the descriptors ([`roots_off`]), the process registry
+/// the roots ([`procs_off`]).
 pub(crate) fn plan(reserved: u64) -> Option<(u32, u64, u64)> {
     use crate::pages::UNIT;
     let units_bound = reserved / UNIT;
     let descs_off = (TABLE_OFF + 8 * units_bound).next_multiple_of(64);
-    let roots_end = roots_off(descs_off) + u64::from(MAX_ROOTS) * ROOT_BYTES;
-    let arena = roots_end.next_multiple_of(UNIT);
+    let procs_end = procs_off(descs_off) + u64::from(MAX_PROCS) * PROC_BYTES;
+    let arena = procs_end.next_multiple_of(UNIT);
     let units = reserved.checked_sub(arena)? / UNIT;
     (units > 0).then_some((u32::try_from(units).ok()?, descs_off, arena))
 }
+
+/// Processes the registry holds at once.
+pub const MAX_PROCS: u32 = 256;
+/// Bytes of one [`Proc`].
+pub(crate) const PROC_BYTES: u64 = 32;
+
+/// Offset of the process registry, after the root table.
+pub(crate) fn procs_off(descs_off: u64) -> u64 {
+    (roots_off(descs_off) + u64::from(MAX_ROOTS) * ROOT_BYTES).next_multiple_of(64)
+}
+
+/// A process registry slot (`procs.rs`): `state` is `generation << 2 | PROC_*`.
+#[repr(C)]
+pub(crate) struct Proc {
+    pub state: AtomicU32,
+    pub pid: AtomicU32,
+    /// Start time, clock ticks since boot (proc(5) `stat` field 22).
+    pub start: AtomicU64,
+    pub _reserved: [AtomicU64; 2],
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl Shared for Proc {}
 
 /// Bytes of one [`Root`].
 const ROOT_BYTES: u64 = 32 + MAX_ROOT_NAME as u64;
@@ -152,7 +178,8 @@ pub(crate) struct Desc {
     pub state: AtomicU32,
     pub owner_pid: AtomicU32,
     pub owner_tid: AtomicU32,
-    pub _reserved: AtomicU32,
+    /// The owner process's registry slot (`procs.rs`).
+    pub proc_slot: AtomicU32,
     /// Which `Heap` handle of the owner process claimed it (abandoned when it drops).
     pub instance: AtomicU64,
     /// The owner process's start time (clock ticks since boot, proc(5) `stat` field 22):
@@ -211,4 +238,5 @@ const _: () = {
     assert!(core::mem::size_of::<Slab>() as u64 == super::class::SLAB_FIELDS);
     assert!(core::mem::size_of::<Meta>() as u64 <= TABLE_OFF - META_OFF);
     assert!(core::mem::size_of::<Desc>() as u64 == DESC_BYTES);
+    assert!(core::mem::size_of::<Proc>() as u64 == PROC_BYTES);
 };

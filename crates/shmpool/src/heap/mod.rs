@@ -52,6 +52,7 @@ pub mod class;
 mod error;
 mod layout;
 mod lock;
+mod procs;
 mod raw;
 pub(crate) mod remote;
 mod roots;
@@ -63,7 +64,8 @@ mod units;
 
 pub use check::{process_alive, CheckReport, ClassStats, HeapStats, ThreadHeapInfo};
 pub use error::{AllocError, FreeError};
-pub use layout::{MAX_DESCS, MAX_ROOTS, MAX_ROOT_NAME};
+pub use layout::{MAX_DESCS, MAX_PROCS, MAX_ROOTS, MAX_ROOT_NAME};
+pub use procs::ProcessInfo;
 pub use roots::{RootError, ROOT_INIT_TIMEOUT};
 pub use typed::ShmBox;
 
@@ -127,6 +129,8 @@ pub(crate) struct Inner {
     arena: u64,
     descs_off: u64,
     max_units: u32,
+    /// This process's registry slot as `fork generation << 32 | slot + 1` (0: none yet).
+    proc_slot: AtomicU64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -197,6 +201,7 @@ impl Heap {
             arena,
             descs_off,
             max_units,
+            proc_slot: AtomicU64::new(0),
         };
         Heap { inner: Arc::new(inner) }
     }
@@ -317,6 +322,7 @@ impl Heap {
     #[cold]
     fn claim(&self) -> Result<u32, AllocError> {
         let inner = &*self.inner;
+        let slot = inner.process_slot()?;
         let pid = tls::pid();
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         // Adopt an abandoned heap first (its slabs come along), else take a free one.
@@ -336,6 +342,7 @@ impl Heap {
                 desc.owner_pid.store(pid, Ordering::Relaxed);
                 desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
                 desc.owner_tid.store(tid, Ordering::Relaxed);
+                desc.proc_slot.store(slot, Ordering::Relaxed);
                 desc.instance.store(inner.instance, Ordering::Relaxed);
                 let token = (claimed & !3) | DESC_ACTIVE;
                 // SYNC: Release pairs with the Acquire load in `Inner::drop` (and in
@@ -524,5 +531,6 @@ impl Drop for Inner {
                 self.abandon(d, word);
             }
         }
+        self.leave_registry();
     }
 }

@@ -55,6 +55,13 @@ pub(crate) fn start_time() -> u64 {
     t
 }
 
+/// How many forks this process's image has been through: a cached per-process value is
+/// stale when its generation differs.
+#[inline]
+pub(crate) fn fork_gen() -> u64 {
+    FORK_GEN.load(Ordering::Relaxed)
+}
+
 /// This process's pid, without a system call.
 #[inline]
 pub(crate) fn pid() -> u32 {

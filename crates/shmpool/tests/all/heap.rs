@@ -8,7 +8,8 @@ use libtest_mimic::Trial;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use shmpool::heap::{AllocError, FreeError, Heap};
-use shmpool::SegmentOptions;
+use shmpool::segment::Access;
+use shmpool::{Segment, SegmentOptions};
 use std::collections::HashMap;
 
 pub fn tests() -> Vec<Trial> {
@@ -389,7 +390,9 @@ fn slabs_emptied_by_remote_frees_return_to_the_pages() {
 }
 
 /// A child that allocates and exits without dropping its handle leaves an active thread
-/// heap behind; `thread_heaps` tells that its owner is dead (what recovery will act on).
+/// heap and a registry slot behind; `thread_heaps` and `processes` tell that its owner is
+/// dead (what recovery acts on). A child that drops its own handle gives its slot back
+/// and leaves its thread heap abandoned, for adoption.
 fn thread_heaps_of_a_dead_process_are_reported_orphaned() {
     let heap = heap(64 << 20);
     heap.free(heap.alloc(64).unwrap()).unwrap();
@@ -397,10 +400,35 @@ fn thread_heaps_of_a_dead_process_are_reported_orphaned() {
     let child = crate::support::fork(move || i32::from(h.alloc(64).is_err()));
     let child_pid = child.pid() as u32;
     assert_eq!(child.wait(), 0);
+    let tidy = crate::support::fork(move || {
+        let fd = h.segment().backend().handle().fd().unwrap().try_clone_to_owned().unwrap();
+        let own = Heap::attach(Segment::from_fd(fd, Access::ReadWrite).unwrap()).unwrap();
+        let off = own.alloc(64).unwrap();
+        let me = std::process::id();
+        let registered = own.processes().iter().any(|p| p.pid == me && p.alive && p.thread_heaps == 1);
+        own.free(off).unwrap();
+        drop(own);
+        i32::from(!registered)
+    });
+    let tidy_pid = tidy.pid() as u32;
+    assert_eq!(tidy.wait(), 0, "the child saw itself registered");
+
     let owners = heap.thread_heaps();
+    let procs = heap.processes();
     let mine = owners.iter().find(|t| t.pid == std::process::id()).expect("this process's heap");
     assert!(mine.active && mine.owner_alive);
+    let me = procs.iter().find(|p| p.pid == std::process::id()).expect("this process's slot");
+    assert!(me.alive && me.thread_heaps == 1 && me.slot == mine.process_slot, "{me:?}");
+
     let orphan = owners.iter().find(|t| t.pid == child_pid).expect("the child's heap");
     assert!(orphan.active && !orphan.owner_alive, "{orphan:?}");
     assert!(!shmpool::heap::process_alive(child_pid, orphan.start_time));
+    let dead = procs.iter().find(|p| p.pid == child_pid).expect("the dead child's slot");
+    assert!(!dead.alive && dead.thread_heaps == 1 && dead.slot == orphan.process_slot, "{dead:?}");
+
+    let left = owners.iter().find(|t| t.pid == tidy_pid).expect("the tidy child's heap");
+    assert!(!left.active, "dropping the handle abandons the thread heap: {left:?}");
+    assert!(procs.iter().all(|p| p.pid != tidy_pid), "the slot was given back: {procs:?}");
+    assert_eq!(procs.len(), 2, "{procs:?}");
+    heap.check().unwrap();
 }

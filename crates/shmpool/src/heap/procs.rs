@@ -1,0 +1,170 @@
+//! The process registry: a slot in the segment for every process that owns thread heaps,
+//! holding its pid and start time. Each thread heap names its process's slot, so that
+//! whoever finds a process dead (its pid gone, or reused by a process started later) finds
+//! every thread heap it owned; the slabs hang off those, and their allocated bitmaps say
+//! which blocks were live.
+//!
+//! A process registers on its first allocation and gives the slot back when its last
+//! handle on the heap drops. A process that dies without dropping keeps its slot `LIVE`
+//! under a dead pid; [`Heap::processes`] reports it.
+//!
+//! # Safety
+//! Views are taken at slot offsets below `MAX_PROCS` in the committed metadata; see
+//! `raw.rs`.
+#![allow(unsafe_code)]
+
+use super::check::process_alive;
+use super::error::AllocError;
+use super::layout::{self, Proc, MAX_PROCS};
+use super::{tls, Heap, Inner};
+use crate::loom::Ordering;
+
+/// Slot states, in the low two bits of `Proc::state`; the bits above count registrations.
+const PROC_FREE: u32 = 0;
+const PROC_LIVE: u32 = 1;
+/// Taken, identity being written.
+const PROC_CLAIMING: u32 = 3;
+
+/// A registered process, as [`Heap::processes`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its slot in the registry.
+    pub slot: u32,
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (clock ticks since boot), which tells a reused pid apart.
+    pub start_time: u64,
+    /// Whether it still runs (see [`process_alive`]).
+    pub alive: bool,
+    /// Thread heaps that name this slot (active or abandoned).
+    pub thread_heaps: u32,
+}
+
+impl Inner {
+    fn proc(&self, slot: u32) -> &Proc {
+        assert!(slot < MAX_PROCS);
+        // SAFETY: the registry lies in the committed metadata, 8-aligned; `slot` is in it.
+        unsafe { self.base.at(layout::procs_off(self.descs_off) + u64::from(slot) * layout::PROC_BYTES) }
+    }
+
+    /// This process's registry slot, registering it on first use (and again in a forked
+    /// child, which is another process).
+    pub(super) fn process_slot(&self) -> Result<u32, AllocError> {
+        let gen = tls::fork_gen() as u32;
+        let cached = self.proc_slot.load(Ordering::Relaxed);
+        if cached != 0 && (cached >> 32) as u32 == gen {
+            return Ok(cached as u32 - 1);
+        }
+        let slot = self.register()?;
+        let mine = u64::from(gen) << 32 | u64::from(slot + 1);
+        // Two threads of this process may register at once: the first to publish wins,
+        // the other gives its slot back.
+        match self.proc_slot.compare_exchange(cached, mine, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => Ok(slot),
+            Err(now) => {
+                self.unregister(slot);
+                Ok(now as u32 - 1)
+            }
+        }
+    }
+
+    fn register(&self) -> Result<u32, AllocError> {
+        for slot in 0..MAX_PROCS {
+            let p = self.proc(slot);
+            let word = p.state.load(Ordering::Relaxed);
+            if word & 3 != PROC_FREE {
+                continue;
+            }
+            let claimed = (word & !3).wrapping_add(4) | PROC_CLAIMING;
+            // Relaxed: the Release store below publishes the identity.
+            if p.state.compare_exchange(word, claimed, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            p.pid.store(tls::pid(), Ordering::Relaxed);
+            p.start.store(tls::start_time(), Ordering::Relaxed);
+            // SYNC: Release pairs with the Acquire load in `processes` (and in `unregister`):
+            // whoever sees LIVE sees this identity.
+            p.state.store((claimed & !3) | PROC_LIVE, Ordering::Release);
+            return Ok(slot);
+        }
+        Err(AllocError::NoProcessSlot(MAX_PROCS))
+    }
+
+    /// Gives `slot` back if this process still holds it.
+    fn unregister(&self, slot: u32) {
+        let p = self.proc(slot);
+        // SYNC: Acquire pairs with the Release store in `register`.
+        let word = p.state.load(Ordering::Acquire);
+        let ours = word & 3 == PROC_LIVE
+            && p.pid.load(Ordering::Relaxed) == tls::pid()
+            && p.start.load(Ordering::Relaxed) == tls::start_time();
+        if ours {
+            let free = (word & !3).wrapping_add(4) | PROC_FREE;
+            let _ = p.state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// On the last drop of this process's handle: give the slot back (not a parent's,
+    /// inherited through fork).
+    pub(super) fn leave_registry(&self) {
+        let cached = self.proc_slot.load(Ordering::Relaxed);
+        if cached != 0 && (cached >> 32) as u32 == tls::fork_gen() as u32 {
+            self.unregister(cached as u32 - 1);
+        }
+    }
+}
+
+impl Inner {
+    /// Every active thread heap names a registered slot of its own process (part of
+    /// `Heap::check`).
+    pub(super) fn check_registry(&self) -> Result<(), crate::pages::Broken> {
+        for d in 0..layout::MAX_DESCS {
+            let desc = self.desc(d);
+            if layout::desc_state(desc.state.load(Ordering::Acquire)) != layout::DESC_ACTIVE {
+                continue;
+            }
+            let slot = desc.proc_slot.load(Ordering::Relaxed);
+            let pid = desc.owner_pid.load(Ordering::Relaxed);
+            let ok = slot < MAX_PROCS && {
+                let p = self.proc(slot);
+                p.state.load(Ordering::Acquire) & 3 == PROC_LIVE && p.pid.load(Ordering::Relaxed) == pid
+            };
+            if !ok {
+                return Err(crate::pages::Broken(format!(
+                    "thread heap {d} (pid {pid}) names registry slot {slot}, not its live process"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Heap {
+    /// The processes registered in the heap: those that allocated and have not dropped
+    /// their handle. One that is not `alive` died holding its thread heaps.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        let inner = &*self.inner;
+        let mut out: Vec<ProcessInfo> = (0..MAX_PROCS)
+            .filter_map(|slot| {
+                let p = inner.proc(slot);
+                // SYNC: Acquire pairs with the Release store in `register`.
+                (p.state.load(Ordering::Acquire) & 3 == PROC_LIVE).then(|| {
+                    let (pid, start_time) = (p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed));
+                    ProcessInfo {
+                        slot,
+                        pid,
+                        start_time,
+                        alive: process_alive(pid, start_time),
+                        thread_heaps: 0,
+                    }
+                })
+            })
+            .collect();
+        for t in self.thread_heaps() {
+            if let Some(p) = out.iter_mut().find(|p| p.slot == t.process_slot) {
+                p.thread_heaps += 1;
+            }
+        }
+        out
+    }
+}
