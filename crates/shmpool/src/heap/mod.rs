@@ -5,18 +5,22 @@
 //!   thread heap (Desc)          slabs of one size class            page-run allocator
 //!   ┌────────────────┐      ┌──────────────┐   ┌──────────────┐     (pages::Buddy over
 //!   │ class 3 ──────────────► slab  64 B   │──►│ slab  64 B   │      64 KiB units,
-//!   │ class 9 ──┐    │      │ free ─► ─► ─►│   │ FULL         │      under the page
-//!   │ delayed ◄─┼──┐ │      │ thread_free ◄──── remote frees  │      lock)
-//!   └───────────┼──┼─┘      └──────────────┘   └──────────────┘
-//!               ▼  └──────── remote frees into FULL slabs
+//!   │ class 9 ──┐    │      │ free ─► ─► ─►│   │ FULL, QUEUED │      under the page
+//!   │ delayed ◄─┼──┐ │      │ remote bits ◄──── remote frees  │      lock)
+//!   └───────────┼──┼─┘      └──────────────┘   └──────┬───────┘
+//!               ▼  └──────────────────────────────────┘ first remote free into a FULL slab
 //! ```
 //!
 //! - Each thread of each process owns a *thread heap* (a `Desc` in the segment); only the
-//!   owner allocates from its slabs, without a lock or an atomic read-modify-write.
-//! - A free by the owner pushes the block on its slab's `free` list. A free by anyone else
-//!   sets the block's bit in the slab's `remote` bitmap and makes one CAS onto the slab's
-//!   `thread_free` list (or, for a slab its owner marked full, onto the owner's `delayed`
-//!   list); the owner takes those lists whole with one swap, so there is no ABA.
+//!   owner allocates from its slabs, with plain loads and stores: no lock, no atomic
+//!   read-modify-write, no system call.
+//! - A free by the owner clears the block's allocated bit and pushes it on its slab's
+//!   `free` list. A free by anyone else sets the block's bit in the slab's remote bitmap
+//!   with one `fetch_or`; the owner collects those bits a word at a time. A slab the owner
+//!   put aside as full is queued on the owner's `delayed` stack by the first remote free
+//!   into it (`remote.rs`).
+//! - Each process that allocates holds a slot in the segment's process registry, and its
+//!   thread heaps name it ([`Heap::processes`], `procs.rs`).
 //! - Every free is checked against the unit table and the slab's bitmaps: offsets out of
 //!   range, misaligned, interior, never allocated or already freed are a [`FreeError`]
 //!   and change nothing.
@@ -256,6 +260,14 @@ impl Heap {
     }
 
     /// Frees the block at `off`, from any thread of any process.
+    ///
+    /// A free that names no allocated block is refused with a [`FreeError`] and changes
+    /// nothing: out of range, misaligned, interior, never allocated, or freed already by a
+    /// free that happened before this one (in any thread or process). Two frees of one
+    /// block that race (a data race in the program) cannot corrupt the heap either: at
+    /// most one frees this allocation of the block, though an owner's free and another
+    /// thread's may both return `Ok` (the second then frees the block's next allocation,
+    /// or nothing).
     #[inline]
     pub fn free(&self, off: u64) -> Result<(), FreeError> {
         let inner = &*self.inner;

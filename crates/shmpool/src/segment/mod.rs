@@ -1,7 +1,7 @@
 //! Segments: shared memory that processes map, grow and attach to.
 //!
 //! Layer: the bottom of shmpool. A [`Segment`] is one mapping of a [`Backend`]'s whole
-//! reserved capacity plus the [header](header) at offset 0. It owns three promises:
+//! reserved capacity plus the [header] at offset 0. It owns three promises:
 //!
 //! 1. **Growth without remapping.** The committed size grows ([`Segment::grow_to`]) with
 //!    `ftruncate`/`fallocate` on the shared file; every process already maps the whole
