@@ -8,6 +8,9 @@
 //!   filled and put aside is flagged `FULL` in its `remote_state`; the first remote free
 //!   into a `FULL` slab flags it `QUEUED` and pushes the slab (not the block) onto the
 //!   owner's *delayed* stack, which the owner takes whole with one swap (no ABA).
+//! - A remote free pins the slab (a count in `remote_state`) from before it sets the bit
+//!   until it is done with the slab, so the owner never gives back a slab that a freer is
+//!   still updating.
 //!
 //! Because no remote free writes into the block, a block is never on two lists at once,
 //! whatever the interleaving. Frees of one block that are ordered (one happens before the
@@ -15,7 +18,9 @@
 //! block that *race* — a data race in the program — cannot corrupt the heap either: at
 //! most one takes effect on this allocation of the block; an owner's free and a remote free
 //! racing may both return `Ok`, and then the remote one frees the block's next
-//! allocation, if the owner makes one before collecting, or nothing.
+//! allocation, if the owner makes one before collecting, or nothing. (One case stays
+//! open: such a racing free whose slab the owner empties and gives back in between may
+//! set a bit in the memory reused there.)
 
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 
@@ -34,10 +39,9 @@ pub(crate) fn claim(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
     if remote.load(Ordering::Acquire) & bit != 0 || alloc.load(Ordering::Relaxed) & bit == 0 {
         return false;
     }
-    // SYNC: SeqCst, for the handshake with `mark_full`/`unqueue` (see `needs_notice`).
-    // Its Release half pairs with the Acquire load in `collect`: the freer's writes to the
-    // block happen before the owner reuses it.
-    remote.fetch_or(bit, Ordering::SeqCst) & bit == 0
+    // SYNC: Release pairs with the Acquire load in `collect`: the freer's writes to the
+    // block (and its `pin`) happen before the owner reuses it.
+    remote.fetch_or(bit, Ordering::Release) & bit == 0
 }
 
 /// The owner's own free of a block: clears its allocated bit unless the block is free
@@ -61,9 +65,8 @@ pub(crate) fn release_local(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> 
 /// is not allocated (left by a racing double free) is dropped.
 #[inline]
 pub(crate) fn collect(alloc: &AtomicU64, remote: &AtomicU64) -> u64 {
-    // SYNC: Acquire pairs with the Release half of the `fetch_or` in `claim`; SeqCst
-    // makes it the owner's read of the handshake in `needs_notice` (a plain load on x86).
-    let pending = remote.load(Ordering::SeqCst);
+    // SYNC: Acquire pairs with the Release `fetch_or` in `claim`.
+    let pending = remote.load(Ordering::Acquire);
     if pending == 0 {
         return 0;
     }
@@ -80,37 +83,51 @@ pub(crate) fn collect(alloc: &AtomicU64, remote: &AtomicU64) -> u64 {
 pub(crate) const FULL: u32 = 1;
 /// In a slab's `remote_state`: the slab is on its owner's delayed stack.
 pub(crate) const QUEUED: u32 = 2;
+/// In a slab's `remote_state`, counted from bit 8: remote frees between [`pin`] and
+/// [`unpin`]. The owner does not give a slab back while any is in flight.
+pub(crate) const IN_FLIGHT: u32 = 1 << 8;
 
-/// After a successful [`claim`]: whether this free must push the slab onto its owner's
-/// delayed stack (it is `FULL` and nobody queued it yet). At most one freer is told so
-/// per queueing.
-///
-/// With `mark_full` (and `unqueue`) this is a store-then-load handshake on both sides, all
-/// SeqCst: the freer sets its bit and then reads the state; the owner sets `FULL` (clears
-/// `QUEUED`) and then reads the bitmap. At least one side sees the other's write, so a
-/// remote free into a full slab is either queued or seen by the owner.
+/// A remote free pins the slab before it claims the block: once the block's remote bit is
+/// set, the owner may collect it and find the slab empty, and the freer still has the
+/// slab's state to update.
 #[inline]
-pub(crate) fn needs_notice(state: &AtomicU32) -> bool {
-    loom_sc_order();
-    // SYNC: SeqCst, the freer's read of the handshake above.
-    let mut s = state.load(Ordering::SeqCst);
-    while s & FULL != 0 && s & QUEUED == 0 {
-        // Relaxed: the pusher's Release CAS on the delayed stack publishes the slab.
-        match state.compare_exchange_weak(s, s | QUEUED, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return true,
+pub(crate) fn pin(state: &AtomicU32) {
+    // Relaxed: the `fetch_or` in `claim` (Release) is sequenced after this, so the owner's
+    // Acquire load in `collect` that sees the block's bit also sees this count.
+    state.fetch_add(IN_FLIGHT, Ordering::Relaxed);
+}
+
+/// Ends a remote free: unpins the slab and, if the free was accepted (`claimed`) into a
+/// slab flagged `FULL` that nobody queued yet, flags it `QUEUED` in the same CAS. Returns
+/// whether the caller must push the slab onto its owner's delayed stack (a `QUEUED` slab
+/// stays until the owner takes it off the stack, so the push touches a live slab).
+///
+/// No free into a full slab is missed: this CAS and the owner's `mark_full`/`unqueue`
+/// are read-modify-writes of one word, so one comes first. If the owner's does, this one
+/// sees `FULL` (and queues the slab) or `QUEUED` (and the owner's later `unqueue` is what
+/// collects). If this one does, the owner's RMW reads a value after this Release, so its
+/// `collect` sees the block's bit.
+#[inline]
+pub(crate) fn unpin(state: &AtomicU32, claimed: bool) -> bool {
+    let mut s = state.load(Ordering::Relaxed);
+    loop {
+        let queue = claimed && s & (FULL | QUEUED) == FULL;
+        let new = s.wrapping_sub(IN_FLIGHT) | if queue { QUEUED } else { 0 };
+        // SYNC: Release pairs with the Acquire RMWs in `mark_full`/`unqueue` and the
+        // Acquire load in `may_retire`: the claim above happens before them.
+        match state.compare_exchange_weak(s, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return queue,
             Err(now) => s = now,
         }
     }
-    false
 }
 
 /// The owner flags a slab `FULL`. The caller then collects the whole remote bitmap, and
 /// un-flags the slab if that gave it room.
 #[inline]
 pub(crate) fn mark_full(state: &AtomicU32) {
-    // SYNC: SeqCst, the owner's write of the handshake in `needs_notice`.
-    state.fetch_or(FULL, Ordering::SeqCst);
-    loom_sc_order();
+    // SYNC: AcqRel; Acquire pairs with the Release CAS in `unpin` (see there).
+    state.fetch_or(FULL, Ordering::AcqRel);
 }
 
 /// The owner takes the slab back onto its class list.
@@ -123,18 +140,16 @@ pub(crate) fn clear_full(state: &AtomicU32) {
 /// caller then collects its whole bitmap.
 #[inline]
 pub(crate) fn unqueue(state: &AtomicU32) {
-    // SYNC: SeqCst, the owner's write of the handshake in `needs_notice`.
-    state.fetch_and(!QUEUED, Ordering::SeqCst);
-    loom_sc_order();
+    // SYNC: AcqRel; Acquire pairs with the Release CAS in `unpin` (see there).
+    state.fetch_and(!QUEUED, Ordering::AcqRel);
 }
 
-/// loom models SeqCst loads and read-modify-writes as AcqRel (its README: "false alarms"),
-/// so in a model a SeqCst fence stands in for the single total order the SeqCst operations
-/// of the handshake get on real hardware; elsewhere it compiles to nothing.
-#[inline(always)]
-fn loom_sc_order() {
-    #[cfg(loom)]
-    crate::loom::fence(Ordering::SeqCst);
+/// Whether the owner may give an empty slab back: no remote free in flight, not queued.
+#[inline]
+pub(crate) fn may_retire(state: &AtomicU32) -> bool {
+    // SYNC: Acquire pairs with the Release CAS in `unpin`: a free that unpinned is done
+    // with the slab.
+    state.load(Ordering::Acquire) & !FULL == 0
 }
 
 /// Pushes a slab, named by `unit + 1` and whose stack link is `link`, onto an owner's

@@ -8,11 +8,11 @@
 //! | `free`, `bump`, `used`, links | plain (Relaxed) stores | never                   |
 //! | `allocated` bits | plain load + store          | load only                       |
 //! | `remote` bits    | `fetch_and` when collecting | `fetch_or` when freeing         |
-//! | `remote_state`   | sets and clears `FULL`, clears `QUEUED` | CAS sets `QUEUED` (slab is `FULL`) |
+//! | `remote_state`   | sets and clears `FULL`, clears `QUEUED` | pins and unpins; sets `QUEUED` (slab is `FULL`) |
 //! | desc `delayed`   | `swap` (take all)           | CAS push of a `QUEUED` slab     |
 //!
-//! The owner needs no read-modify-write on its fast path; a remote free costs one
-//! `fetch_or` (and, into a full slab, one CAS and one push per collection).
+//! The owner needs no read-modify-write on its fast path; a remote free costs a pin, one
+//! `fetch_or` and an unpin (and, into a full slab, one push per collection).
 //!
 //! # Safety
 //! Views are taken at slab offsets from the owner's lists or from `locate`, which checked
@@ -185,11 +185,10 @@ impl Inner {
         block: u64,
     ) -> Result<(), FreeError> {
         let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
-        if !remote::claim(alloc, remote_bits, bit) {
-            return Err(FreeError::DoubleFree(block));
-        }
         let slab = self.slab(slab_off);
-        if remote::needs_notice(&slab.remote_state) {
+        remote::pin(&slab.remote_state);
+        let claimed = remote::claim(alloc, remote_bits, bit);
+        if remote::unpin(&slab.remote_state, claimed) {
             let owner = slab.owner.load(Ordering::Relaxed);
             if owner >= super::layout::MAX_DESCS {
                 return Ok(()); // a damaged header: the block stays claimed, not lost to a wild write
@@ -197,7 +196,11 @@ impl Inner {
             let unit1 = self.unit_of(slab_off) + 1;
             remote::push_slab(&self.desc(owner).delayed, &slab.delayed_next, unit1);
         }
-        Ok(())
+        if claimed {
+            Ok(())
+        } else {
+            Err(FreeError::DoubleFree(block))
+        }
     }
 
     /// Puts block `idx` (at `block`) on its slab's free list; returns the slab's `used`
@@ -320,7 +323,7 @@ impl Inner {
                 return Ok(off);
             }
             // Exhausted: from now on remote frees queue the slab on the delayed stack.
-            // Those that came before the flag are collected now (see `needs_notice`).
+            // Those that came before the flag are collected now (see `remote::unpin`).
             remote::mark_full(&slab.remote_state);
             if self.collect(slab_off, class) > 0 {
                 remote::clear_full(&slab.remote_state);
@@ -350,10 +353,9 @@ impl Inner {
         let q = self.queue(d, class);
         let unit = self.unit_of(slab_off);
         let slab = self.slab(slab_off);
-        // A queued slab stays until the owner takes it off its delayed stack.
-        if q.head.load(Ordering::Relaxed) == unit + 1
-            || slab.remote_state.load(Ordering::Relaxed) & QUEUED != 0
-        {
+        // A queued slab stays until the owner takes it off its delayed stack, and a pinned
+        // one until its remote frees are done with it; the owner meets it again later.
+        if q.head.load(Ordering::Relaxed) == unit + 1 || !remote::may_retire(&slab.remote_state) {
             return;
         }
         self.unlink(&q.head, slab_off);

@@ -5,7 +5,8 @@
 //!
 //! loom checks every interleaving for: each freed block collected exactly once (none
 //! lost, none twice), a remote free into a full slab always noticed, a double free of
-//! ordered frees refused, and a block never in two places after racing frees.
+//! ordered frees refused, a block never in two places after racing frees, and a slab
+//! never given back while a freer still updates it.
 
 use crate::heap::remote::{self, FULL};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
@@ -42,13 +43,12 @@ impl Slab {
     /// A remote free of block `idx`; false if refused as a double free.
     fn free(&self, idx: u32) -> bool {
         self.data[idx as usize].store(1, Ordering::Relaxed);
-        if !remote::claim(&self.alloc_bits, &self.remote_bits, 1 << idx) {
-            return false;
-        }
-        if remote::needs_notice(&self.state) {
+        remote::pin(&self.state);
+        let claimed = remote::claim(&self.alloc_bits, &self.remote_bits, 1 << idx);
+        if remote::unpin(&self.state, claimed) {
             remote::push_slab(&self.delayed, &self.delayed_next, 1);
         }
-        true
+        claimed
     }
 
     /// The owner collects the bitmap; counts each block that comes back.
@@ -158,7 +158,9 @@ fn a_free_ordered_after_a_collected_free_is_refused() {
             })
         };
         let mut got = [0; BLOCKS];
-        slab.collect(&mut got);
+        while slab.collect(&mut got) == 0 {
+            thread::yield_now();
+        }
         first.join().unwrap();
         second.join().unwrap();
         slab.collect(&mut got);
@@ -199,4 +201,31 @@ fn racing_owner_and_remote_frees_keep_the_block_in_one_place() {
             assert_eq!(slab.remote_bits.load(Ordering::Relaxed), 0);
         });
     }
+}
+
+/// The owner collects the last block of a slab and gives the slab back (here: poisons its
+/// state, as reused memory would) only when `may_retire` says so; the freer must be done
+/// with the slab by then.
+#[test]
+fn a_slab_is_not_given_back_while_a_free_is_in_flight() {
+    model(|| {
+        let slab = Arc::new(Slab::new());
+        slab.alloc_bits.store(1 << 2, Ordering::Relaxed); // only block 2 is allocated
+        let freer = {
+            let s = slab.clone();
+            thread::spawn(move || assert!(s.free(2)))
+        };
+        let mut got = [0; BLOCKS];
+        while slab.collect(&mut got) == 0 {
+            thread::yield_now();
+        }
+        if remote::may_retire(&slab.state) {
+            // Reused memory that looks like a full, unqueued, unpinned slab state.
+            slab.state.store(FULL | 0xdead_0000, Ordering::Relaxed);
+        }
+        freer.join().unwrap();
+        let state = slab.state.load(Ordering::Relaxed);
+        assert!(state & 0xdead_0000 == 0 || state == FULL | 0xdead_0000, "a freer touched a given-back slab");
+        assert_eq!(slab.delayed.load(Ordering::Relaxed), 0, "a given-back slab was queued");
+    });
 }
