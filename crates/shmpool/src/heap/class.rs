@@ -60,6 +60,17 @@ pub struct Geometry {
     pub recip: u64,
 }
 
+impl Geometry {
+    /// The index of the block starting `at` bytes into a slab, if a block starts there
+    /// (not in the header, not inside a block, not past the last one). No division.
+    #[inline(always)]
+    pub fn block_at(&self, at: u64) -> Option<u32> {
+        let d = at.checked_sub(self.blocks_start)?;
+        let idx = (d * self.recip) >> RECIP_SHIFT;
+        (idx * self.size == d && idx < u64::from(self.capacity)).then_some(idx as u32)
+    }
+}
+
 /// Shift of [`Geometry::recip`]; exact for distances below 2^26 (64 MiB slabs).
 pub const RECIP_SHIFT: u32 = 52;
 

@@ -163,6 +163,18 @@ pub(crate) const fn desc_state(word: u32) -> u32 {
     word & 3
 }
 
+/// A state word (`generation << 2 | state`, for descriptors and registry slots) with its
+/// state set to `state`, in the same generation.
+pub(crate) const fn same_gen(word: u32, state: u32) -> u32 {
+    (word & !3) | state
+}
+
+/// A state word with its state set to `state`, in the next generation: whoever still holds
+/// the old word (a stale token) can no longer match it.
+pub(crate) const fn next_gen(word: u32, state: u32) -> u32 {
+    (word & !3).wrapping_add(4) | state
+}
+
 /// One class's slabs in a thread heap.
 #[repr(C)]
 pub(crate) struct ClassQueue {

@@ -345,7 +345,7 @@ impl Heap {
                 if layout::desc_state(word) != from {
                     continue;
                 }
-                let claimed = (word & !3).wrapping_add(4) | layout::DESC_CLAIMING;
+                let claimed = layout::next_gen(word, layout::DESC_CLAIMING);
                 // SYNC: Acquire pairs with the Release in `abandon`: the previous owner's
                 // updates of the descriptor and its slabs are visible to the adopter.
                 if desc.state.compare_exchange(word, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
@@ -356,7 +356,7 @@ impl Heap {
                 desc.owner_tid.store(tid, Ordering::Relaxed);
                 desc.proc_slot.store(slot, Ordering::Relaxed);
                 desc.instance.store(inner.instance, Ordering::Relaxed);
-                let token = (claimed & !3) | DESC_ACTIVE;
+                let token = layout::same_gen(claimed, DESC_ACTIVE);
                 // SYNC: Release pairs with the Acquire load in `Inner::drop` (and in
                 // `thread_heaps`): whoever sees ACTIVE sees this owner's identity.
                 desc.state.store(token, Ordering::Release);
@@ -446,13 +446,8 @@ impl Inner {
         let class = layout::slab_class(self.slab(slab).class.load(Ordering::Relaxed))
             .filter(|&c| tag == layout::TAG_SLAB && GEOMETRY[c].units == len)
             .ok_or(FreeError::NotAllocated(off))?;
-        let g = &GEOMETRY[class];
-        let d = (off - slab).checked_sub(g.blocks_start).ok_or(FreeError::Interior(off))?;
-        let idx = (d * g.recip) >> class::RECIP_SHIFT;
-        if idx * g.size != d || idx >= u64::from(g.capacity) {
-            return Err(FreeError::Interior(off));
-        }
-        Ok(Located::Slab { slab, class, idx: idx as u32 })
+        let idx = GEOMETRY[class].block_at(off - slab).ok_or(FreeError::Interior(off))?;
+        Ok(Located::Slab { slab, class, idx })
     }
 
     /// Unit `u`'s word in the unit table (`u < max_units`).
@@ -498,7 +493,7 @@ impl Inner {
     /// state word): its slabs wait for another thread to adopt it. A stale token (the
     /// heap was abandoned and claimed again since) changes nothing.
     pub(crate) fn abandon(&self, d: u32, token: u32) {
-        let abandoned = (token & !3) | DESC_ABANDONED;
+        let abandoned = layout::same_gen(token, DESC_ABANDONED);
         // SYNC: Release pairs with the Acquire CAS in `Heap::claim`.
         let _ = self.desc(d).state.compare_exchange(token, abandoned, Ordering::Release, Ordering::Relaxed);
     }

@@ -75,7 +75,7 @@ impl Inner {
             if word & 3 != PROC_FREE {
                 continue;
             }
-            let claimed = (word & !3).wrapping_add(4) | PROC_CLAIMING;
+            let claimed = layout::next_gen(word, PROC_CLAIMING);
             // Relaxed: the Release store below publishes the identity.
             if p.state.compare_exchange(word, claimed, Ordering::Relaxed, Ordering::Relaxed).is_err() {
                 continue;
@@ -84,7 +84,7 @@ impl Inner {
             p.start.store(tls::start_time(), Ordering::Relaxed);
             // SYNC: Release pairs with the Acquire load in `processes` (and in `unregister`):
             // whoever sees LIVE sees this identity.
-            p.state.store((claimed & !3) | PROC_LIVE, Ordering::Release);
+            p.state.store(layout::same_gen(claimed, PROC_LIVE), Ordering::Release);
             return Ok(slot);
         }
         Err(AllocError::NoProcessSlot(MAX_PROCS))
@@ -99,7 +99,7 @@ impl Inner {
             && p.pid.load(Ordering::Relaxed) == tls::pid()
             && p.start.load(Ordering::Relaxed) == tls::start_time();
         if ours {
-            let free = (word & !3).wrapping_add(4) | PROC_FREE;
+            let free = layout::next_gen(word, PROC_FREE);
             let _ = p.state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
@@ -160,8 +160,13 @@ impl Heap {
                 })
             })
             .collect();
-        for t in self.thread_heaps() {
-            if let Some(p) = out.iter_mut().find(|p| p.slot == t.process_slot) {
+        for d in 0..layout::MAX_DESCS {
+            let desc = inner.desc(d);
+            if layout::desc_state(desc.state.load(Ordering::Relaxed)) == layout::DESC_FREE {
+                continue;
+            }
+            let slot = desc.proc_slot.load(Ordering::Relaxed);
+            if let Some(p) = out.iter_mut().find(|p| p.slot == slot) {
                 p.thread_heaps += 1;
             }
         }

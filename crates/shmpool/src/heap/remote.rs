@@ -153,7 +153,7 @@ pub(crate) fn may_retire(state: &AtomicU32) -> bool {
 }
 
 /// Pushes a slab, named by `unit + 1` and whose stack link is `link`, onto an owner's
-/// delayed stack `head`. Only the freer that [`needs_notice`] told to does this.
+/// delayed stack `head`. Only the freer that [`unpin`] told to does this.
 #[inline]
 pub(crate) fn push_slab(head: &AtomicU64, link: &AtomicU32, unit1: u32) {
     let mut cur = head.load(Ordering::Relaxed);

@@ -20,7 +20,7 @@
 //! `raw.rs` for the contract.
 #![allow(unsafe_code)]
 
-use super::class::{GEOMETRY, GRANULE, ONE_UNIT_CLASSES, RECIP_SHIFT, SLAB_FIELDS};
+use super::class::{GEOMETRY, GRANULE, ONE_UNIT_CLASSES, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
 use super::layout::{slab_class, ClassQueue, Slab, SLAB_MAGIC, TAG_SLAB};
 use super::remote::{self, FULL, QUEUED};
@@ -138,13 +138,8 @@ impl Inner {
         if slab.owner.load(Ordering::Relaxed) != d {
             return None;
         }
-        let g = &GEOMETRY[class];
-        let dist = (off - slab_off).checked_sub(g.blocks_start)?;
-        let idx = (dist * g.recip) >> RECIP_SHIFT;
-        if idx * g.size != dist || idx >= u64::from(g.capacity) {
-            return None;
-        }
-        Some(self.free_local(d, slab_off, class, idx as u32, off))
+        let idx = GEOMETRY[class].block_at(off - slab_off)?;
+        Some(self.free_local(d, slab_off, class, idx, off))
     }
 
     /// A free by the owning thread of the block at `block`, index `idx` of its slab.
@@ -158,7 +153,7 @@ impl Inner {
         block: u64,
     ) -> Result<(), FreeError> {
         let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
-        // Refuses a double free, also one racing a remote free of the same block.
+        // Refuses a double free (also one after a remote free not yet collected).
         if !remote::release_local(alloc, remote_bits, bit) {
             return Err(FreeError::DoubleFree(block));
         }
