@@ -7,7 +7,7 @@
 //! without stopping anyone, so under load its numbers are a snapshot, not exact.
 
 use super::class::{CLASSES, GEOMETRY};
-use super::layout::{self, Slab, DESC_FREE, TAG_LARGE, TAG_SLAB};
+use super::layout::{self, Slab, DESC_FREE, TAG_LARGE, USED_CURRENT, USED_FULL};
 use super::remote::{FULL, QUEUED};
 use super::{Heap, Inner};
 use crate::loom::Ordering;
@@ -154,15 +154,16 @@ fn fail<T>(what: String) -> Result<T, Broken> {
 
 impl Inner {
     /// The runs tagged `want` in the unit table: `(head, units)`.
-    fn runs(&self, want: u8) -> Vec<(u32, u64)> {
+    /// The runs whose tag `want` accepts: `(head unit, length, tag)`.
+    fn runs(&self, want: impl Fn(u8) -> bool) -> Vec<(u32, u64, u8)> {
         let buddy = self.buddy();
         let mut out = Vec::new();
         let mut u = 0;
         while u < buddy.units() {
             match buddy.state(u) {
                 UnitState::Run { len, tag } => {
-                    if tag == want {
-                        out.push((u, u64::from(len)));
+                    if want(tag) {
+                        out.push((u, u64::from(len), tag));
                     }
                     u += len.max(1);
                 }
@@ -175,13 +176,12 @@ impl Inner {
 
     fn stats(&self) -> HeapStats {
         let buddy = self.buddy();
-        let large = self.runs(TAG_LARGE);
+        let large = self.runs(|t| t == TAG_LARGE);
         let mut per: HashMap<usize, ClassStats> = HashMap::new();
-        for (u, _) in self.runs(TAG_SLAB) {
-            let slab = self.slab(self.unit_off(u));
-            let Some(c) = layout::slab_class(slab.class.load(Ordering::Relaxed)) else { continue };
+        for (u, _, tag) in self.runs(|t| layout::tag_class(t).is_some()) {
+            let Some(c) = layout::tag_class(tag) else { continue };
             let e = per.entry(c).or_insert(ClassStats { size: GEOMETRY[c].size, ..Default::default() });
-            let used = u64::from(slab.used.load(Ordering::Relaxed));
+            let used = u64::from(self.blocks_used(u, c));
             e.slabs += 1;
             e.used_blocks += used;
             e.free_blocks += u64::from(GEOMETRY[c].capacity).saturating_sub(used);
@@ -194,7 +194,7 @@ impl Inner {
             arena_bytes: u64::from(buddy.units()) * UNIT,
             free_unit_bytes: buddy.free_units() * UNIT,
             large_blocks: large.len() as u64,
-            large_bytes: large.iter().map(|&(_, units)| units * UNIT).sum(),
+            large_bytes: large.iter().map(|&(_, units, _)| units * UNIT).sum(),
             classes,
             thread_heaps: (0..layout::MAX_DESCS)
                 .filter(|&d| layout::desc_state(self.desc(d).state.load(Ordering::Relaxed)) != DESC_FREE)
@@ -217,8 +217,8 @@ impl Inner {
                     report.large_blocks += 1;
                     u += len;
                 }
-                UnitState::Run { len, tag: TAG_SLAB } => {
-                    let (used, pending) = self.check_slab(u, len, &delayed, &on_lists)?;
+                UnitState::Run { len, tag } if layout::tag_class(tag).is_some() => {
+                    let (used, pending) = self.check_slab(u, len, tag, &delayed, &on_lists)?;
                     report.slabs += 1;
                     report.slab_blocks += used;
                     report.pending_remote += pending;
@@ -289,6 +289,7 @@ impl Inner {
         &self,
         unit: u32,
         len: u32,
+        tag: u8,
         delayed: &HashSet<u32>,
         lists: &HashMap<u32, (u32, usize, bool)>,
     ) -> Result<(u64, u64), Broken> {
@@ -296,9 +297,10 @@ impl Inner {
         let slab: &Slab = self.slab(off);
         let cls = slab.class.load(Ordering::Relaxed);
         let at = |what: String| fail(format!("slab at unit {unit}: {what}"));
-        let Some(c) = layout::slab_class(cls) else {
-            return at(format!("bad class word {cls:#x}"));
-        };
+        let c = layout::tag_class(tag).expect("called for slab tags");
+        if layout::slab_class(cls) != Some(c) {
+            return at(format!("class word {cls:#x}, but tagged class {c}"));
+        }
         let g = &GEOMETRY[c];
         if g.units != len {
             return at(format!("{len} units, class {c} needs {}", g.units));
@@ -317,7 +319,7 @@ impl Inner {
         if (state & QUEUED != 0) != queued {
             return at(format!("remote state {state:#x} but on a delayed stack: {queued}"));
         }
-        let words = g.words as u32;
+        let words = g.words;
         let (mut allocated, mut remote) = (0u64, 0u64);
         let bump = slab.bump.load(Ordering::Relaxed);
         for w in 0..words {
@@ -334,9 +336,13 @@ impl Inner {
                 return at(format!("block {idx} past bump {bump} is allocated"));
             }
         }
-        let used = u64::from(slab.used.load(Ordering::Relaxed));
+        // `used` counts the blocks, plus flags for the current slab and the full list.
+        let word = slab.used.load(Ordering::Relaxed);
+        let current = self.queue(owner, c).head.load(Ordering::Relaxed) == unit + 1;
+        let flags = if current { USED_CURRENT } else { 0 } | if lists[&unit].2 { USED_FULL } else { 0 };
+        let used = u64::from(word.wrapping_sub(flags));
         if allocated != used {
-            return at(format!("{allocated} blocks allocated but used = {used}"));
+            return at(format!("{allocated} blocks allocated but used word {word:#x} (flags {flags:#x})"));
         }
         let free = self.walk(off, c, u64::from(slab.free.load(Ordering::Relaxed)), |idx| {
             idx < bump && self.bitmap(off, c, false, idx / 64) & 1 << (idx % 64) == 0
@@ -354,6 +360,17 @@ impl Inner {
         Ok((used, remote))
     }
 
+    /// Blocks allocated in the slab of class `c` headed by `unit`, read from its `used`
+    /// word without its flags (for the statistics; `check_slab` verifies the flags).
+    fn blocks_used(&self, unit: u32, c: usize) -> u32 {
+        let slab = self.slab(self.unit_off(unit));
+        let word = slab.used.load(Ordering::Relaxed) & !USED_FULL;
+        let owner = slab.owner.load(Ordering::Relaxed);
+        let current =
+            owner < layout::MAX_DESCS && self.queue(owner, c).head.load(Ordering::Relaxed) == unit + 1;
+        word - u32::from(current && word > 0)
+    }
+
     /// Length of the index list starting at `first` (index + 1), if it is acyclic and
     /// every entry satisfies `ok`.
     fn walk(&self, slab: u64, c: usize, first: u64, ok: impl Fn(u32) -> bool) -> Option<u64> {
@@ -367,7 +384,8 @@ impl Inner {
             }
             seen[idx as usize] = true;
             n += 1;
-            next = self.link32_at(slab + GEOMETRY[c].blocks_start + u64::from(idx) * GEOMETRY[c].size);
+            next = self
+                .link32_at(slab + u64::from(GEOMETRY[c].blocks_start) + u64::from(idx) * GEOMETRY[c].size);
         }
         Some(n)
     }

@@ -48,7 +48,7 @@ pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
 /// The magic while `Heap::create` formats the heap.
 pub(crate) const HEAP_FORMATTING: u64 = u64::from_ne_bytes(*b"SHMHEAP?");
 /// Layout version of the heap structures.
-pub(crate) const HEAP_VERSION: u64 = 2;
+pub(crate) const HEAP_VERSION: u64 = 3;
 /// Offset of [`Meta`].
 pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
 /// Thread heaps a segment can hold (threads of all processes together).
@@ -127,10 +127,24 @@ unsafe impl Shared for Root {}
 pub(crate) const ROOT_INIT: u64 = 1;
 pub(crate) const ROOT_READY: u64 = 2;
 
-/// Unit-table tag of a slab run.
-pub(crate) const TAG_SLAB: u8 = 1;
 /// Unit-table tag of a large block's run.
 pub(crate) const TAG_LARGE: u8 = 2;
+/// Unit-table tag of a slab run of class 0; class `c` is tagged `TAG_SLAB0 + c`, so the
+/// table, which only the heap writes, names a slab's class.
+pub(crate) const TAG_SLAB0: u8 = 16;
+const _: () = assert!(TAG_SLAB0 as usize + super::class::CLASSES <= 256);
+
+/// The unit-table tag of a slab of `class`.
+pub(crate) const fn slab_tag(class: usize) -> u8 {
+    TAG_SLAB0 + class as u8
+}
+
+/// The class of a slab run with unit-table tag `tag`, if it is a slab's.
+#[inline(always)]
+pub(crate) fn tag_class(tag: u8) -> Option<usize> {
+    let c = tag.wrapping_sub(TAG_SLAB0) as usize;
+    (c < super::class::CLASSES).then_some(c)
+}
 
 /// The heap's root record.
 #[repr(C)]
@@ -177,6 +191,7 @@ pub(crate) const fn next_gen(word: u32, state: u32) -> u32 {
 
 /// One class's slabs in a thread heap.
 #[repr(C)]
+#[derive(Debug, Default)]
 pub(crate) struct ClassQueue {
     /// First slab with free blocks (unit + 1; 0 = none): where allocation happens.
     pub head: AtomicU32,
@@ -216,10 +231,16 @@ pub(crate) fn slab_class(word: u32) -> Option<usize> {
     (c < CLASSES).then_some(c)
 }
 
+/// In [`Slab::used`]: the slab is the head of its class list (where allocation happens).
+pub(crate) const USED_CURRENT: u32 = 1;
+/// In [`Slab::used`]: the slab is on its owner's full list.
+pub(crate) const USED_FULL: u32 = 1 << 31;
+
 /// The in-band header of a slab: three cache lines, by who writes them.
 #[repr(C)]
 pub(crate) struct Slab {
-    /// `SLAB_MAGIC | class`; written once, read by every free.
+    /// `SLAB_MAGIC | class`; written once. The unit table's tag is what frees trust;
+    /// `check` verifies that the two agree.
     pub class: AtomicU32,
     /// Index of the owning [`Desc`]; changes only when the owner changes.
     pub owner: AtomicU32,
@@ -228,7 +249,10 @@ pub(crate) struct Slab {
     pub free: AtomicU32,
     /// Blocks from here to capacity have never been handed out; owner only.
     pub bump: AtomicU32,
-    /// Allocated blocks; owner only.
+    /// Allocated blocks, plus [`USED_CURRENT`] while the slab is its class's current slab
+    /// and [`USED_FULL`] while it is on the full list; owner only. An owner's free that
+    /// leaves 0 here emptied a slab that may go back, and one that leaves `USED_FULL` set
+    /// gave a full slab room: one test on the free path catches both.
     pub used: AtomicU32,
     pub _reserved: AtomicU32,
     /// Neighbours on the owner's class or full list (unit + 1); owner only.

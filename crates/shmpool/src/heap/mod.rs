@@ -125,16 +125,37 @@ pub struct Heap {
 #[derive(Debug)]
 pub(crate) struct Inner {
     seg: Segment,
+    hot: Hot,
+    /// Random; marks the descriptors this handle claimed, to abandon them on drop.
+    instance: u64,
+    /// This process's registry slot as `fork generation << 32 | slot + 1` (0: none yet).
+    proc_slot: AtomicU64,
+    /// Class queues that hold no slab: the fast path's view of a thread without a thread
+    /// heap here (`Hot::empty` points at them).
+    _empty: Box<[layout::ClassQueue; class::CLASSES]>,
+}
+
+/// The constants of a heap in this process that the fast paths use. They copy it into a
+/// local first, so that their stores into the segment do not make the compiler reload it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hot {
     base: Base,
     /// Unique among the heaps of this process; keys the thread-local descriptor cache.
     id: u64,
-    /// Random; marks the descriptors this handle claimed, to abandon them on drop.
-    instance: u64,
     arena: u64,
     descs_off: u64,
     max_units: u32,
-    /// This process's registry slot as `fork generation << 32 | slot + 1` (0: none yet).
-    proc_slot: AtomicU64,
+    /// `Inner::_empty`.
+    empty: raw::Queues,
+}
+
+impl core::ops::Deref for Inner {
+    type Target = Hot;
+
+    #[inline(always)]
+    fn deref(&self) -> &Hot {
+        &self.hot
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -197,15 +218,21 @@ impl Heap {
 
     fn assemble(seg: Segment, arena: u64, descs_off: u64, max_units: u32) -> Heap {
         tls::init();
-        let inner = Inner {
+        let empty = Box::new(core::array::from_fn(|_| layout::ClassQueue::default()));
+        let hot = Hot {
             base: Base::of(&seg),
-            seg,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            instance: crate::segment::random_id(),
             arena,
             descs_off,
             max_units,
+            empty: raw::Queues::new(&empty),
+        };
+        let inner = Inner {
+            seg,
+            hot,
+            instance: crate::segment::random_id(),
             proc_slot: AtomicU64::new(0),
+            _empty: empty,
         };
         Heap { inner: Arc::new(inner) }
     }
@@ -222,22 +249,27 @@ impl Heap {
         if size > MAX_CLASS_SIZE {
             // Remote frees waiting for this thread may empty slabs whose units a large
             // block can use: take them before asking the pages (or growing).
-            if let Some(d) = tls::lookup(inner.id) {
+            if let Some(d) = inner.my_desc() {
                 inner.drain_delayed(d);
             }
             return inner.alloc_large(size);
         }
         let c = class_of(size);
-        match tls::lookup(inner.id) {
-            Some(d) => match inner.pop(d, c) {
-                Some(off) => Ok(off),
-                None => inner.alloc_slow(d, c),
-            },
-            None => {
-                let d = self.claim()?;
-                inner.alloc_slow(d, c)
-            }
+        let h = inner.hot;
+        let (d, queues) = tls::current(h.id, h.empty);
+        // SAFETY: the queues the cache holds for this heap, which is alive; `c < CLASSES`.
+        match inner.pop(unsafe { queues.class(c) }, c) {
+            Some(off) => Ok(off),
+            None => self.alloc_miss(d, c),
         }
+    }
+
+    /// The current slab of class `c` has no free block, or the thread has no thread heap
+    /// here yet (`d` is `NONE`).
+    #[cold]
+    fn alloc_miss(&self, d: u32, c: usize) -> Result<u64, AllocError> {
+        let d = if d == tls::NONE { self.claim()? } else { d };
+        self.inner.alloc_slow(d, c)
     }
 
     /// Allocates `size` zeroed bytes.
@@ -360,7 +392,8 @@ impl Heap {
                 // SYNC: Release pairs with the Acquire load in `Inner::drop` (and in
                 // `thread_heaps`): whoever sees ACTIVE sees this owner's identity.
                 desc.state.store(token, Ordering::Release);
-                if !tls::remember(Arc::downgrade(&self.inner), inner.id, d, token) {
+                let queues = raw::Queues::new(&desc.classes);
+                if !tls::remember(Arc::downgrade(&self.inner), inner.id, d, queues, token) {
                     inner.abandon(d, token);
                     return Err(AllocError::ThreadExiting);
                 }
@@ -368,6 +401,33 @@ impl Heap {
             }
         }
         Err(AllocError::NoThreadHeap(layout::MAX_DESCS))
+    }
+}
+
+impl Hot {
+    #[inline(always)]
+    pub(super) fn desc(&self, d: u32) -> &Desc {
+        debug_assert!(d < layout::MAX_DESCS);
+        // SAFETY: descriptors lie in the committed metadata; `d` came from `claim` or a
+        // slab header the heap wrote.
+        unsafe { self.base.at(self.descs_off + u64::from(d) * layout::DESC_BYTES) }
+    }
+
+    #[inline(always)]
+    pub(super) fn unit_off(&self, u: u32) -> u64 {
+        self.arena + (u64::from(u) << UNIT_SHIFT)
+    }
+
+    /// Unit `u`'s word in the unit table (`u < max_units`).
+    ///
+    /// Load it with Acquire (which pairs with the Release in `ShmStore::set_entry`) before
+    /// viewing the unit as the head of a run: the run's units are then committed.
+    #[inline(always)]
+    pub(super) fn table_word(&self, u: u32) -> &crate::loom::AtomicU64 {
+        debug_assert!(u < self.max_units);
+        // SAFETY: the whole table (one 8-aligned word per unit of the reservation) is in
+        // the metadata committed at creation, and `u < max_units`.
+        unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) }
     }
 }
 
@@ -397,17 +457,11 @@ impl Inner {
         unsafe { self.base.at(META_OFF) }
     }
 
-    #[inline(always)]
-    fn desc(&self, d: u32) -> &Desc {
-        debug_assert!(d < layout::MAX_DESCS);
-        // SAFETY: descriptors lie in the committed metadata; `d` came from `claim` or a
-        // slab header the heap wrote.
-        unsafe { self.base.at(self.descs_off + u64::from(d) * layout::DESC_BYTES) }
-    }
-
-    #[inline(always)]
-    fn unit_off(&self, u: u32) -> u64 {
-        self.arena + (u64::from(u) << UNIT_SHIFT)
+    /// The thread heap the calling thread owns here, if any.
+    #[inline]
+    fn my_desc(&self) -> Option<u32> {
+        let (d, _) = tls::current(self.id, self.empty);
+        (d != tls::NONE).then_some(d)
     }
 
     /// Any free: by the owner or anyone else, of a slab block or a large block, or of an
@@ -418,7 +472,7 @@ impl Inner {
             Located::Large { head } => self.free_large(head, off),
             Located::Slab { slab, class, idx } => {
                 let owner = self.slab(slab).owner.load(Ordering::Relaxed);
-                match tls::lookup(self.id) {
+                match self.my_desc() {
                     Some(d) if d == owner => self.free_local(d, slab, class, idx, off),
                     _ => self.free_remote(slab, class, idx, off),
                 }
@@ -443,23 +497,11 @@ impl Inner {
             return Ok(Located::Large { head });
         }
         let slab = self.unit_off(head);
-        let class = layout::slab_class(self.slab(slab).class.load(Ordering::Relaxed))
-            .filter(|&c| tag == layout::TAG_SLAB && GEOMETRY[c].units == len)
+        let class = layout::tag_class(tag)
+            .filter(|&c| GEOMETRY[c].units == len)
             .ok_or(FreeError::NotAllocated(off))?;
         let idx = GEOMETRY[class].block_at(off - slab).ok_or(FreeError::Interior(off))?;
         Ok(Located::Slab { slab, class, idx })
-    }
-
-    /// Unit `u`'s word in the unit table (`u < max_units`).
-    ///
-    /// Load it with Acquire (which pairs with the Release in `ShmStore::set_entry`) before
-    /// viewing the unit as the head of a run: the run's units are then committed.
-    #[inline(always)]
-    fn table_word(&self, u: u32) -> &crate::loom::AtomicU64 {
-        debug_assert!(u < self.max_units);
-        // SAFETY: the whole table (one 8-aligned word per unit of the reservation) is in
-        // the metadata committed at creation, and `u < max_units`.
-        unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) }
     }
 
     /// The head, length and tag of the allocated run containing unit `u` (what

@@ -10,6 +10,8 @@
 //! borrow the `Heap`'s segment.
 #![allow(unsafe_code)]
 
+use super::class::CLASSES;
+use super::layout::ClassQueue;
 use crate::loom::{AtomicU32, AtomicU64};
 use crate::segment::Segment;
 
@@ -49,5 +51,37 @@ impl Base {
         debug_assert_eq!(off % core::mem::align_of::<T>() as u64, 0, "misaligned view at {off}");
         // SAFETY: in bounds and aligned (caller), `T` is valid for any bits (Shared).
         unsafe { &*self.0.add(off as usize).cast::<T>() }
+    }
+}
+
+/// The address of a thread heap's class queues in this process: in the segment, or the
+/// heap's process-private empty ones. Valid while the heap's `Inner` lives; the
+/// thread-local cache that holds it is keyed by the heap's id, which is never reused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queues(*const ClassQueue);
+
+// SAFETY: a plain address of atomics (shared memory, or the heap's own allocation).
+unsafe impl Send for Queues {}
+// SAFETY: as above.
+unsafe impl Sync for Queues {}
+
+impl Queues {
+    /// No queues; never dereferenced (the cache entry holding it has heap id 0).
+    pub(crate) const DANGLING: Queues = Queues(core::ptr::NonNull::dangling().as_ptr());
+
+    pub(crate) fn new(queues: &[ClassQueue; CLASSES]) -> Self {
+        Self(queues.as_ptr())
+    }
+
+    /// The queue of `class`.
+    ///
+    /// # Safety
+    /// `self` came from [`Queues::new`] for a heap that is still alive, and `class <
+    /// CLASSES`.
+    #[inline(always)]
+    pub(crate) unsafe fn class<'a>(self, class: usize) -> &'a ClassQueue {
+        debug_assert!(class < CLASSES);
+        // SAFETY: in bounds of the array `new` was given, which lives (caller).
+        unsafe { &*self.0.add(class) }
     }
 }

@@ -20,21 +20,26 @@
 //! `raw.rs` for the contract.
 #![allow(unsafe_code)]
 
-use super::class::{GEOMETRY, GRANULE, ONE_UNIT_CLASSES, SLAB_FIELDS};
+use super::class::{GEOMETRY, ONE_UNIT_CLASSES, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
-use super::layout::{slab_class, ClassQueue, Slab, SLAB_MAGIC, TAG_SLAB};
+use super::layout::{slab_tag, tag_class, ClassQueue, Slab, SLAB_MAGIC, USED_CURRENT, USED_FULL};
 use super::remote::{self, FULL, QUEUED};
-use super::Inner;
+use super::{Hot, Inner};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::pages::{UnitState, UNIT, UNIT_SHIFT};
 
-/// The unit-table word of a one-unit slab's unit.
-const ONE_UNIT_SLAB: u64 = UnitState::Run { len: 1, tag: TAG_SLAB }.encode();
+/// The unit-table word of a one-unit slab of class 0. That of class `c` is
+/// `ONE_UNIT_SLAB0 + (c << ONE_UNIT_CLASS_SHIFT)`.
+const ONE_UNIT_SLAB0: u64 = UnitState::Run { len: 1, tag: slab_tag(0) }.encode();
+const ONE_UNIT_CLASS_SHIFT: u32 = 8;
+const _: () = assert!(
+    UnitState::Run { len: 1, tag: slab_tag(1) }.encode() - ONE_UNIT_SLAB0 == 1 << ONE_UNIT_CLASS_SHIFT
+);
 
 /// How many never-used blocks one slow-path call threads onto the free list.
 const EXTEND_BYTES: u64 = 4096;
 
-impl Inner {
+impl Hot {
     #[inline(always)]
     pub(super) fn slab(&self, slab: u64) -> &Slab {
         // SAFETY: `slab` is the offset of a slab run inside the managed arena (from a
@@ -44,8 +49,8 @@ impl Inner {
 
     /// Word `w` of the allocated (`remote == false`) or remote bitmap of a slab of `class`.
     #[inline(always)]
-    fn bits(&self, slab: u64, class: usize, remote: bool, w: u32) -> &AtomicU64 {
-        let words = if remote { GEOMETRY[class].words } else { 0 };
+    pub(super) fn bits(&self, slab: u64, class: usize, remote: bool, w: u32) -> &AtomicU64 {
+        let words = if remote { u64::from(GEOMETRY[class].words) } else { 0 };
         let off = slab + SLAB_FIELDS + 8 * (words + u64::from(w));
         // SAFETY: the bitmaps follow the slab fields inside the slab's first unit.
         unsafe { self.base.at(off) }
@@ -53,47 +58,66 @@ impl Inner {
 
     /// Block `idx`'s words of the allocated and remote bitmaps, and its bit in them.
     #[inline(always)]
-    fn block_bits(&self, slab: u64, class: usize, idx: u32) -> (&AtomicU64, &AtomicU64, u64) {
+    pub(super) fn block_bits(&self, slab: u64, class: usize, idx: u32) -> (&AtomicU64, &AtomicU64, u64) {
         (self.bits(slab, class, false, idx / 64), self.bits(slab, class, true, idx / 64), 1 << (idx % 64))
     }
 
     #[inline(always)]
-    fn block(&self, slab: u64, class: usize, idx: u32) -> u64 {
+    pub(super) fn block(&self, slab: u64, class: usize, idx: u32) -> u64 {
         let g = &GEOMETRY[class];
-        slab + g.blocks_start + u64::from(idx) * g.size
+        slab + u64::from(g.blocks_start) + u64::from(idx) * g.size
     }
 
     /// The link word at the start of a free block.
     #[inline(always)]
-    fn link32(&self, block: u64) -> &AtomicU32 {
+    pub(super) fn link32(&self, block: u64) -> &AtomicU32 {
         // SAFETY: blocks are 16-aligned, at least 16 bytes, inside a committed slab.
         unsafe { self.base.at(block) }
     }
 
     #[inline(always)]
-    fn queue(&self, d: u32, class: usize) -> &ClassQueue {
+    pub(super) fn queue(&self, d: u32, class: usize) -> &ClassQueue {
         &self.desc(d).classes[class]
     }
 
-    /// The fast path: pops a block from the current slab of `class` in thread heap `d`.
+    /// Puts block `idx` (at `block`) on its slab's free list; returns the slab's `used`
+    /// word after (owner only).
     #[inline(always)]
-    pub(super) fn pop(&self, d: u32, class: usize) -> Option<u64> {
-        let head = self.queue(d, class).head.load(Ordering::Relaxed);
+    pub(super) fn push_free(&self, slab: &Slab, block: u64, idx: u32) -> u32 {
+        self.link32(block).store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
+        slab.free.store(idx + 1, Ordering::Relaxed);
+        let used = slab.used.load(Ordering::Relaxed) - 1;
+        slab.used.store(used, Ordering::Relaxed);
+        used
+    }
+
+    #[inline(always)]
+    pub(super) fn unit_of(&self, slab_off: u64) -> u32 {
+        ((slab_off - self.arena) >> crate::pages::UNIT_SHIFT) as u32
+    }
+}
+
+impl Inner {
+    /// The fast path: pops a block from the current slab of `q`, a queue of `class`.
+    #[inline(always)]
+    pub(super) fn pop(&self, q: &ClassQueue, class: usize) -> Option<u64> {
+        let h = self.hot;
+        let head = q.head.load(Ordering::Relaxed);
         if head == 0 {
             return None;
         }
-        let slab_off = self.unit_off(head - 1);
-        let slab = self.slab(slab_off);
+        let slab_off = h.unit_off(head - 1);
+        let slab = h.slab(slab_off);
         let f = slab.free.load(Ordering::Relaxed);
         // `f` comes from shared memory: never index past the slab with it.
         if f == 0 || f > GEOMETRY[class].capacity {
             return None;
         }
         let idx = f - 1;
-        let block = self.block(slab_off, class, idx);
-        slab.free.store(self.link32(block).load(Ordering::Relaxed), Ordering::Relaxed);
+        let block = h.block(slab_off, class, idx);
+        slab.free.store(h.link32(block).load(Ordering::Relaxed), Ordering::Relaxed);
         slab.used.store(slab.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        let word = self.bits(slab_off, class, false, idx / 64);
+        let word = h.bits(slab_off, class, false, idx / 64);
         word.store(word.load(Ordering::Relaxed) | 1 << (idx % 64), Ordering::Relaxed);
         Some(block)
     }
@@ -122,28 +146,32 @@ impl Inner {
     /// name no block, which it reports).
     #[inline(always)]
     pub(super) fn free_own_small(&self, off: u64) -> Option<Result<(), FreeError>> {
+        let h = self.hot;
         // An offset below the arena wraps to a unit far beyond `max_units`.
-        let u = off.wrapping_sub(self.arena) >> UNIT_SHIFT;
-        if u >= u64::from(self.max_units) || !off.is_multiple_of(GRANULE) {
+        let u = off.wrapping_sub(h.arena) >> UNIT_SHIFT;
+        if u >= u64::from(h.max_units) {
             return None;
         }
+        // The unit heads a one-unit slab, and its class: one subtraction and one test.
         // SYNC: Acquire, see `table_word`: the unit is committed.
-        if self.table_word(u as u32).load(Ordering::Acquire) != ONE_UNIT_SLAB {
+        let word = h.table_word(u as u32).load(Ordering::Acquire).wrapping_sub(ONE_UNIT_SLAB0);
+        if word >= (ONE_UNIT_CLASSES as u64) << ONE_UNIT_CLASS_SHIFT {
             return None;
         }
+        let class = (word >> ONE_UNIT_CLASS_SHIFT) as usize;
         let slab_off = off & !(UNIT - 1); // the arena starts on a unit boundary
-        let slab = self.slab(slab_off);
-        let class = slab_class(slab.class.load(Ordering::Relaxed)).filter(|&c| c < ONE_UNIT_CLASSES)?;
-        let d = super::tls::lookup(self.id)?;
+        let slab = h.slab(slab_off);
+        let (d, _) = super::tls::current(h.id, h.empty);
         if slab.owner.load(Ordering::Relaxed) != d {
             return None;
         }
+        // Also refuses offsets off the granule: a block starts at a multiple of its size.
         let idx = GEOMETRY[class].block_at(off - slab_off)?;
         Some(self.free_local(d, slab_off, class, idx, off))
     }
 
     /// A free by the owning thread of the block at `block`, index `idx` of its slab.
-    #[inline]
+    #[inline(always)]
     pub(super) fn free_local(
         &self,
         d: u32,
@@ -152,22 +180,30 @@ impl Inner {
         idx: u32,
         block: u64,
     ) -> Result<(), FreeError> {
-        let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
+        let h = self.hot;
+        let (alloc, remote_bits, bit) = h.block_bits(slab_off, class, idx);
         // Refuses a double free (also one after a remote free not yet collected).
         if !remote::release_local(alloc, remote_bits, bit) {
             return Err(FreeError::DoubleFree(block));
         }
-        let slab = self.slab(slab_off);
-        if slab.remote_state.load(Ordering::Relaxed) & FULL != 0 {
-            self.unfull(d, slab_off, class); // it has room again
-        }
-        let used = self.push_free(slab, block, idx);
-        // The current slab (the head of its class list: no `prev`) stays even when empty,
-        // so alloc/free/alloc/free does not churn slabs; `slab_emptied` checks precisely.
-        if used == 0 && slab.prev.load(Ordering::Relaxed) != 0 {
-            self.slab_emptied(d, slab_off, class);
+        let used = h.push_free(h.slab(slab_off), block, idx);
+        // 0: an empty slab that is not the current one (which stays even when empty, so
+        // alloc/free/alloc/free does not churn slabs); `USED_FULL`: a full slab has room.
+        if used.wrapping_sub(1) >= USED_FULL - 1 {
+            self.after_local_free(d, slab_off, class);
         }
         Ok(())
+    }
+
+    /// The rare cases of an owner's free: the slab was full (it has room again) or is
+    /// empty now.
+    #[cold]
+    #[inline(never)]
+    fn after_local_free(&self, d: u32, slab_off: u64, class: usize) {
+        if self.slab(slab_off).used.load(Ordering::Relaxed) & USED_FULL != 0 {
+            self.unfull(d, slab_off, class);
+        }
+        self.retire_if_empty(d, slab_off, class);
     }
 
     /// A free by any other thread or process: one `fetch_or` claims the block (a second
@@ -198,22 +234,11 @@ impl Inner {
         }
     }
 
-    /// Puts block `idx` (at `block`) on its slab's free list; returns the slab's `used`
-    /// count after (owner only).
-    #[inline(always)]
-    fn push_free(&self, slab: &Slab, block: u64, idx: u32) -> u32 {
-        self.link32(block).store(slab.free.load(Ordering::Relaxed), Ordering::Relaxed);
-        slab.free.store(idx + 1, Ordering::Relaxed);
-        let used = slab.used.load(Ordering::Relaxed) - 1;
-        slab.used.store(used, Ordering::Relaxed);
-        used
-    }
-
     /// A slab that remote frees emptied goes back to the pages, as one emptied by its
     /// owner does (unless it is the current slab).
     fn retire_if_empty(&self, d: u32, slab_off: u64, class: usize) {
-        let slab = self.slab(slab_off);
-        if slab.used.load(Ordering::Relaxed) == 0 && slab.prev.load(Ordering::Relaxed) != 0 {
+        // Neither current nor full (see `Slab::used`).
+        if self.slab(slab_off).used.load(Ordering::Relaxed) == 0 {
             self.slab_emptied(d, slab_off, class);
         }
     }
@@ -270,12 +295,9 @@ impl Inner {
             return None;
         }
         let (head, len, tag) = self.run_head(unit)?;
+        let class = tag_class(tag)?;
         let slab = self.slab(self.unit_off(unit));
-        let class = slab_class(slab.class.load(Ordering::Relaxed))?;
-        let ok = head == unit
-            && tag == TAG_SLAB
-            && GEOMETRY[class].units == len
-            && slab.owner.load(Ordering::Relaxed) == d;
+        let ok = head == unit && GEOMETRY[class].units == len && slab.owner.load(Ordering::Relaxed) == d;
         ok.then_some(class)
     }
 
@@ -314,7 +336,7 @@ impl Inner {
             {
                 self.extend(slab_off, class);
             }
-            if let Some(off) = self.pop(d, class) {
+            if let Some(off) = self.pop(q, class) {
                 return Ok(off);
             }
             // Exhausted: from now on remote frees queue the slab on the delayed stack.
@@ -324,21 +346,41 @@ impl Inner {
                 remote::clear_full(&slab.remote_state);
                 continue;
             }
-            self.unlink(&q.head, slab_off);
+            self.classes(q, || self.unlink(&q.head, slab_off));
             self.link_front(&q.full, slab_off);
+            slab.used.store(slab.used.load(Ordering::Relaxed) | USED_FULL, Ordering::Relaxed);
         }
         let slab_off = self.new_slab(d, class)?;
-        self.link_front(&q.head, slab_off);
+        self.classes(q, || self.link_front(&q.head, slab_off));
         self.extend(slab_off, class);
-        Ok(self.pop(d, class).expect("a fresh slab has room"))
+        Ok(self.pop(q, class).expect("a fresh slab has room"))
     }
 
     /// A full slab got a block back: back onto its class list, remote frees direct again.
     fn unfull(&self, d: u32, slab_off: u64, class: usize) {
         let q = self.queue(d, class);
-        remote::clear_full(&self.slab(slab_off).remote_state);
+        let slab = self.slab(slab_off);
+        remote::clear_full(&slab.remote_state);
+        slab.used.store(slab.used.load(Ordering::Relaxed) & !USED_FULL, Ordering::Relaxed);
         self.unlink(&q.full, slab_off);
-        self.link_back(q, slab_off);
+        self.classes(q, || self.link_back(q, slab_off));
+    }
+
+    /// Runs `change` on class queue `q`'s class list, then moves [`USED_CURRENT`] to the
+    /// list's new head.
+    fn classes(&self, q: &ClassQueue, change: impl FnOnce()) {
+        let before = q.head.load(Ordering::Relaxed);
+        change();
+        let after = q.head.load(Ordering::Relaxed);
+        if before != after {
+            for (unit1, add) in [(before, false), (after, true)] {
+                if unit1 != 0 {
+                    let used = &self.slab(self.unit_off(unit1 - 1)).used;
+                    let w = used.load(Ordering::Relaxed);
+                    used.store(if add { w + USED_CURRENT } else { w - USED_CURRENT }, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// A slab with no allocated block: give its units back, unless it is the class's
@@ -353,7 +395,7 @@ impl Inner {
         if q.head.load(Ordering::Relaxed) == unit + 1 || !remote::may_retire(&slab.remote_state) {
             return;
         }
-        self.unlink(&q.head, slab_off);
+        self.classes(q, || self.unlink(&q.head, slab_off));
         slab.class.store(0, Ordering::Relaxed);
         self.free_units(unit);
     }
@@ -366,11 +408,6 @@ impl Inner {
     /// The 4-byte link at `block`.
     pub(super) fn link32_at(&self, block: u64) -> u32 {
         self.link32(block).load(Ordering::Relaxed)
-    }
-
-    #[inline(always)]
-    pub(super) fn unit_of(&self, slab_off: u64) -> u32 {
-        ((slab_off - self.arena) >> crate::pages::UNIT_SHIFT) as u32
     }
 
     fn link_front(&self, list: &AtomicU32, slab_off: u64) {
@@ -421,7 +458,7 @@ impl Inner {
     /// Takes units for a new slab of `class` owned by `d` and writes its header.
     fn new_slab(&self, d: u32, class: usize) -> Result<u64, AllocError> {
         let g = &GEOMETRY[class];
-        let unit = self.alloc_units(g.units, TAG_SLAB)?;
+        let unit = self.alloc_units(g.units, slab_tag(class))?;
         let slab_off = self.unit_off(unit);
         let slab = self.slab(slab_off);
         for f in [&slab.free, &slab.bump, &slab.used, &slab.next, &slab.prev] {
@@ -430,7 +467,7 @@ impl Inner {
         slab.owner.store(d, Ordering::Relaxed);
         slab.remote_state.store(0, Ordering::Relaxed);
         slab.delayed_next.store(0, Ordering::Relaxed);
-        for w in 0..g.words as u32 {
+        for w in 0..g.words {
             self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
             self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);
         }

@@ -8,6 +8,7 @@
 //! generation are ignored, so the child claims descriptors of its own.
 #![allow(unsafe_code)]
 
+use super::raw::Queues;
 use super::Inner;
 use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -25,7 +26,7 @@ extern "C" fn after_fork_in_child() {
     START.store(0, Ordering::Relaxed); // the child's own, read lazily (no I/O in here)
                                        // The forking thread is the child's only thread: forget its parent's descriptor here,
                                        // so the fast path need not compare generations.
-    LAST.with(|c| c.set((0, 0)));
+    LAST.with(|c| c.set(Last::EMPTY));
 }
 
 /// Starts fork tracking (once per process).
@@ -72,6 +73,8 @@ struct Owned {
     heap: Weak<Inner>,
     id: u64,
     desc: u32,
+    /// The descriptor's class queues in this process's mapping of the heap.
+    queues: Queues,
     /// The descriptor's state word when claimed (its generation): abandons only that claim.
     token: u32,
     gen: u64,
@@ -85,7 +88,7 @@ impl Drop for OwnedList {
     fn drop(&mut self) {
         // Later thread-local destructors of this thread must not keep using a heap given
         // up here: forget it (they free as a foreign thread; `remember` refuses to claim).
-        LAST.with(|c| c.set((0, 0)));
+        LAST.with(|c| c.set(Last::EMPTY));
         let gen = FORK_GEN.load(Ordering::Relaxed);
         for o in self.0.drain(..).filter(|o| o.gen == gen) {
             if let Some(heap) = o.heap.upgrade() {
@@ -95,45 +98,63 @@ impl Drop for OwnedList {
     }
 }
 
+/// The thread's descriptor in the heap it used last, cached for the fast paths.
+#[derive(Clone, Copy)]
+struct Last {
+    /// The heap (0: none).
+    id: u64,
+    /// The descriptor, or [`NONE`]: this thread has none in that heap (it only frees there).
+    desc: u32,
+    /// The descriptor's class queues; for `NONE`, the heap's empty ones.
+    queues: Queues,
+}
+
+impl Last {
+    const EMPTY: Last = Last { id: 0, desc: NONE, queues: Queues::DANGLING };
+}
+
 thread_local! {
-    /// (heap id, descriptor) of the last heap this thread used; id 0 is no heap, and
-    /// descriptor `NONE` says this thread has none in that heap (it only frees there).
-    static LAST: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
+    static LAST: Cell<Last> = const { Cell::new(Last::EMPTY) };
     static OWNED: RefCell<OwnedList> = const { RefCell::new(OwnedList(Vec::new())) };
 }
 
-/// The descriptor the calling thread owns in heap `id`, if any.
+/// The descriptor the calling thread owns in heap `id` and its class queues; without
+/// one, [`NONE`] and `empty` (the heap's queues that hold no slab). `NONE` names no
+/// descriptor, so it equals no slab's owner.
 #[inline(always)]
-pub(crate) fn lookup(id: u64) -> Option<u32> {
-    let (last_id, desc) = LAST.with(Cell::get);
-    if last_id == id {
-        (desc != NONE).then_some(desc)
+pub(crate) fn current(id: u64, empty: Queues) -> (u32, Queues) {
+    let last = LAST.with(Cell::get);
+    if last.id == id {
+        (last.desc, last.queues)
     } else {
-        lookup_slow(id)
+        lookup_slow(id, empty)
     }
 }
 
-/// "No descriptor in this heap" in the `LAST` cache.
-const NONE: u32 = u32::MAX;
+/// "No descriptor in this heap".
+pub(crate) const NONE: u32 = u32::MAX;
 
 #[cold]
-fn lookup_slow(id: u64) -> Option<u32> {
+fn lookup_slow(id: u64, empty: Queues) -> (u32, Queues) {
     let gen = FORK_GEN.load(Ordering::Relaxed);
-    let desc = OWNED
-        .try_with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| o.desc))
+    let (desc, queues) = OWNED
+        .try_with(|o| o.borrow().0.iter().find(|o| o.id == id && o.gen == gen).map(|o| (o.desc, o.queues)))
         .ok()
-        .flatten();
-    LAST.with(|c| c.set((id, desc.unwrap_or(NONE))));
-    desc
+        .flatten()
+        .unwrap_or((NONE, empty));
+    LAST.with(|c| c.set(Last { id, desc, queues }));
+    (desc, queues)
 }
 
-/// Records that the calling thread now owns `desc` in `heap`. Returns false when the
-/// thread is exiting (its owned list is already gone): the caller gives `desc` back.
-pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32, token: u32) -> bool {
+/// Records that the calling thread now owns `desc` in `heap`, whose class queues are at
+/// `queues`. Returns false when the thread is exiting (its owned list is already gone):
+/// the caller gives `desc` back.
+pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32, queues: Queues, token: u32) -> bool {
     let gen = FORK_GEN.load(Ordering::Relaxed);
-    let kept = OWNED.try_with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, token, gen })).is_ok();
+    let kept =
+        OWNED.try_with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, queues, token, gen })).is_ok();
     if kept {
-        LAST.with(|c| c.set((id, desc)));
+        LAST.with(|c| c.set(Last { id, desc, queues }));
     }
     kept
 }

@@ -28,6 +28,10 @@ pub fn tests() -> Vec<Trial> {
             thread_heaps_of_a_dead_process_are_reported_orphaned,
         ),
         trial(
+            "heap::slabs_emptied_by_their_owner_return_to_the_pages",
+            slabs_emptied_by_their_owner_return_to_the_pages,
+        ),
+        trial(
             "heap::slabs_emptied_by_remote_frees_return_to_the_pages",
             slabs_emptied_by_remote_frees_return_to_the_pages,
         ),
@@ -373,6 +377,27 @@ fn attach_to_a_small_plain_segment_is_refused_not_a_sigbus() {
     assert!(matches!(Heap::attach(seg), Err(HeapError::NotAHeap)));
     let ro = SegmentOptions::new().size(64 << 10).max_size(1 << 30).create_memfd("small2").unwrap();
     assert!(matches!(Heap::attach(ro), Err(HeapError::NotAHeap)));
+}
+
+/// The owner frees every block of many slabs, full ones and partly used ones: all but the
+/// current slab of the class go back to the pages, and alloc/free of one block then
+/// takes no slab and gives none back.
+fn slabs_emptied_by_their_owner_return_to_the_pages() {
+    let heap = heap(64 << 20);
+    let blocks: Vec<u64> = (0..50_000).map(|_| heap.alloc(64).unwrap()).collect();
+    let full = heap.check().unwrap();
+    assert!(full.slabs > 40, "{full:?}");
+    // Free in an order that empties slabs on the full list and behind the current one.
+    for &off in blocks.iter().step_by(2).chain(blocks.iter().skip(1).step_by(2)) {
+        heap.free(off).unwrap();
+    }
+    let report = heap.check().unwrap();
+    assert_eq!((report.slabs, report.slab_blocks), (1, 0), "only the current slab stays: {report:?}");
+    assert_eq!(report.free_units, full.free_units + full.slabs - 1);
+    for _ in 0..1000 {
+        heap.free(heap.alloc(64).unwrap()).unwrap();
+    }
+    assert_eq!(heap.check().unwrap().slabs, 1);
 }
 
 /// Regression: slabs emptied only by other threads' frees used to stay with their owner
