@@ -43,10 +43,26 @@ impl Spread {
     }
 }
 
-/// Runs `f` once untimed, then `reps` times; returns the spread of its results.
-pub fn repeat(reps: usize, mut f: impl FnMut() -> f64) -> Spread {
-    f();
-    Spread::of((0..reps).map(|_| f()).collect())
+/// Runs `ours` and `theirs` once each untimed, then `reps` times alternately, so each
+/// of our figures has one of theirs taken right beside it. Returns both spreads and the
+/// median of the per-repetition ratios `ours / theirs`, which the machine's drifts in
+/// speed (other tenants, frequency) disturb far less than a ratio of two medians taken
+/// one after the other.
+pub fn repeat_pair(
+    reps: usize,
+    mut ours: impl FnMut() -> f64,
+    mut theirs: impl FnMut() -> f64,
+) -> (Spread, Spread, f64) {
+    ours();
+    theirs();
+    let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let (x, y) = (ours(), theirs());
+        a.push(x);
+        b.push(y);
+        r.push(x / y);
+    }
+    (Spread::of(a), Spread::of(b), Spread::of(r).median)
 }
 
 /// Nanoseconds `f` took.

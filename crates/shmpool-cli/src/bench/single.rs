@@ -2,7 +2,7 @@
 //! in a shuffled order) and W5 (memory consumed by a million live 64-byte blocks).
 #![allow(unsafe_code)]
 
-use super::{repeat, time_ns, Plan, Spread};
+use super::{repeat_pair, time_ns, Plan, Spread};
 use mimalloc::MiMalloc;
 use shmpool::heap::Heap;
 use shmpool::SegmentOptions;
@@ -46,15 +46,13 @@ pub fn w1(plan: &Plan) -> Result<Vec<String>, String> {
     let heap = fresh_heap(1 << 30)?;
     let base = heap.segment().backend().base().as_ptr();
     let n = plan.n;
-    let warm = |k: u64| {
+    let pairs = |k: u64| {
         for i in 0..k {
             let o = heap.alloc(64).expect("alloc");
             poke(base, o, i);
             heap.free(o).expect("free");
         }
     };
-    warm(n / 4);
-    let ours = repeat(plan.reps, || time_ns(|| warm(n)) / n as f64);
     let layout = Layout::from_size_align(64, 16).expect("layout");
     let mi = |k: u64| {
         for i in 0..k {
@@ -67,9 +65,11 @@ pub fn w1(plan: &Plan) -> Result<Vec<String>, String> {
             }
         }
     };
+    pairs(n / 4);
     mi(n / 4);
-    let theirs = repeat(plan.reps, || time_ns(|| mi(n)) / n as f64);
-    let ratio = format!(" vs_mimalloc={:.2}", ours.median / theirs.median);
+    let (ours, theirs, ratio) =
+        repeat_pair(plan.reps, || time_ns(|| pairs(n)) / n as f64, || time_ns(|| mi(n)) / n as f64);
+    let ratio = format!(" vs_mimalloc={ratio:.2}");
     Ok(vec![
         line("shmpool", "W1", &PAIRS, ours, plan.reps, &ratio),
         line("mimalloc", "W1", &PAIRS, theirs, plan.reps, ""),
@@ -114,7 +114,7 @@ pub fn w2(plan: &Plan) -> Result<Vec<String>, String> {
     let heap = fresh_heap(1 << 30)?;
     let base = heap.segment().backend().base().as_ptr();
     let mut offs = vec![0u64; K];
-    let ours = repeat(plan.reps, || {
+    let ours = || {
         time_ns(|| {
             for (sizes, perm) in &rounds {
                 for (o, &s) in offs.iter_mut().zip(sizes) {
@@ -127,9 +127,9 @@ pub fn w2(plan: &Plan) -> Result<Vec<String>, String> {
                 }
             }
         }) / ops
-    });
+    };
     let mut ptrs = vec![std::ptr::null_mut::<u8>(); K];
-    let theirs = repeat(plan.reps, || {
+    let theirs = || {
         time_ns(|| {
             for (sizes, perm) in &rounds {
                 for (p, &s) in ptrs.iter_mut().zip(sizes) {
@@ -147,9 +147,10 @@ pub fn w2(plan: &Plan) -> Result<Vec<String>, String> {
                 }
             }
         }) / ops
-    });
+    };
+    let (ours, theirs, ratio) = repeat_pair(plan.reps, ours, theirs);
     let extra = |me: bool| {
-        let r = if me { format!(" vs_mimalloc={:.2}", ours.median / theirs.median) } else { String::new() };
+        let r = if me { format!(" vs_mimalloc={ratio:.2}") } else { String::new() };
         format!(" K={K} R={R}{r}")
     };
     Ok(vec![

@@ -167,6 +167,10 @@ const fn table() -> [Geometry; CLASSES] {
 /// Geometry of every class.
 pub const GEOMETRY: [Geometry; CLASSES] = table();
 
+/// [`GEOMETRY`] at one address, for `&'static` references to its entries (a constant
+/// folds into the code that indexes it with a constant class).
+pub(crate) static GEOMETRY_AT: [Geometry; CLASSES] = GEOMETRY;
+
 /// Classes `0..ONE_UNIT_CLASSES` all have one-unit slabs, so a block's slab is the unit
 /// it lies in: the free path's fast case.
 pub const ONE_UNIT_CLASSES: usize = {

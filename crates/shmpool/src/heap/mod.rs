@@ -118,6 +118,8 @@ pub enum HeapError {
 /// A heap inside a shared segment. Cheap to clone; usable from any thread.
 #[derive(Clone, Debug)]
 pub struct Heap {
+    /// A copy of `inner.hot`, one load closer to the fast paths.
+    hot: Hot,
     inner: Arc<Inner>,
 }
 
@@ -234,7 +236,7 @@ impl Heap {
             proc_slot: AtomicU64::new(0),
             _empty: empty,
         };
-        Heap { inner: Arc::new(inner) }
+        Heap { hot, inner: Arc::new(inner) }
     }
 
     /// The segment the heap lives in.
@@ -255,10 +257,10 @@ impl Heap {
             return inner.alloc_large(size);
         }
         let c = class_of(size);
-        let h = inner.hot;
+        let h = self.hot;
         let (d, queues) = tls::current(h.id, h.empty);
         // SAFETY: the queues the cache holds for this heap, which is alive; `c < CLASSES`.
-        match inner.pop(unsafe { queues.class(c) }, c) {
+        match h.pop(unsafe { queues.class(c) }, c) {
             Some(off) => Ok(off),
             None => self.alloc_miss(d, c),
         }
@@ -303,9 +305,10 @@ impl Heap {
     #[inline]
     pub fn free(&self, off: u64) -> Result<(), FreeError> {
         let inner = &*self.inner;
-        match inner.free_own_small(off) {
-            Some(done) => done,
-            None => inner.free_any(off),
+        if inner.free_own_small(self.hot, off) {
+            Ok(())
+        } else {
+            inner.free_any(off)
         }
     }
 
@@ -423,11 +426,11 @@ impl Hot {
     /// Load it with Acquire (which pairs with the Release in `ShmStore::set_entry`) before
     /// viewing the unit as the head of a run: the run's units are then committed.
     #[inline(always)]
-    pub(super) fn table_word(&self, u: u32) -> &crate::loom::AtomicU64 {
-        debug_assert!(u < self.max_units);
+    pub(super) fn table_word(&self, u: u64) -> &crate::loom::AtomicU64 {
+        debug_assert!(u < u64::from(self.max_units));
         // SAFETY: the whole table (one 8-aligned word per unit of the reservation) is in
         // the metadata committed at creation, and `u < max_units`.
-        unsafe { self.base.at(layout::TABLE_OFF + 8 * u64::from(u)) }
+        unsafe { self.base.at(layout::TABLE_OFF + 8 * u) }
     }
 }
 
@@ -510,7 +513,8 @@ impl Inner {
     #[inline(always)]
     fn run_head(&self, u: u32) -> Option<(u32, u32, u8)> {
         // SYNC: Acquire, see `table_word`.
-        let word = |u: u32| crate::pages::UnitState::decode(self.table_word(u).load(Ordering::Acquire));
+        let word =
+            |u: u32| crate::pages::UnitState::decode(self.table_word(u64::from(u)).load(Ordering::Acquire));
         use crate::pages::UnitState::{Run, Tail};
         match word(u) {
             Run { len, tag } if len > 0 => Some((u, len, tag)),

@@ -20,11 +20,11 @@
 //! `raw.rs` for the contract.
 #![allow(unsafe_code)]
 
-use super::class::{GEOMETRY, ONE_UNIT_CLASSES, SLAB_FIELDS};
+use super::class::{Geometry, GEOMETRY, GEOMETRY_AT, ONE_UNIT_CLASSES, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
 use super::layout::{slab_tag, tag_class, ClassQueue, Slab, SLAB_MAGIC, USED_CURRENT, USED_FULL};
 use super::remote::{self, FULL, QUEUED};
-use super::{Hot, Inner};
+use super::{tls, Hot, Inner};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::pages::{UnitState, UNIT, UNIT_SHIFT};
 
@@ -50,7 +50,13 @@ impl Hot {
     /// Word `w` of the allocated (`remote == false`) or remote bitmap of a slab of `class`.
     #[inline(always)]
     pub(super) fn bits(&self, slab: u64, class: usize, remote: bool, w: u32) -> &AtomicU64 {
-        let words = if remote { u64::from(GEOMETRY[class].words) } else { 0 };
+        self.bits_of(slab, &GEOMETRY[class], remote, w)
+    }
+
+    /// [`Hot::bits`] for a slab of geometry `g`.
+    #[inline(always)]
+    fn bits_of(&self, slab: u64, g: &Geometry, remote: bool, w: u32) -> &AtomicU64 {
+        let words = if remote { u64::from(g.words) } else { 0 };
         let off = slab + SLAB_FIELDS + 8 * (words + u64::from(w));
         // SAFETY: the bitmaps follow the slab fields inside the slab's first unit.
         unsafe { self.base.at(off) }
@@ -59,7 +65,13 @@ impl Hot {
     /// Block `idx`'s words of the allocated and remote bitmaps, and its bit in them.
     #[inline(always)]
     pub(super) fn block_bits(&self, slab: u64, class: usize, idx: u32) -> (&AtomicU64, &AtomicU64, u64) {
-        (self.bits(slab, class, false, idx / 64), self.bits(slab, class, true, idx / 64), 1 << (idx % 64))
+        self.geometry_bits(slab, &GEOMETRY[class], idx)
+    }
+
+    /// [`Hot::block_bits`] for a slab of geometry `g`.
+    #[inline(always)]
+    fn geometry_bits(&self, slab: u64, g: &Geometry, idx: u32) -> (&AtomicU64, &AtomicU64, u64) {
+        (self.bits_of(slab, g, false, idx / 64), self.bits_of(slab, g, true, idx / 64), 1 << (idx % 64))
     }
 
     #[inline(always)]
@@ -101,7 +113,15 @@ impl Inner {
     /// The fast path: pops a block from the current slab of `q`, a queue of `class`.
     #[inline(always)]
     pub(super) fn pop(&self, q: &ClassQueue, class: usize) -> Option<u64> {
-        let h = self.hot;
+        self.hot.pop(q, class)
+    }
+}
+
+impl Hot {
+    /// [`Inner::pop`], for a caller that holds a copy of the heap's `Hot`.
+    #[inline(always)]
+    pub(super) fn pop(self, q: &ClassQueue, class: usize) -> Option<u64> {
+        let h = self;
         let head = q.head.load(Ordering::Relaxed);
         if head == 0 {
             return None;
@@ -121,7 +141,9 @@ impl Inner {
         word.store(word.load(Ordering::Relaxed) | 1 << (idx % 64), Ordering::Relaxed);
         Some(block)
     }
+}
 
+impl Inner {
     /// Whether block `idx` is allocated and not waiting in a remote-free list.
     #[inline(always)]
     pub(super) fn check_allocated(
@@ -141,12 +163,34 @@ impl Inner {
     }
 
     /// The common free, inlined: by the thread that owns the block's slab, a one-unit
-    /// slab. It checks what `locate` checks; `None` hands the free to `free_any`, which
-    /// takes every other case (remote frees, large blocks, bigger slabs, and offsets that
-    /// name no block, which it reports).
+    /// slab. It checks what `locate` and `free_local` check; false hands the free to
+    /// `free_any`, which takes every other case (remote frees, large blocks, bigger slabs)
+    /// and reports the frees it refuses.
     #[inline(always)]
-    pub(super) fn free_own_small(&self, off: u64) -> Option<Result<(), FreeError>> {
-        let h = self.hot;
+    pub(super) fn free_own_small(&self, h: Hot, off: u64) -> bool {
+        let slab_off = off & !(UNIT - 1); // the arena starts on a unit boundary
+        let own = match tls::cached_slab(h.id, slab_off) {
+            Some(hit) => hit, // validated by an earlier free, and still this thread's
+            None => match self.own_small_slab(h, off, slab_off) {
+                Some(found) => found,
+                None => return false,
+            },
+        };
+        let g = own.geometry;
+        // Also refuses offsets off the granule: a block starts at a multiple of its size.
+        let Some(idx) = g.block_at(off - slab_off) else { return false };
+        let (alloc, remote_bits, bit) = h.geometry_bits(slab_off, g, idx);
+        if !remote::release_local(alloc, remote_bits, bit) {
+            return false;
+        }
+        self.released_local(h, own.desc, slab_off, own.class, idx, off);
+        true
+    }
+
+    /// The class of the one-unit slab at `slab_off`, holding `off`, and the calling
+    /// thread's descriptor, if that owns it; then caches the slab for the next frees.
+    #[inline(always)]
+    fn own_small_slab(&self, h: Hot, off: u64, slab_off: u64) -> Option<tls::OwnSlab> {
         // An offset below the arena wraps to a unit far beyond `max_units`.
         let u = off.wrapping_sub(h.arena) >> UNIT_SHIFT;
         if u >= u64::from(h.max_units) {
@@ -154,24 +198,21 @@ impl Inner {
         }
         // The unit heads a one-unit slab, and its class: one subtraction and one test.
         // SYNC: Acquire, see `table_word`: the unit is committed.
-        let word = h.table_word(u as u32).load(Ordering::Acquire).wrapping_sub(ONE_UNIT_SLAB0);
+        let word = h.table_word(u).load(Ordering::Acquire).wrapping_sub(ONE_UNIT_SLAB0);
         if word >= (ONE_UNIT_CLASSES as u64) << ONE_UNIT_CLASS_SHIFT {
             return None;
         }
         let class = (word >> ONE_UNIT_CLASS_SHIFT) as usize;
-        let slab_off = off & !(UNIT - 1); // the arena starts on a unit boundary
-        let slab = h.slab(slab_off);
-        let (d, _) = super::tls::current(h.id, h.empty);
-        if slab.owner.load(Ordering::Relaxed) != d {
+        let (d, _) = tls::current(h.id, h.empty);
+        if h.slab(slab_off).owner.load(Ordering::Relaxed) != d {
             return None;
         }
-        // Also refuses offsets off the granule: a block starts at a multiple of its size.
-        let idx = GEOMETRY[class].block_at(off - slab_off)?;
-        Some(self.free_local(d, slab_off, class, idx, off))
+        let own = tls::OwnSlab { class, geometry: &GEOMETRY_AT[class], desc: d };
+        tls::cache_slab(h.id, slab_off, own);
+        Some(own)
     }
 
     /// A free by the owning thread of the block at `block`, index `idx` of its slab.
-    #[inline(always)]
     pub(super) fn free_local(
         &self,
         d: u32,
@@ -186,13 +227,19 @@ impl Inner {
         if !remote::release_local(alloc, remote_bits, bit) {
             return Err(FreeError::DoubleFree(block));
         }
+        self.released_local(h, d, slab_off, class, idx, block);
+        Ok(())
+    }
+
+    /// The owner freed block `idx` (at `block`): onto the slab's free list.
+    #[inline(always)]
+    fn released_local(&self, h: Hot, d: u32, slab_off: u64, class: usize, idx: u32, block: u64) {
         let used = h.push_free(h.slab(slab_off), block, idx);
         // 0: an empty slab that is not the current one (which stays even when empty, so
         // alloc/free/alloc/free does not churn slabs); `USED_FULL`: a full slab has room.
         if used.wrapping_sub(1) >= USED_FULL - 1 {
             self.after_local_free(d, slab_off, class);
         }
-        Ok(())
     }
 
     /// The rare cases of an owner's free: the slab was full (it has room again) or is
@@ -396,6 +443,7 @@ impl Inner {
             return;
         }
         self.classes(q, || self.unlink(&q.head, slab_off));
+        tls::forget_slab(slab_off);
         slab.class.store(0, Ordering::Relaxed);
         self.free_units(unit);
     }

@@ -8,6 +8,7 @@
 //! generation are ignored, so the child claims descriptors of its own.
 #![allow(unsafe_code)]
 
+use super::class::{Geometry, GEOMETRY_AT};
 use super::raw::Queues;
 use super::Inner;
 use core::cell::{Cell, RefCell};
@@ -107,10 +108,20 @@ struct Last {
     desc: u32,
     /// The descriptor's class queues; for `NONE`, the heap's empty ones.
     queues: Queues,
+    /// A one-unit slab of `desc` the thread freed into, validated then (0: none), and its
+    /// class. Only the owner gives a slab back (`forget_slab`), and a descriptor changes
+    /// hands only after its owner abandoned it (which clears this), so while the entry
+    /// stands the slab is still this thread's: its frees skip the unit table.
+    slab: u64,
+    class: u32,
+    /// `&GEOMETRY_AT[class]`, as a pointer: a reference's niche would make every access
+    /// to the thread-local test it.
+    geometry: *const Geometry,
 }
 
 impl Last {
-    const EMPTY: Last = Last { id: 0, desc: NONE, queues: Queues::DANGLING };
+    const EMPTY: Last =
+        Last { id: 0, desc: NONE, queues: Queues::DANGLING, slab: 0, class: 0, geometry: &GEOMETRY_AT[0] };
 }
 
 thread_local! {
@@ -131,6 +142,51 @@ pub(crate) fn current(id: u64, empty: Queues) -> (u32, Queues) {
     }
 }
 
+/// A one-unit slab the calling thread owns, as the free fast path needs it.
+#[derive(Clone, Copy)]
+pub(crate) struct OwnSlab {
+    pub(crate) class: usize,
+    pub(crate) geometry: &'static Geometry,
+    pub(crate) desc: u32,
+}
+
+/// If the calling thread's cached slab in heap `id` is `slab`, that slab (see
+/// `Last::slab`).
+#[inline(always)]
+pub(crate) fn cached_slab(id: u64, slab: u64) -> Option<OwnSlab> {
+    let last = LAST.with(Cell::get);
+    (last.id == id && last.slab == slab).then(|| OwnSlab {
+        class: last.class as usize,
+        // SAFETY: `geometry` is always a reference into the static `GEOMETRY_AT` (see
+        // `Last::EMPTY` and `cache_slab`).
+        geometry: unsafe { &*last.geometry },
+        desc: last.desc,
+    })
+}
+
+/// Caches `slab`, a one-unit slab the calling thread owns in heap `id`, whose descriptor
+/// `current` just returned.
+#[inline(always)]
+pub(crate) fn cache_slab(id: u64, slab: u64, own: OwnSlab) {
+    LAST.with(|c| {
+        let last = c.get();
+        if last.id == id {
+            c.set(Last { slab, class: own.class as u32, geometry: own.geometry, ..last });
+        }
+    });
+}
+
+/// The calling thread (the owner) gives `slab` back: it must not stay cached.
+#[inline]
+pub(crate) fn forget_slab(slab: u64) {
+    LAST.with(|c| {
+        let last = c.get();
+        if last.slab == slab {
+            c.set(Last { slab: 0, ..last });
+        }
+    });
+}
+
 /// "No descriptor in this heap".
 pub(crate) const NONE: u32 = u32::MAX;
 
@@ -142,7 +198,7 @@ fn lookup_slow(id: u64, empty: Queues) -> (u32, Queues) {
         .ok()
         .flatten()
         .unwrap_or((NONE, empty));
-    LAST.with(|c| c.set(Last { id, desc, queues }));
+    LAST.with(|c| c.set(Last { id, desc, queues, ..Last::EMPTY }));
     (desc, queues)
 }
 
@@ -154,7 +210,7 @@ pub(crate) fn remember(heap: Weak<Inner>, id: u64, desc: u32, queues: Queues, to
     let kept =
         OWNED.try_with(|o| o.borrow_mut().0.push(Owned { heap, id, desc, queues, token, gen })).is_ok();
     if kept {
-        LAST.with(|c| c.set(Last { id, desc, queues }));
+        LAST.with(|c| c.set(Last { id, desc, queues, ..Last::EMPTY }));
     }
     kept
 }

@@ -31,6 +31,7 @@ pub fn tests() -> Vec<Trial> {
             "heap::slabs_emptied_by_their_owner_return_to_the_pages",
             slabs_emptied_by_their_owner_return_to_the_pages,
         ),
+        trial("heap::a_given_back_slab_is_not_remembered", a_given_back_slab_is_not_remembered),
         trial(
             "heap::slabs_emptied_by_remote_frees_return_to_the_pages",
             slabs_emptied_by_remote_frees_return_to_the_pages,
@@ -398,6 +399,34 @@ fn slabs_emptied_by_their_owner_return_to_the_pages() {
         heap.free(heap.alloc(64).unwrap()).unwrap();
     }
     assert_eq!(heap.check().unwrap().slabs, 1);
+}
+
+/// The free path remembers the last slab a thread freed into. Once that slab is emptied
+/// and given back, and its unit serves another class, frees there are judged by the new
+/// class: an offset inside a 128-byte block that was a 64-byte block's start is refused.
+fn a_given_back_slab_is_not_remembered() {
+    use shmpool::heap::class::{class_of, GEOMETRY};
+    let heap = heap(64 << 20);
+    let cap = GEOMETRY[class_of(64)].capacity as usize;
+    // Slab A full (then put aside), slab B current with one block.
+    let a: Vec<u64> = (0..cap).map(|_| heap.alloc(64).unwrap()).collect();
+    let b = heap.alloc(64).unwrap();
+    let units_before = heap.check().unwrap().free_units;
+    for &off in &a {
+        heap.free(off).unwrap(); // the last one empties A, which goes back
+    }
+    assert_eq!(heap.check().unwrap().free_units, units_before + 1, "slab A was given back");
+    // A's unit comes back as a slab of 128-byte blocks.
+    let big: Vec<u64> = (0..64).map(|_| heap.alloc(128).unwrap()).collect();
+    assert!(big.iter().any(|&o| o & !0xffff == a[0] & !0xffff), "the unit was reused");
+    for &off in &big {
+        assert_eq!(heap.free(off + 64), Err(FreeError::Interior(off + 64)));
+    }
+    for &off in &big {
+        heap.free(off).unwrap();
+    }
+    heap.free(b).unwrap();
+    heap.check().unwrap();
 }
 
 /// Regression: slabs emptied only by other threads' frees used to stay with their owner
