@@ -1,6 +1,8 @@
 //! The multi-process workloads: W3 (two processes, attached by name, running W1 at once)
 //! and W4 (process A allocates and hands blocks to process B through a ring in the
-//! segment; B checks and frees them — remote frees), with the bare ring as its ceiling.
+//! segment; B checks and frees them — remote frees), with the bare ring as its ceiling
+//! and the same handoff of blocks from a pool allocated in advance (`W4-pool`: no
+//! allocation or free at all, only the blocks' cache lines moving between the cores).
 
 use super::{Plan, Spread};
 use crate::child::{fork, wait_all, Forked};
@@ -123,19 +125,43 @@ const HEAD: u64 = 520;
 const SLOTS: u64 = 528;
 
 /// One W4 run; `with_heap` false passes bare integers. Returns Mblocks/s.
-fn w4_once(sh: &Shared, n: u64, with_heap: bool) -> Result<f64, String> {
+/// What W4's producer hands over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handoff {
+    /// Plain integers (`W4-ring`).
+    Integers,
+    /// Blocks it allocates; the consumer frees them (`W4`).
+    Allocated,
+    /// Blocks of a pool allocated before the clock starts, reused round-robin and never
+    /// freed (`W4-pool`). The pool is larger than the ring, so a block comes round again
+    /// only after the consumer is done with it.
+    Pooled,
+}
+
+/// Blocks in `Handoff::Pooled`'s pool.
+const POOL: u64 = 4 * RING;
+
+fn w4_once(sh: &Shared, n: u64, mode: Handoff) -> Result<f64, String> {
+    let with_heap = mode != Handoff::Integers;
     for i in [GO, READY, TAIL, HEAD, TIMES, TIMES + 8] {
         sh.word(i).store(0, Ordering::Relaxed);
     }
     let producer = fork(|| {
         let heap = sh.attach();
         let base = heap.segment().backend().base().as_ptr();
+        let pool: Vec<u64> = match mode {
+            Handoff::Pooled => (0..POOL).map(|_| heap.alloc(64).expect("alloc")).collect(),
+            _ => Vec::new(),
+        };
         sh.word(READY).fetch_add(1, Ordering::AcqRel);
         spin_until(|| sh.word(GO).load(Ordering::Acquire) != 0);
         sh.word(TIMES).store(mono_ns(), Ordering::Relaxed);
         for i in 0..n {
             let v = if with_heap {
-                let o = heap.alloc(64).expect("alloc");
+                let o = match mode {
+                    Handoff::Pooled => pool[(i % POOL) as usize],
+                    _ => heap.alloc(64).expect("alloc"),
+                };
                 // SAFETY: a live 64-byte block inside the mapping.
                 unsafe { base.add(o as usize).cast::<u64>().write_volatile(i) };
                 o
@@ -164,7 +190,9 @@ fn w4_once(sh: &Shared, n: u64, with_heap: bool) -> Result<f64, String> {
                 if got != i {
                     return 3;
                 }
-                heap.free(v).expect("free");
+                if mode == Handoff::Allocated {
+                    heap.free(v).expect("free");
+                }
             } else if v != i {
                 return 3;
             }
@@ -183,25 +211,31 @@ fn w4_once(sh: &Shared, n: u64, with_heap: bool) -> Result<f64, String> {
 pub fn w4(plan: &Plan) -> Result<Vec<String>, String> {
     let sh = Shared::new("w4")?;
     let n = plan.handoffs;
-    w4_once(&sh, n / 4, true)?;
-    let (mut blocks, mut ring) = (Vec::new(), Vec::new());
+    w4_once(&sh, n / 4, Handoff::Allocated)?;
+    let modes = [Handoff::Integers, Handoff::Allocated, Handoff::Pooled];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let (mut vs_ring, mut vs_pool) = (Vec::new(), Vec::new());
     for _ in 0..plan.reps {
-        ring.push(w4_once(&sh, n, false)?);
-        blocks.push(w4_once(&sh, n, true)?);
+        // Side by side, so each ratio is taken at one moment of this noisy machine.
+        let mut got = [0.0; 3];
+        for (k, &mode) in modes.iter().enumerate() {
+            got[k] = w4_once(&sh, n, mode)?;
+            rates[k].push(got[k]);
+        }
+        vs_ring.push(got[1] / got[0]);
+        vs_pool.push(got[1] / got[2]);
     }
-    let (blocks, ring) = (Spread::of(blocks), Spread::of(ring));
+    let [ring, blocks, pool] = rates.map(Spread::of);
+    let (vs_ring, vs_pool) = (Spread::of(vs_ring).median, Spread::of(vs_pool).median);
+    let line = |name: &str, s: &Spread, extra: &str| {
+        format!(
+            "shmpool {name} mblocks_s={:.2} min={:.2} max={:.2} reps={} ring={RING}{extra}",
+            s.median, s.min, s.max, plan.reps
+        )
+    };
     Ok(vec![
-        format!(
-            "shmpool W4 mblocks_s={:.2} min={:.2} max={:.2} reps={} ring={RING} vs_ring={:.2}",
-            blocks.median,
-            blocks.min,
-            blocks.max,
-            plan.reps,
-            blocks.median / ring.median
-        ),
-        format!(
-            "shmpool W4-ring mblocks_s={:.2} min={:.2} max={:.2} reps={} ring={RING}",
-            ring.median, ring.min, ring.max, plan.reps
-        ),
+        line("W4", &blocks, &format!(" vs_ring={vs_ring:.2} vs_pool={vs_pool:.2}")),
+        line("W4-ring", &ring, ""),
+        line("W4-pool", &pool, &format!(" pool={POOL}")),
     ])
 }

@@ -305,10 +305,10 @@ impl Heap {
     #[inline]
     pub fn free(&self, off: u64) -> Result<(), FreeError> {
         let inner = &*self.inner;
-        if inner.free_own_small(self.hot, off) {
-            Ok(())
-        } else {
-            inner.free_any(off)
+        match inner.free_small(self.hot, off) {
+            slab::SmallFree::Done => Ok(()),
+            slab::SmallFree::Foreign { class } => inner.free_foreign(off, class),
+            slab::SmallFree::Other => inner.free_any(off),
         }
     }
 

@@ -39,6 +39,16 @@ const _: () = assert!(
 /// How many never-used blocks one slow-path call threads onto the free list.
 const EXTEND_BYTES: u64 = 4096;
 
+/// What `Inner::free_small` did with a free.
+pub(super) enum SmallFree {
+    /// Freed: the calling thread owns the block's slab.
+    Done,
+    /// The block lies in a one-unit slab of `class` that another thread owns.
+    Foreign { class: usize },
+    /// Anything else, for `free_any` (which also reports refused frees).
+    Other,
+}
+
 impl Hot {
     #[inline(always)]
     pub(super) fn slab(&self, slab: u64) -> &Slab {
@@ -162,54 +172,66 @@ impl Inner {
         Ok(())
     }
 
-    /// The common free, inlined: by the thread that owns the block's slab, a one-unit
-    /// slab. It checks what `locate` and `free_local` check; false hands the free to
-    /// `free_any`, which takes every other case (remote frees, large blocks, bigger slabs)
-    /// and reports the frees it refuses.
+    /// The common frees, inlined: of a block in a one-unit slab, by the thread that owns
+    /// the slab (done here) or by another (`Foreign`, for `free_foreign`). It checks what
+    /// `locate` and `free_local` check; `Other` hands the free to `free_any`, which takes
+    /// every other case (large blocks, bigger slabs) and reports the frees it refuses.
     #[inline(always)]
-    pub(super) fn free_own_small(&self, h: Hot, off: u64) -> bool {
+    pub(super) fn free_small(&self, h: Hot, off: u64) -> SmallFree {
         let slab_off = off & !(UNIT - 1); // the arena starts on a unit boundary
         let own = match tls::cached_slab(h.id, slab_off) {
             Some(hit) => hit, // validated by an earlier free, and still this thread's
-            None => match self.own_small_slab(h, off, slab_off) {
-                Some(found) => found,
-                None => return false,
+            None => match self.small_slab(h, off, slab_off) {
+                Ok(found) => found,
+                Err(other) => return other,
             },
         };
         let g = own.geometry;
         // Also refuses offsets off the granule: a block starts at a multiple of its size.
-        let Some(idx) = g.block_at(off - slab_off) else { return false };
+        let Some(idx) = g.block_at(off - slab_off) else { return SmallFree::Other };
         let (alloc, remote_bits, bit) = h.geometry_bits(slab_off, g, idx);
         if !remote::release_local(alloc, remote_bits, bit) {
-            return false;
+            return SmallFree::Other;
         }
         self.released_local(h, own.desc, slab_off, own.class, idx, off);
-        true
+        SmallFree::Done
     }
 
-    /// The class of the one-unit slab at `slab_off`, holding `off`, and the calling
-    /// thread's descriptor, if that owns it; then caches the slab for the next frees.
+    /// The one-unit slab at `slab_off`, holding `off`, if the calling thread owns it (then
+    /// cached for the next frees); else whether it is a one-unit slab of another thread.
     #[inline(always)]
-    fn own_small_slab(&self, h: Hot, off: u64, slab_off: u64) -> Option<tls::OwnSlab> {
+    fn small_slab(&self, h: Hot, off: u64, slab_off: u64) -> Result<tls::OwnSlab, SmallFree> {
         // An offset below the arena wraps to a unit far beyond `max_units`.
         let u = off.wrapping_sub(h.arena) >> UNIT_SHIFT;
         if u >= u64::from(h.max_units) {
-            return None;
+            return Err(SmallFree::Other);
         }
         // The unit heads a one-unit slab, and its class: one subtraction and one test.
         // SYNC: Acquire, see `table_word`: the unit is committed.
         let word = h.table_word(u).load(Ordering::Acquire).wrapping_sub(ONE_UNIT_SLAB0);
         if word >= (ONE_UNIT_CLASSES as u64) << ONE_UNIT_CLASS_SHIFT {
-            return None;
+            return Err(SmallFree::Other);
         }
         let class = (word >> ONE_UNIT_CLASS_SHIFT) as usize;
         let (d, _) = tls::current(h.id, h.empty);
         if h.slab(slab_off).owner.load(Ordering::Relaxed) != d {
-            return None;
+            return Err(SmallFree::Foreign { class });
         }
         let own = tls::OwnSlab { class, geometry: &GEOMETRY_AT[class], desc: d };
         tls::cache_slab(h.id, slab_off, own);
-        Some(own)
+        Ok(own)
+    }
+
+    /// A free that `free_small` found in a one-unit slab of `class` that another thread
+    /// owns: checks the offset as `locate` would, then frees remotely.
+    #[inline(never)]
+    pub(super) fn free_foreign(&self, off: u64, class: usize) -> Result<(), FreeError> {
+        if !off.is_multiple_of(super::class::GRANULE) {
+            return Err(FreeError::Misaligned(off));
+        }
+        let slab_off = off & !(UNIT - 1);
+        let idx = GEOMETRY[class].block_at(off - slab_off).ok_or(FreeError::Interior(off))?;
+        self.free_remote(slab_off, class, idx, off)
     }
 
     /// A free by the owning thread of the block at `block`, index `idx` of its slab.
@@ -313,7 +335,12 @@ impl Inner {
     /// Takes the full slabs that remote frees went into (this heap's delayed stack),
     /// collects them and puts them back on their class lists (or gives them back, empty).
     pub(super) fn drain_delayed(&self, d: u32) {
-        let mut next = remote::take_slabs(&self.desc(d).delayed);
+        let delayed = &self.desc(d).delayed;
+        // A load first: the swap would take the line from the freers even when empty.
+        if delayed.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut next = remote::take_slabs(delayed);
         let mut budget = self.max_units;
         while next != 0 && budget > 0 {
             budget -= 1;
@@ -364,10 +391,19 @@ impl Inner {
     }
 
     /// The owner's slow path: find room in a slab of `class`, or make a new slab.
+    ///
+    /// A slab whose remote frees come back a few at a time (another thread frees what
+    /// this one allocates, at the same pace) would send every few allocations here, to
+    /// scan its bitmaps again. So a collection that brings back fewer than a batch moves
+    /// the slab behind the others of its class, or, if it is the only one, puts a new
+    /// slab in front of it, so that it gathers frees for a whole turn; each call moves at
+    /// most one slab aside, so the memory this costs is one slab per class.
     #[cold]
     pub(super) fn alloc_slow(&self, d: u32, class: usize) -> Result<u64, AllocError> {
         self.drain_delayed(d);
         let q = self.queue(d, class);
+        let g = &GEOMETRY[class];
+        let mut moved_aside = false;
         loop {
             let head = q.head.load(Ordering::Relaxed);
             if head == 0 {
@@ -375,13 +411,22 @@ impl Inner {
             }
             let slab_off = self.unit_off(head - 1);
             let slab = self.slab(slab_off);
-            if slab.free.load(Ordering::Relaxed) == 0 {
-                self.collect(slab_off, class);
-            }
-            if slab.free.load(Ordering::Relaxed) == 0
-                && slab.bump.load(Ordering::Relaxed) < GEOMETRY[class].capacity
-            {
+            if slab.free.load(Ordering::Relaxed) == 0 && slab.bump.load(Ordering::Relaxed) < g.capacity {
                 self.extend(slab_off, class);
+            }
+            if slab.free.load(Ordering::Relaxed) == 0 {
+                let got = self.collect(slab_off, class);
+                if got > 0 && got < g.capacity / 16 && !moved_aside {
+                    moved_aside = true;
+                    if slab.next.load(Ordering::Relaxed) != 0 {
+                        self.classes(q, || {
+                            self.unlink(&q.head, slab_off);
+                            self.link_back(q, slab_off);
+                        });
+                        continue;
+                    }
+                    break; // the only one: a new slab goes in front of it
+                }
             }
             if let Some(off) = self.pop(q, class) {
                 return Ok(off);

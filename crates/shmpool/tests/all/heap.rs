@@ -33,6 +33,10 @@ pub fn tests() -> Vec<Trial> {
         ),
         trial("heap::a_given_back_slab_is_not_remembered", a_given_back_slab_is_not_remembered),
         trial(
+            "heap::a_trickle_of_remote_frees_is_gathered_in_batches",
+            a_trickle_of_remote_frees_is_gathered_in_batches,
+        ),
+        trial(
             "heap::slabs_emptied_by_remote_frees_return_to_the_pages",
             slabs_emptied_by_remote_frees_return_to_the_pages,
         ),
@@ -427,6 +431,34 @@ fn a_given_back_slab_is_not_remembered() {
     }
     heap.free(b).unwrap();
     heap.check().unwrap();
+}
+
+/// When another thread frees a slab's blocks a few at a time, the owner does not come
+/// back for each few: it lets the slab gather frees behind a new slab, and takes them
+/// when it returns to it.
+fn a_trickle_of_remote_frees_is_gathered_in_batches() {
+    use shmpool::heap::class::{class_of, GEOMETRY};
+    let heap = heap(64 << 20);
+    let cap = GEOMETRY[class_of(64)].capacity as usize;
+    let unit = |off: u64| off >> 16;
+    let first: Vec<u64> = (0..cap).map(|_| heap.alloc(64).unwrap()).collect();
+    assert!(first.iter().all(|&o| unit(o) == unit(first[0])), "one slab");
+    let trickle = first[..3].to_vec();
+    let other = heap.clone();
+    std::thread::spawn(move || trickle.iter().for_each(|&o| other.free(o).unwrap())).join().unwrap();
+    // Three frees came back: too few to come back for, so a new slab serves now.
+    let next = heap.alloc(64).unwrap();
+    assert_ne!(unit(next), unit(first[0]), "a new slab, not the three blocks");
+    heap.check().unwrap();
+    // Once the new slab is full, the first one's three blocks are used.
+    let second: Vec<u64> = (1..cap).map(|_| heap.alloc(64).unwrap()).collect();
+    assert!(second.iter().all(|&o| unit(o) == unit(next)));
+    let back: Vec<u64> = (0..3).map(|_| heap.alloc(64).unwrap()).collect();
+    for off in &back {
+        assert!(first[..3].contains(off), "{off} is one of the blocks freed remotely");
+    }
+    let report = heap.check().unwrap();
+    assert_eq!((report.slabs, report.slab_blocks), (2, 2 * cap as u64));
 }
 
 /// Regression: slabs emptied only by other threads' frees used to stay with their owner
