@@ -162,6 +162,10 @@ impl core::ops::Deref for Inner {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The largest alignment [`Heap::alloc_aligned`] serves: one 64 KiB unit.
+pub const MAX_ALIGN: u64 = crate::pages::UNIT;
+const _: () = assert!(MAX_ALIGN <= crate::segment::MAP_ALIGN);
+
 impl Heap {
     /// Makes a fresh segment into a heap.
     pub fn create(seg: Segment) -> Result<Heap, HeapError> {
@@ -282,15 +286,38 @@ impl Heap {
     }
 
     /// Allocates `size` bytes at an offset (and address) aligned to `align`, a power of
-    /// two up to the segment's page size. Free it with [`Heap::free`] like any block.
+    /// two up to [`MAX_ALIGN`] (64 KiB). Free it with [`Heap::free`] like any block.
+    ///
+    /// Up to 4 KiB the block comes from a size class whose blocks are aligned to `align`;
+    /// above, it is a run of whole 64 KiB units. Every process maps the segment at a
+    /// multiple of [`MAP_ALIGN`](crate::segment::MAP_ALIGN), so the address is as aligned
+    /// as the offset.
+    ///
+    /// ```
+    /// # use shmpool::{heap::Heap, SegmentOptions};
+    /// # let heap = Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("doc").unwrap()).unwrap();
+    /// let off = heap.alloc_aligned(100, 16 << 10).unwrap();
+    /// assert_eq!(off % (16 << 10), 0);
+    /// assert_eq!(heap.resolve(off).unwrap().0.as_ptr() as usize % (16 << 10), 0);
+    /// heap.free(off).unwrap();
+    /// ```
     pub fn alloc_aligned(&self, size: u64, align: u64) -> Result<u64, AllocError> {
-        if !align.is_power_of_two() || align > self.inner.seg.page_size().min(4096) {
+        let inner = &*self.inner;
+        if !align.is_power_of_two() || align > MAX_ALIGN {
             return Err(AllocError::BadAlign(align));
         }
-        // Blocks of a class whose size is a multiple of `align` are aligned to it: the
-        // slab places its blocks at their size's natural alignment (up to 4 KiB).
-        let size = size.max(1).checked_next_multiple_of(align).ok_or(AllocError::TooLarge(size))?;
-        self.alloc(size)
+        debug_assert_eq!(inner.seg.backend().base().as_ptr() as u64 % MAX_ALIGN, 0);
+        if align <= 4096 {
+            // Blocks of a class whose size is a multiple of `align` are aligned to it: the
+            // slab places its blocks at their size's natural alignment (up to 4 KiB).
+            let size = size.max(1).checked_next_multiple_of(align).ok_or(AllocError::TooLarge(size))?;
+            return self.alloc(size);
+        }
+        // Units start at multiples of 64 KiB from the segment's start.
+        if let Some(d) = inner.my_desc() {
+            inner.drain_delayed(d);
+        }
+        inner.alloc_large(size.max(1))
     }
 
     /// Frees the block at `off`, from any thread of any process.

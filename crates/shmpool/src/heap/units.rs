@@ -1,7 +1,6 @@
 //! Units for slabs and large blocks: the page-run allocator under the page lock, and
 //! growth of the arena (and so of the segment) when it runs dry.
 
-use super::class::MAX_CLASS_SIZE;
 use super::error::{AllocError, FreeError};
 use super::layout::TAG_LARGE;
 use super::store::ShmBuddy;
@@ -61,8 +60,8 @@ impl Inner {
 
     /// A block above the largest size class: a run of its own.
     #[cold]
+    /// A run of whole units for `size` bytes (a large block, or an aligned one).
     pub(super) fn alloc_large(&self, size: u64) -> Result<u64, AllocError> {
-        debug_assert!(size > MAX_CLASS_SIZE);
         let units = u32::try_from(size.div_ceil(UNIT)).map_err(|_| AllocError::TooLarge(size))?;
         if units > self.max_units {
             return Err(AllocError::TooLarge(size));

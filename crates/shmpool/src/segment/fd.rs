@@ -79,7 +79,7 @@ impl FdBackend {
             GrowError::Os { op, errno } => CreateError::Os { op, errno },
             other => CreateError::InvalidSize(other.to_string()),
         })?;
-        let map = Mapping::shared(&new.fd, reserved, true).map_err(os("mmap"))?;
+        let map = Mapping::shared(&new.fd, reserved, true, new.page_size).map_err(os("mmap"))?;
         Ok(Self::assemble(new, map, true))
     }
 
@@ -89,7 +89,8 @@ impl FdBackend {
         let info = read_header(&new.fd)?;
         new.page_size = info.fields.page_size;
         new.commit = if info.fields.flags & header::FLAG_LAZY != 0 { Commit::Lazy } else { Commit::Eager };
-        let map = Mapping::shared(&new.fd, info.fields.reserved_len, writable).map_err(os("mmap"))?;
+        let map = Mapping::shared(&new.fd, info.fields.reserved_len, writable, new.page_size)
+            .map_err(os("mmap"))?;
         Ok((Self::assemble(new, map, writable), info))
     }
 

@@ -37,38 +37,95 @@ fn prot(writable: bool) -> ProtFlags {
     }
 }
 
+/// Every mapping starts on a multiple of this (2 MiB, the huge page size), or of its page
+/// size if larger, so an offset aligned to a power of two up to it is as aligned in every
+/// process's address space.
+pub const MAP_ALIGN: u64 = 2 << 20;
+
+/// Reserves `len` bytes of address space starting on a multiple of `align` (a power of
+/// two): an inaccessible mapping the caller then replaces with `MAP_FIXED` (which only
+/// this reservation's owner may do, so no other mapping is ever replaced).
+fn reserve_aligned(len: usize, align: u64) -> Result<*mut c_void, Errno> {
+    let align = usize::try_from(align).map_err(|_| Errno::NOMEM)?;
+    let total = len.checked_add(align).ok_or(Errno::NOMEM)?;
+    // SAFETY: a null hint lets the kernel choose a fresh range; nothing is replaced.
+    let raw = unsafe {
+        rustix::mm::mmap_anonymous(
+            core::ptr::null_mut(),
+            total,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )?
+    };
+    let start = (raw as usize).next_multiple_of(align);
+    let (head, tail) = (start - raw as usize, total - (start - raw as usize) - len);
+    // SAFETY: the head and tail lie inside the range just reserved, which nothing else
+    // uses; what stays is `start..start + len`.
+    unsafe {
+        if head > 0 {
+            rustix::mm::munmap(raw, head)?;
+        }
+        if tail > 0 {
+            rustix::mm::munmap((start + len) as *mut c_void, tail)?;
+        }
+    }
+    Ok(start as *mut c_void)
+}
+
 impl Mapping {
     /// Maps `len` bytes of `fd` from offset 0, shared (mmap(2)).
-    pub(crate) fn shared(fd: impl AsFd, len: u64, writable: bool) -> Result<Self, Errno> {
+    /// The mapping starts on a multiple of [`MAP_ALIGN`] or of `page_size`, whichever is
+    /// larger.
+    pub(crate) fn shared(fd: impl AsFd, len: u64, writable: bool, page_size: u64) -> Result<Self, Errno> {
         let len = usize::try_from(len).map_err(|_| Errno::NOMEM)?;
-        // SAFETY: a null hint lets the kernel choose a fresh range, so no existing memory
-        // is replaced; the fd is valid for the call.
+        let at = reserve_aligned(len, MAP_ALIGN.max(page_size))?;
+        // SAFETY: `at..at + len` is this call's own reservation, which `MAP_FIXED`
+        // replaces; the fd is valid for the call.
         let ptr = unsafe {
             rustix::mm::mmap(
-                core::ptr::null_mut(),
+                at,
                 len,
                 prot(writable),
-                MapFlags::SHARED | MapFlags::NORESERVE,
+                MapFlags::SHARED | MapFlags::NORESERVE | MapFlags::FIXED,
                 fd,
                 0,
-            )?
+            )
         };
-        Ok(Self { base: NonNull::new(ptr.cast()).ok_or(Errno::NOMEM)?, len })
+        Self::own(at, len, ptr)
     }
 
-    /// Maps `len` bytes of private anonymous memory, zero-filled.
+    /// Maps `len` bytes of private anonymous memory, zero-filled, at a multiple of
+    /// [`MAP_ALIGN`].
     pub(crate) fn anonymous(len: u64) -> Result<Self, Errno> {
         let len = usize::try_from(len).map_err(|_| Errno::NOMEM)?;
-        // SAFETY: a null hint lets the kernel choose a fresh range; nothing is replaced.
+        let at = reserve_aligned(len, MAP_ALIGN)?;
+        // SAFETY: `at..at + len` is this call's own reservation, which `MAP_FIXED`
+        // replaces.
         let ptr = unsafe {
             rustix::mm::mmap_anonymous(
-                core::ptr::null_mut(),
+                at,
                 len,
                 prot(true),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )?
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+            )
         };
-        Ok(Self { base: NonNull::new(ptr.cast()).ok_or(Errno::NOMEM)?, len })
+        Self::own(at, len, ptr)
+    }
+
+    /// Takes ownership of the mapping at `at` that `mapped` made there, or gives the
+    /// reservation back if it failed.
+    fn own(at: *mut c_void, len: usize, mapped: Result<*mut c_void, Errno>) -> Result<Self, Errno> {
+        match mapped {
+            Ok(ptr) => {
+                debug_assert_eq!(ptr, at);
+                Ok(Self { base: NonNull::new(ptr.cast()).ok_or(Errno::NOMEM)?, len })
+            }
+            Err(e) => {
+                // SAFETY: the reservation is ours and nothing refers to it yet.
+                let _ = unsafe { rustix::mm::munmap(at, len) };
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn base(&self) -> NonNull<u8> {

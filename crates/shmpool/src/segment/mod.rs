@@ -59,6 +59,7 @@ pub use fd::{FdBackend, GROW_LOCK_TIMEOUT};
 pub use fdpass::{recv_fd, send_fd};
 pub use header::{HeaderFields, HeaderInfo, HEADER_LEN};
 pub use hugepages::HugePageSize;
+pub use mapping::MAP_ALIGN;
 pub use name::{ShmName, MAX_NAME_LEN};
 pub use private::PrivateHeap;
 

@@ -149,7 +149,7 @@ fn realloc_zeroed_and_aligned() {
     heap.read(z, &mut buf).unwrap();
     assert_eq!(buf, [0u8; 256]);
 
-    for align in [16u64, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
+    for align in [16u64, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] {
         for size in [1u64, 24, 100, 1000, 5000, 70_000] {
             let off = heap.alloc_aligned(size, align).unwrap();
             let (ptr, len) = heap.resolve(off).unwrap();
@@ -160,8 +160,16 @@ fn realloc_zeroed_and_aligned() {
         }
     }
     assert_eq!(heap.alloc_aligned(8, 3), Err(AllocError::BadAlign(3)));
-    assert_eq!(heap.alloc_aligned(8, 1 << 20), Err(AllocError::BadAlign(1 << 20)));
+    assert_eq!(heap.alloc_aligned(8, 0), Err(AllocError::BadAlign(0)));
+    assert_eq!(heap.alloc_aligned(8, 128 << 10), Err(AllocError::BadAlign(128 << 10)));
     heap.check().unwrap();
+    // Every backend maps at a multiple of MAP_ALIGN, in every process that maps it.
+    for seg in [
+        SegmentOptions::new().max_size(8 << 20).create_heap().unwrap(),
+        SegmentOptions::new().max_size(8 << 20).create_memfd("align").unwrap(),
+    ] {
+        assert_eq!(seg.backend().base().as_ptr() as u64 % shmpool::segment::MAP_ALIGN, 0);
+    }
 }
 
 fn exhaustion_at_max_size_then_keeps_working() {
