@@ -214,6 +214,7 @@ impl Inner {
         while u < buddy.units() {
             match buddy.state(u) {
                 UnitState::Run { len, tag: TAG_LARGE } => {
+                    self.check_no_remote_state(u)?;
                     report.large_blocks += 1;
                     u += len;
                 }
@@ -225,7 +226,10 @@ impl Inner {
                     u += len;
                 }
                 UnitState::Run { tag, .. } => return fail(format!("unit {u}: run with unknown tag {tag}")),
-                UnitState::Free { order } => u += 1 << order,
+                UnitState::Free { order } => {
+                    self.check_no_remote_state(u)?;
+                    u += 1 << order;
+                }
                 other => return fail(format!("unit {u}: {other:?}")),
             }
         }
@@ -248,11 +252,11 @@ impl Inner {
                         "heap {d}: slab at unit {unit} is on a delayed stack twice (or it cycles)"
                     ));
                 }
-                let slab = self.slab(self.unit_off(unit));
-                if slab.remote_state.load(Ordering::Relaxed) & QUEUED == 0 {
+                let ur = self.unit_remote(unit);
+                if ur.state.load(Ordering::Relaxed) & QUEUED == 0 {
                     return fail(format!("heap {d}: delayed slab at unit {unit} is not flagged QUEUED"));
                 }
-                next = u64::from(slab.delayed_next.load(Ordering::Relaxed));
+                next = u64::from(ur.next.load(Ordering::Relaxed));
             }
         }
         Ok(seen)
@@ -306,7 +310,7 @@ impl Inner {
             return at(format!("{len} units, class {c} needs {}", g.units));
         }
         let owner = slab.owner.load(Ordering::Relaxed);
-        let state = slab.remote_state.load(Ordering::Relaxed);
+        let state = self.unit_remote(unit).state.load(Ordering::Relaxed);
         match lists.get(&unit) {
             Some(&(d, lc, full)) if d == owner && lc == c => {
                 if (state & FULL != 0) != full {
@@ -358,6 +362,14 @@ impl Inner {
             return at(format!("{remote} remote frees into the full slab, which is not queued"));
         }
         Ok((used, remote))
+    }
+
+    /// A unit that heads no slab has no remote state.
+    fn check_no_remote_state(&self, unit: u32) -> Result<(), Broken> {
+        match self.unit_remote(unit).state.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            s => fail(format!("unit {unit} heads no slab but has remote state {s:#x}")),
+        }
     }
 
     /// Blocks allocated in the slab of class `c` headed by `unit`, read from its `used`

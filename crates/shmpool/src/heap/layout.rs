@@ -4,6 +4,7 @@
 //!  0        segment header
 //!  4096     Meta: magic, geometry, page lock, buddy list heads
 //!  …        unit table: one u64 per unit of the reserved capacity (pages::UnitState)
+//!  …        unit remote states: one remote::UnitRemote per unit of the reserved capacity
 //!  …        thread-heap descriptors: MAX_DESCS × Desc
 //!  …        named roots: MAX_ROOTS × Root
 //!  …        process registry: MAX_PROCS × Proc
@@ -13,11 +14,12 @@
 //! A *slab* is a run of units holding blocks of one size class. Its header is in band:
 //!
 //! ```text
-//!  class, owner │ owner fields │ remote_state │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
+//!  class, owner │ owner fields │ (reserved) │ allocated bitmap │ remote bitmap │ pad │ block 0 │ …
 //!
 //! Each part starts on its own cache line: `class` and `owner` are read by every free and
 //! rarely written; the owner's fields and the allocated bitmap are written by the owner;
-//! `remote_state` and the remote bitmap by other processes.
+//! the remote bitmap by other processes. The slab's remote state (`FULL`, `QUEUED`) and
+//! its delayed-stack link are in the unit's `UnitRemote`, in the metadata.
 //! ```
 //!
 //! Slab invariants (walked by `Heap::check` on a quiescent heap):
@@ -27,10 +29,11 @@
 //!   not collected it yet (so the block is still allocated);
 //! - the blocks on `free` are exactly the unallocated blocks below `bump`; `used` is the
 //!   number of allocated blocks;
-//! - the slab is on its owner's class list, or on its full list iff `FULL` is set in
-//!   `remote_state`;
-//! - the slab is on its owner's delayed stack iff `QUEUED` is set in `remote_state`; a
-//!   `FULL` slab with remote bits set is `QUEUED` (see `remote.rs`).
+//! - the slab is on its owner's class list, or on its full list iff `FULL` is set in its
+//!   unit state;
+//! - the slab is on its owner's delayed stack iff `QUEUED` is set in its unit state; a
+//!   `FULL` slab with remote bits set is `QUEUED` (see `remote.rs`); a unit that heads no
+//!   slab has state 0.
 //!
 //! # Safety
 //! The `Shared` impls below hold because every struct here is `#[repr(C)]` and made only
@@ -48,7 +51,7 @@ pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
 /// The magic while `Heap::create` formats the heap.
 pub(crate) const HEAP_FORMATTING: u64 = u64::from_ne_bytes(*b"SHMHEAP?");
 /// Layout version of the heap structures.
-pub(crate) const HEAP_VERSION: u64 = 3;
+pub(crate) const HEAP_VERSION: u64 = 4;
 /// Offset of [`Meta`].
 pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
 /// Thread heaps a segment can hold (threads of all processes together).
@@ -71,11 +74,17 @@ pub const MAX_ROOT_NAME: usize = 96;
 pub(crate) fn plan(reserved: u64) -> Option<(u32, u64, u64)> {
     use crate::pages::UNIT;
     let units_bound = reserved / UNIT;
-    let descs_off = (TABLE_OFF + 8 * units_bound).next_multiple_of(64);
+    let descs_off = (remote_off(reserved) + 8 * units_bound).next_multiple_of(64);
     let procs_end = procs_off(descs_off) + u64::from(MAX_PROCS) * PROC_BYTES;
     let arena = procs_end.next_multiple_of(UNIT);
     let units = reserved.checked_sub(arena)? / UNIT;
     (units > 0).then_some((u32::try_from(units).ok()?, descs_off, arena))
+}
+
+/// Offset of the unit remote states (`remote::UnitRemote`, 8 bytes each), after the
+/// unit table, for a segment reserving `reserved` bytes.
+pub(crate) fn remote_off(reserved: u64) -> u64 {
+    TABLE_OFF + 8 * (reserved / crate::pages::UNIT)
 }
 
 /// Processes the registry holds at once.
@@ -213,7 +222,7 @@ pub(crate) struct Desc {
     /// with `owner_pid`, it tells a dead owner from a new process that reused its pid.
     pub owner_start: AtomicU64,
     /// Full slabs of this heap that remote frees went into: a stack of unit + 1 (0 =
-    /// empty), linked through `Slab::delayed_next`; the owner takes it whole with a swap.
+    /// empty), linked through `UnitRemote::next`; the owner takes it whole with a swap.
     pub delayed: AtomicU64,
     pub classes: [ClassQueue; CLASSES],
 }
@@ -259,15 +268,14 @@ pub(crate) struct Slab {
     pub next: AtomicU32,
     pub prev: AtomicU32,
     pub _owner_line: [AtomicU64; 5],
-    /// `remote::FULL` and `remote::QUEUED`.
-    pub remote_state: AtomicU32,
-    /// The next slab on the owner's delayed stack (unit + 1), while `QUEUED`.
-    pub delayed_next: AtomicU32,
-    pub _remote_line: [AtomicU64; 7],
+    pub _reserved_line: [AtomicU64; 8],
 }
 
 // SAFETY: repr(C), atomics only.
 unsafe impl Shared for Slab {}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl Shared for super::remote::UnitRemote {}
 
 #[cfg(not(loom))]
 const _: () = {

@@ -146,6 +146,8 @@ pub(crate) struct Hot {
     id: u64,
     arena: u64,
     descs_off: u64,
+    /// Offset of the unit remote states (`layout::remote_off`).
+    remote_off: u64,
     max_units: u32,
     /// `Inner::_empty`.
     empty: raw::Queues,
@@ -230,6 +232,7 @@ impl Heap {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             arena,
             descs_off,
+            remote_off: layout::remote_off(seg.reserved()),
             max_units,
             empty: raw::Queues::new(&empty),
         };
@@ -446,6 +449,15 @@ impl Hot {
     #[inline(always)]
     pub(super) fn unit_off(&self, u: u32) -> u64 {
         self.arena + (u64::from(u) << UNIT_SHIFT)
+    }
+
+    /// Unit `u`'s remote state and delayed-stack link (`u < max_units`).
+    #[inline(always)]
+    pub(super) fn unit_remote(&self, u: u32) -> &remote::UnitRemote {
+        debug_assert!(u < self.max_units);
+        // SAFETY: the array (one 8-aligned `UnitRemote` per unit of the reservation) is in
+        // the metadata committed at creation, and `u < max_units`.
+        unsafe { self.base.at(self.remote_off + 8 * u64::from(u)) }
     }
 
     /// Unit `u`'s word in the unit table (`u < max_units`).

@@ -5,12 +5,22 @@
 //!   owner collects a bitmap word at a time, so a burst of remote frees costs it one
 //!   load and one `fetch_and` per 64 blocks.
 //! - The owner collects the slab it allocates from when its free list runs dry. A slab it
-//!   filled and put aside is flagged `FULL` in its `remote_state`; the first remote free
-//!   into a `FULL` slab flags it `QUEUED` and pushes the slab (not the block) onto the
-//!   owner's *delayed* stack, which the owner takes whole with one swap (no ABA).
-//! - A remote free pins the slab (a count in `remote_state`) from before it sets the bit
-//!   until it is done with the slab, so the owner never gives back a slab that a freer is
-//!   still updating.
+//!   filled and put aside is flagged `FULL` in its *unit state*; a remote free that then
+//!   finds `FULL` without `QUEUED` flags it `QUEUED` and pushes the slab (not the block)
+//!   onto the owner's *delayed* stack, which the owner takes whole with one swap (no ABA).
+//! - The unit state and the stack links are heap metadata, one [`UnitRemote`] per unit
+//!   (never user memory): after its `fetch_or` a freer touches nothing but them, so a
+//!   slab the owner empties and gives back at that moment is no hazard, and a free needs
+//!   no pin. Reading the state of a unit given back and reused is harmless: its state is
+//!   reset, and a new slab there that is `FULL` only gets queued once more than needed.
+//!
+//! No free into a full slab is missed. The freer's `fetch_or` and state load and the
+//! owner's `mark_full` and collecting load are all SeqCst, so one of them comes first in
+//! their single total order: if the freer's `fetch_or` does, the owner's collection
+//! after `mark_full` sees the bit; if `mark_full` does, the freer's load sees `FULL`. On
+//! x86 this costs nothing over Release/Acquire (the read-modify-writes are locked
+//! either way). loom models SeqCst accesses as AcqRel, so under loom SeqCst fences
+//! stand in (the same store-buffering pattern, fence-ordered).
 //!
 //! Because no remote free writes into the block, a block is never on two lists at once,
 //! whatever the interleaving. Frees of one block that are ordered (one happens before the
@@ -19,10 +29,27 @@
 //! most one takes effect on this allocation of the block; an owner's free and a remote free
 //! racing may both return `Ok`, and then the remote one frees the block's next
 //! allocation, if the owner makes one before collecting, or nothing. (One case stays
-//! open: such a racing free whose slab the owner empties and gives back in between may
-//! set a bit in the memory reused there.)
+//! open: a racing or stale free whose slab the owner empties and gives back between the
+//! free's checks and its `fetch_or` sets a bit in the memory reused there.)
 
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
+
+/// Under loom, the SeqCst fence that makes the store-buffering handshake hold (see the
+/// module docs); a no-op otherwise, where the accesses themselves are SeqCst.
+#[inline(always)]
+fn handshake_fence() {
+    #[cfg(loom)]
+    crate::loom::fence(Ordering::SeqCst);
+}
+
+/// A unit's remote-free state, in the heap's metadata (see the module docs).
+#[repr(C)]
+pub(crate) struct UnitRemote {
+    /// [`FULL`] and [`QUEUED`].
+    pub state: AtomicU32,
+    /// The next slab on its owner's delayed stack (unit + 1), while `QUEUED`.
+    pub next: AtomicU32,
+}
 
 /// A remote free's claim on a block: `alloc` and `remote` are the words of the slab's
 /// allocated and remote bitmaps holding the block's `bit`. Returns false for a double
@@ -39,9 +66,31 @@ pub(crate) fn claim(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
     if remote.load(Ordering::Acquire) & bit != 0 || alloc.load(Ordering::Relaxed) & bit == 0 {
         return false;
     }
-    // SYNC: Release pairs with the Acquire load in `collect`: the freer's writes to the
-    // block (and its `pin`) happen before the owner reuses it.
-    remote.fetch_or(bit, Ordering::Release) & bit == 0
+    // SYNC: SeqCst: its Release half pairs with the Acquire load in `collect` (the
+    // freer's writes to the block happen before the owner reuses it); SeqCst for the
+    // `FULL` handshake with `mark_full` (module docs).
+    let claimed = remote.fetch_or(bit, Ordering::SeqCst) & bit == 0;
+    handshake_fence();
+    claimed
+}
+
+/// After a successful [`claim`]: if the slab is `FULL` and nobody queued it yet, flags it
+/// `QUEUED` and returns true: the caller then pushes it onto its owner's delayed stack
+/// (a `QUEUED` slab stays until the owner takes it off the stack, so reading its owner
+/// and pushing it is safe).
+#[inline]
+pub(crate) fn queue_if_full(state: &AtomicU32) -> bool {
+    // SYNC: SeqCst, the freer's half of the `FULL` handshake (module docs).
+    let mut s = state.load(Ordering::SeqCst);
+    while s & (FULL | QUEUED) == FULL {
+        // SYNC: Acquire pairs with the owner's Release in `unqueue` and `mark_full`: the
+        // slab queued here is the one the owner last put aside.
+        match state.compare_exchange_weak(s, s | QUEUED, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => s = now,
+        }
+    }
+    false
 }
 
 /// The owner's own free of a block: clears its allocated bit unless the block is free
@@ -56,7 +105,7 @@ pub(crate) fn release_local(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> 
     if a & bit == 0 || remote.load(Ordering::Relaxed) & bit != 0 {
         return false;
     }
-    alloc.store(a & !bit, Ordering::Relaxed);
+    alloc.store(a ^ bit, Ordering::Relaxed);
     true
 }
 
@@ -65,69 +114,33 @@ pub(crate) fn release_local(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> 
 /// is not allocated (left by a racing double free) is dropped.
 #[inline]
 pub(crate) fn collect(alloc: &AtomicU64, remote: &AtomicU64) -> u64 {
-    // SYNC: Acquire pairs with the Release `fetch_or` in `claim`.
-    let pending = remote.load(Ordering::Acquire);
+    // SYNC: SeqCst: Acquire pairs with the Release half of `claim`'s `fetch_or`; SeqCst
+    // for the owner's half of the `FULL` handshake (module docs).
+    let pending = remote.load(Ordering::SeqCst);
     if pending == 0 {
         return 0;
     }
     let a = alloc.load(Ordering::Relaxed);
     alloc.store(a & !pending, Ordering::Relaxed);
-    // SYNC: Release pairs with the Acquire half of `claim`'s `fetch_or`: a later free that
-    // finds these bits clear sees the allocated bits cleared above and refuses.
+    // SYNC: Release pairs with the Acquire load in `claim`: a later free that finds these
+    // bits clear sees the allocated bits cleared above and refuses.
     remote.fetch_and(!pending, Ordering::Release);
     pending & a
 }
 
-/// In a slab's `remote_state`: the owner put the slab aside as full; remote frees must
-/// tell it.
+/// In a unit's state: the owner put the slab aside as full; remote frees must tell it.
 pub(crate) const FULL: u32 = 1;
-/// In a slab's `remote_state`: the slab is on its owner's delayed stack.
+/// In a unit's state: the slab is on its owner's delayed stack.
 pub(crate) const QUEUED: u32 = 2;
-/// In a slab's `remote_state`, counted from bit 8: remote frees between [`pin`] and
-/// [`unpin`]. The owner does not give a slab back while any is in flight.
-pub(crate) const IN_FLIGHT: u32 = 1 << 8;
-
-/// A remote free pins the slab before it claims the block: once the block's remote bit is
-/// set, the owner may collect it and find the slab empty, and the freer still has the
-/// slab's state to update.
-#[inline]
-pub(crate) fn pin(state: &AtomicU32) {
-    // Relaxed: the `fetch_or` in `claim` (Release) is sequenced after this, so the owner's
-    // Acquire load in `collect` that sees the block's bit also sees this count.
-    state.fetch_add(IN_FLIGHT, Ordering::Relaxed);
-}
-
-/// Ends a remote free: unpins the slab and, if the free was accepted (`claimed`) into a
-/// slab flagged `FULL` that nobody queued yet, flags it `QUEUED` in the same CAS. Returns
-/// whether the caller must push the slab onto its owner's delayed stack (a `QUEUED` slab
-/// stays until the owner takes it off the stack, so the push touches a live slab).
-///
-/// No free into a full slab is missed: this CAS and the owner's `mark_full`/`unqueue`
-/// are read-modify-writes of one word, so one comes first. If the owner's does, this one
-/// sees `FULL` (and queues the slab) or `QUEUED` (and the owner's later `unqueue` is what
-/// collects). If this one does, the owner's RMW reads a value after this Release, so its
-/// `collect` sees the block's bit.
-#[inline]
-pub(crate) fn unpin(state: &AtomicU32, claimed: bool) -> bool {
-    let mut s = state.load(Ordering::Relaxed);
-    loop {
-        let queue = claimed && s & (FULL | QUEUED) == FULL;
-        let new = s.wrapping_sub(IN_FLIGHT) | if queue { QUEUED } else { 0 };
-        // SYNC: Release pairs with the Acquire RMWs in `mark_full`/`unqueue` and the
-        // Acquire load in `may_retire`: the claim above happens before them.
-        match state.compare_exchange_weak(s, new, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return queue,
-            Err(now) => s = now,
-        }
-    }
-}
 
 /// The owner flags a slab `FULL`. The caller then collects the whole remote bitmap, and
 /// un-flags the slab if that gave it room.
 #[inline]
 pub(crate) fn mark_full(state: &AtomicU32) {
-    // SYNC: AcqRel; Acquire pairs with the Release CAS in `unpin` (see there).
-    state.fetch_or(FULL, Ordering::AcqRel);
+    // SYNC: SeqCst, the owner's half of the `FULL` handshake (module docs); its Release
+    // half pairs with the Acquire CAS in `queue_if_full`.
+    state.fetch_or(FULL, Ordering::SeqCst);
+    handshake_fence();
 }
 
 /// The owner takes the slab back onto its class list.
@@ -140,27 +153,27 @@ pub(crate) fn clear_full(state: &AtomicU32) {
 /// caller then collects its whole bitmap.
 #[inline]
 pub(crate) fn unqueue(state: &AtomicU32) {
-    // SYNC: AcqRel; Acquire pairs with the Release CAS in `unpin` (see there).
-    state.fetch_and(!QUEUED, Ordering::AcqRel);
+    // SYNC: Release pairs with the Acquire CAS in `queue_if_full`.
+    state.fetch_and(!QUEUED, Ordering::Release);
 }
 
-/// Whether the owner may give an empty slab back: no remote free in flight, not queued.
+/// Whether the owner may give an empty slab back: it is not on a delayed stack.
 #[inline]
 pub(crate) fn may_retire(state: &AtomicU32) -> bool {
-    // SYNC: Acquire pairs with the Release CAS in `unpin`: a free that unpinned is done
-    // with the slab.
-    state.load(Ordering::Acquire) & !FULL == 0
+    // Relaxed: `QUEUED` is set only by a CAS that read `FULL`, and the owner that reads
+    // it clear here is the only one that sets `FULL`.
+    state.load(Ordering::Relaxed) & QUEUED == 0
 }
 
 /// Pushes a slab, named by `unit + 1` and whose stack link is `link`, onto an owner's
-/// delayed stack `head`. Only the freer that [`unpin`] told to does this.
+/// delayed stack `head`. Only the freer that [`queue_if_full`] told to does this.
 #[inline]
 pub(crate) fn push_slab(head: &AtomicU64, link: &AtomicU32, unit1: u32) {
     let mut cur = head.load(Ordering::Relaxed);
     loop {
         link.store(cur as u32, Ordering::Relaxed);
-        // SYNC: Release pairs with the Acquire in `take_slabs`: the link written above is
-        // visible to the owner that takes the stack.
+        // SYNC: Release pairs with the Acquire in `take_slabs`: the link written above,
+        // and the claim before it, are visible to the owner that takes the stack.
         match head.compare_exchange_weak(cur, u64::from(unit1), Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => cur = now,

@@ -8,11 +8,12 @@
 //! | `free`, `bump`, `used`, links | plain (Relaxed) stores | never                   |
 //! | `allocated` bits | plain load + store          | load only                       |
 //! | `remote` bits    | `fetch_and` when collecting | `fetch_or` when freeing         |
-//! | `remote_state`   | sets and clears `FULL`, clears `QUEUED` | pins and unpins; sets `QUEUED` (slab is `FULL`) |
+//! | unit state       | sets and clears `FULL`, clears `QUEUED` | sets `QUEUED` (slab is `FULL`) |
 //! | desc `delayed`   | `swap` (take all)           | CAS push of a `QUEUED` slab     |
 //!
-//! The owner needs no read-modify-write on its fast path; a remote free costs a pin, one
-//! `fetch_or` and an unpin (and, into a full slab, one push per collection).
+//! The owner needs no read-modify-write on its fast path; a remote free costs one
+//! `fetch_or` and a load of the unit state (and, into a full slab, a CAS and a push per
+//! collection).
 //!
 //! # Safety
 //! Views are taken at slab offsets from the owner's lists or from `locate`, which checked
@@ -285,22 +286,21 @@ impl Inner {
         block: u64,
     ) -> Result<(), FreeError> {
         let (alloc, remote_bits, bit) = self.block_bits(slab_off, class, idx);
-        let slab = self.slab(slab_off);
-        remote::pin(&slab.remote_state);
-        let claimed = remote::claim(alloc, remote_bits, bit);
-        if remote::unpin(&slab.remote_state, claimed) {
-            let owner = slab.owner.load(Ordering::Relaxed);
+        if !remote::claim(alloc, remote_bits, bit) {
+            return Err(FreeError::DoubleFree(block));
+        }
+        // From here on the owner may collect the block and give the slab back: only the
+        // unit's metadata is touched, and the slab's header only once it is `QUEUED`.
+        let unit = self.unit_of(slab_off);
+        let ur = self.unit_remote(unit);
+        if remote::queue_if_full(&ur.state) {
+            let owner = self.slab(slab_off).owner.load(Ordering::Relaxed);
             if owner >= super::layout::MAX_DESCS {
-                return Ok(()); // a damaged header: the block stays claimed, not lost to a wild write
+                return Ok(()); // a damaged header: the slab stays queued, not lost to a wild write
             }
-            let unit1 = self.unit_of(slab_off) + 1;
-            remote::push_slab(&self.desc(owner).delayed, &slab.delayed_next, unit1);
+            remote::push_slab(&self.desc(owner).delayed, &ur.next, unit + 1);
         }
-        if claimed {
-            Ok(())
-        } else {
-            Err(FreeError::DoubleFree(block))
-        }
+        Ok(())
     }
 
     /// A slab that remote frees emptied goes back to the pages, as one emptied by its
@@ -349,14 +349,14 @@ impl Inner {
             let Some(class) = self.owned_slab(d, unit) else { break };
             let slab_off = self.unit_off(unit);
             let slab = self.slab(slab_off);
-            if slab.remote_state.load(Ordering::Relaxed) & QUEUED == 0 {
+            let ur = self.unit_remote(unit);
+            if ur.state.load(Ordering::Relaxed) & QUEUED == 0 {
                 break;
             }
-            next = slab.delayed_next.load(Ordering::Relaxed);
-            remote::unqueue(&slab.remote_state);
+            next = ur.next.load(Ordering::Relaxed);
+            remote::unqueue(&ur.state);
             self.collect(slab_off, class);
-            if slab.remote_state.load(Ordering::Relaxed) & FULL != 0 && slab.free.load(Ordering::Relaxed) != 0
-            {
+            if ur.state.load(Ordering::Relaxed) & FULL != 0 && slab.free.load(Ordering::Relaxed) != 0 {
                 self.unfull(d, slab_off, class);
             }
             self.retire_if_empty(d, slab_off, class);
@@ -432,10 +432,11 @@ impl Inner {
                 return Ok(off);
             }
             // Exhausted: from now on remote frees queue the slab on the delayed stack.
-            // Those that came before the flag are collected now (see `remote::unpin`).
-            remote::mark_full(&slab.remote_state);
+            // Those that came before the flag are collected now (see `remote.rs`).
+            let state = &self.unit_remote(head - 1).state;
+            remote::mark_full(state);
             if self.collect(slab_off, class) > 0 {
-                remote::clear_full(&slab.remote_state);
+                remote::clear_full(state);
                 continue;
             }
             self.classes(q, || self.unlink(&q.head, slab_off));
@@ -452,7 +453,7 @@ impl Inner {
     fn unfull(&self, d: u32, slab_off: u64, class: usize) {
         let q = self.queue(d, class);
         let slab = self.slab(slab_off);
-        remote::clear_full(&slab.remote_state);
+        remote::clear_full(&self.unit_remote(self.unit_of(slab_off)).state);
         slab.used.store(slab.used.load(Ordering::Relaxed) & !USED_FULL, Ordering::Relaxed);
         self.unlink(&q.full, slab_off);
         self.classes(q, || self.link_back(q, slab_off));
@@ -484,9 +485,11 @@ impl Inner {
         let slab = self.slab(slab_off);
         // A queued slab stays until the owner takes it off its delayed stack, and a pinned
         // one until its remote frees are done with it; the owner meets it again later.
-        if q.head.load(Ordering::Relaxed) == unit + 1 || !remote::may_retire(&slab.remote_state) {
+        let state = &self.unit_remote(unit).state;
+        if q.head.load(Ordering::Relaxed) == unit + 1 || !remote::may_retire(state) {
             return;
         }
+        state.store(0, Ordering::Relaxed); // neither FULL (unfull cleared it) nor QUEUED
         self.classes(q, || self.unlink(&q.head, slab_off));
         tls::forget_slab(slab_off);
         slab.class.store(0, Ordering::Relaxed);
@@ -558,8 +561,9 @@ impl Inner {
             f.store(0, Ordering::Relaxed);
         }
         slab.owner.store(d, Ordering::Relaxed);
-        slab.remote_state.store(0, Ordering::Relaxed);
-        slab.delayed_next.store(0, Ordering::Relaxed);
+        let ur = self.unit_remote(unit);
+        ur.state.store(0, Ordering::Relaxed);
+        ur.next.store(0, Ordering::Relaxed);
         for w in 0..g.words {
             self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
             self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);
