@@ -394,10 +394,11 @@ impl Inner {
     ///
     /// A slab whose remote frees come back a few at a time (another thread frees what
     /// this one allocates, at the same pace) would send every few allocations here, to
-    /// scan its bitmaps again. So a collection that brings back fewer than a batch moves
-    /// the slab behind the others of its class, or, if it is the only one, puts a new
-    /// slab in front of it, so that it gathers frees for a whole turn; each call moves at
-    /// most one slab aside, so the memory this costs is one slab per class.
+    /// scan its bitmaps again. So a collection that brings back fewer than a quarter of
+    /// the slab's blocks moves the slab behind the others of its class, or, if it is the
+    /// only one, puts a new slab in front of it, so that it gathers frees for a whole
+    /// turn; each call moves at most one slab aside, so the memory this costs is one slab
+    /// per class.
     #[cold]
     pub(super) fn alloc_slow(&self, d: u32, class: usize) -> Result<u64, AllocError> {
         self.drain_delayed(d);
@@ -416,7 +417,7 @@ impl Inner {
             }
             if slab.free.load(Ordering::Relaxed) == 0 {
                 let got = self.collect(slab_off, class);
-                if got > 0 && got < g.capacity / 16 && !moved_aside {
+                if got > 0 && got < g.capacity / 4 && !moved_aside {
                     moved_aside = true;
                     if slab.next.load(Ordering::Relaxed) != 0 {
                         self.classes(q, || {

@@ -236,7 +236,8 @@ fn a_slab_given_back_under_a_freer_is_not_queued_wrongly() {
                 }
             }
             freer.join().unwrap();
-            let (state, queued) = (slab.state.load(Ordering::Relaxed), slab.delayed.load(Ordering::Relaxed) != 0);
+            let (state, queued) =
+                (slab.state.load(Ordering::Relaxed), slab.delayed.load(Ordering::Relaxed) != 0);
             assert_eq!(queued, state & remote::QUEUED != 0, "queued iff flagged QUEUED");
             if retired && !reused_as_full_slab {
                 assert_eq!(state, 0, "a unit that holds no slab was queued");
