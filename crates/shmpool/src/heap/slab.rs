@@ -484,8 +484,8 @@ impl Inner {
         let q = self.queue(d, class);
         let unit = self.unit_of(slab_off);
         let slab = self.slab(slab_off);
-        // A queued slab stays until the owner takes it off its delayed stack, and a pinned
-        // one until its remote frees are done with it; the owner meets it again later.
+        // A queued slab stays until the owner takes it off its delayed stack (its unit's
+        // link is in use); the owner meets it again there.
         let state = &self.unit_remote(unit).state;
         if q.head.load(Ordering::Relaxed) == unit + 1 || !remote::may_retire(state) {
             return;
