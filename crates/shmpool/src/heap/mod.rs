@@ -55,7 +55,7 @@ mod check;
 pub mod class;
 mod error;
 mod layout;
-mod lock;
+pub(crate) mod lock;
 mod procs;
 mod raw;
 pub(crate) mod remote;

@@ -17,7 +17,7 @@ use crate::loom::{AtomicU64, Ordering};
 pub(crate) struct Committed(AtomicU64);
 
 impl Committed {
-    #[cfg(loom)]
+    #[cfg(all(loom, test))]
     pub(crate) fn new(len: u64) -> Self {
         Self(AtomicU64::new(len))
     }

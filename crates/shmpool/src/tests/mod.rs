@@ -2,4 +2,6 @@
 #[cfg(loom)]
 mod loom_committed;
 #[cfg(loom)]
+mod loom_pages;
+#[cfg(loom)]
 mod loom_remote;
