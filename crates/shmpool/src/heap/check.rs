@@ -153,8 +153,7 @@ fn fail<T>(what: String) -> Result<T, Broken> {
 }
 
 impl Inner {
-    /// The runs tagged `want` in the unit table: `(head, units)`.
-    /// The runs whose tag `want` accepts: `(head unit, length, tag)`.
+    /// The runs in the unit table whose tag `want` accepts: `(head unit, length, tag)`.
     fn runs(&self, want: impl Fn(u8) -> bool) -> Vec<(u32, u64, u8)> {
         let buddy = self.buddy();
         let mut out = Vec::new();

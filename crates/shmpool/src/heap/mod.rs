@@ -355,7 +355,8 @@ impl Heap {
     }
 
     /// Resizes the block at `off` to `size` bytes, moving it if needed; returns the new
-    /// offset. The old block is freed only once the new one holds its bytes.
+    /// offset. The old block is freed only once the new one holds its bytes. A moved
+    /// block is 16-aligned, whatever alignment [`Heap::alloc_aligned`] gave the old one.
     pub fn realloc(&self, off: u64, size: u64) -> Result<u64, ReallocError> {
         let old = self.usable_size(off).map_err(ReallocError::Free)?;
         if size <= old && (size > MAX_CLASS_SIZE || size >= old / 2) {

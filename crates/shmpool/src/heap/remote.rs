@@ -14,13 +14,15 @@
 //!   no pin. Reading the state of a unit given back and reused is harmless: its state is
 //!   reset, and a new slab there that is `FULL` only gets queued once more than needed.
 //!
-//! No free into a full slab is missed. The freer's `fetch_or` and state load and the
-//! owner's `mark_full` and collecting load are all SeqCst, so one of them comes first in
-//! their single total order: if the freer's `fetch_or` does, the owner's collection
-//! after `mark_full` sees the bit; if `mark_full` does, the freer's load sees `FULL`. On
-//! x86 this costs nothing over Release/Acquire (the read-modify-writes are locked
-//! either way). loom models SeqCst accesses as AcqRel, so under loom SeqCst fences
-//! stand in (the same store-buffering pattern, fence-ordered).
+//! No free into a full slab is missed. The freer's `fetch_or` and state load, and the
+//! owner's two writes of the state that let freers queue the slab (`mark_full`, and
+//! `unqueue` when it takes the slab off the stack) followed by its collecting loads, are
+//! all SeqCst, so they come in one total order: if the freer's `fetch_or` comes before
+//! the owner's write, the collection after that write sees the bit; if after, the
+//! freer's load sees `FULL` without `QUEUED` and queues the slab. On x86 this costs
+//! nothing over Release/Acquire (the read-modify-writes are locked either way). loom
+//! models SeqCst accesses as AcqRel, so under loom SeqCst fences stand in (the same
+//! store-buffering pattern, fence-ordered).
 //!
 //! Because no remote free writes into the block, a block is never on two lists at once,
 //! whatever the interleaving. Frees of one block that are ordered (one happens before the
@@ -153,8 +155,12 @@ pub(crate) fn clear_full(state: &AtomicU32) {
 /// caller then collects its whole bitmap.
 #[inline]
 pub(crate) fn unqueue(state: &AtomicU32) {
-    // SYNC: Release pairs with the Acquire CAS in `queue_if_full`.
-    state.fetch_and(!QUEUED, Ordering::Release);
+    // SYNC: SeqCst, the owner's half of the handshake again (module docs): a freer whose
+    // state load still saw `QUEUED`, and so did not queue, comes before this in the
+    // total order, and the collection after it sees the freer's bit. Its Release half
+    // pairs with the Acquire CAS in `queue_if_full`.
+    state.fetch_and(!QUEUED, Ordering::SeqCst);
+    handshake_fence();
 }
 
 /// Whether the owner may give an empty slab back: it is not on a delayed stack.

@@ -444,7 +444,11 @@ impl Inner {
             self.link_front(&q.full, slab_off);
             slab.used.store(slab.used.load(Ordering::Relaxed) | USED_FULL, Ordering::Relaxed);
         }
-        let slab_off = self.new_slab(d, class)?;
+        let slab_off = match self.new_slab(d, class) {
+            Ok(slab_off) => slab_off,
+            // No room for a new slab: the blocks a slab moved aside got back serve.
+            Err(e) => return self.pop(q, class).ok_or(e),
+        };
         self.classes(q, || self.link_front(&q.head, slab_off));
         self.extend(slab_off, class);
         Ok(self.pop(q, class).expect("a fresh slab has room"))

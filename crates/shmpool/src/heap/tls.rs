@@ -24,9 +24,10 @@ static TRACKING: Once = Once::new();
 extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Ordering::Relaxed);
     PID.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
-    START.store(0, Ordering::Relaxed); // the child's own, read lazily (no I/O in here)
-                                       // The forking thread is the child's only thread: forget its parent's descriptor here,
-                                       // so the fast path need not compare generations.
+    // The child's own start time is read lazily: no I/O in here.
+    START.store(0, Ordering::Relaxed);
+    // The forking thread is the child's only thread: forget its parent's descriptor (and
+    // cached slab) here, so the fast path need not compare generations.
     LAST.with(|c| c.set(Last::EMPTY));
 }
 

@@ -58,9 +58,9 @@ impl Inner {
         ))
     }
 
-    /// A block above the largest size class: a run of its own.
+    /// A run of whole units for `size` bytes: a block above the largest size class, or
+    /// one aligned to more than 4 KiB.
     #[cold]
-    /// A run of whole units for `size` bytes (a large block, or an aligned one).
     pub(super) fn alloc_large(&self, size: u64) -> Result<u64, AllocError> {
         let units = u32::try_from(size.div_ceil(UNIT)).map_err(|_| AllocError::TooLarge(size))?;
         if units > self.max_units {

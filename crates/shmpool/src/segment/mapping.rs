@@ -112,20 +112,16 @@ impl Mapping {
         Self::own(at, len, ptr)
     }
 
-    /// Takes ownership of the mapping at `at` that `mapped` made there, or gives the
-    /// reservation back if it failed.
+    /// Takes ownership of the mapping at `at` that `mapped` made there.
+    ///
+    /// If the `MAP_FIXED` mapping failed, the reservation is left as it is, address space
+    /// without memory: kernels before 6.12 may remove the old mapping before the file's
+    /// own checks fail (a hugetlbfs file without enough huge pages), and another thread
+    /// may map into the hole at once, so unmapping the range could remove its mapping.
     fn own(at: *mut c_void, len: usize, mapped: Result<*mut c_void, Errno>) -> Result<Self, Errno> {
-        match mapped {
-            Ok(ptr) => {
-                debug_assert_eq!(ptr, at);
-                Ok(Self { base: NonNull::new(ptr.cast()).ok_or(Errno::NOMEM)?, len })
-            }
-            Err(e) => {
-                // SAFETY: the reservation is ours and nothing refers to it yet.
-                let _ = unsafe { rustix::mm::munmap(at, len) };
-                Err(e)
-            }
-        }
+        let ptr = mapped?;
+        debug_assert_eq!(ptr, at);
+        Ok(Self { base: NonNull::new(ptr.cast()).ok_or(Errno::NOMEM)?, len })
     }
 
     pub(crate) fn base(&self) -> NonNull<u8> {

@@ -245,3 +245,43 @@ fn a_slab_given_back_under_a_freer_is_not_queued_wrongly() {
         });
     }
 }
+
+/// The owner drains its delayed stack while another free goes into the same full slab:
+/// the slab was queued with nothing to collect (a free of the unit's previous slab, or
+/// one that queued it just after the owner collected), and the freer's state load may
+/// still see it queued. Then the owner's collection after `unqueue` sees the free, or
+/// the freer queues the slab again: the free is never stranded in a full slab nobody
+/// will look at. If the collection gave the slab room, the owner takes it off the full
+/// list and, empty, gives it back as `drain_delayed` does.
+#[test]
+fn a_free_racing_the_drain_is_not_stranded() {
+    model(|| {
+        let slab = Arc::new(Slab::new());
+        slab.alloc_bits.store(1 << 1, Ordering::Relaxed); // only block 1 is allocated
+        remote::mark_full(&slab.state);
+        assert!(remote::queue_if_full(&slab.state));
+        remote::push_slab(&slab.delayed, &slab.delayed_next, 1);
+        let freer = {
+            let s = slab.clone();
+            thread::spawn(move || assert!(s.free(1)))
+        };
+        let mut got = [0; BLOCKS];
+        slab.drain(&mut got);
+        let mut retired = false;
+        if got[1] == 1 {
+            remote::clear_full(&slab.state); // `unfull`
+            if remote::may_retire(&slab.state) {
+                slab.state.store(0, Ordering::Relaxed); // `slab_emptied`
+                retired = true;
+            }
+        }
+        freer.join().unwrap();
+        let state = slab.state.load(Ordering::Relaxed);
+        if got[1] == 0 {
+            assert_eq!(state & (FULL | remote::QUEUED), FULL | remote::QUEUED, "the free is stranded");
+            slab.drain(&mut got);
+        }
+        assert_eq!(got, [0, 1, 0], "the free was collected once");
+        assert!(!retired || state == 0, "a given-back slab was queued again");
+    });
+}

@@ -37,6 +37,10 @@ pub fn tests() -> Vec<Trial> {
             a_trickle_of_remote_frees_is_gathered_in_batches,
         ),
         trial(
+            "heap::a_trickle_of_remote_frees_serves_when_memory_is_out",
+            a_trickle_of_remote_frees_serves_when_memory_is_out,
+        ),
+        trial(
             "heap::slabs_emptied_by_remote_frees_return_to_the_pages",
             slabs_emptied_by_remote_frees_return_to_the_pages,
         ),
@@ -467,6 +471,25 @@ fn a_trickle_of_remote_frees_is_gathered_in_batches() {
     }
     let report = heap.check().unwrap();
     assert_eq!((report.slabs, report.slab_blocks), (2, 2 * cap as u64));
+}
+
+/// Regression: with every unit in use, a block freed back by another thread is
+/// allocated again, not refused for want of room for a new slab.
+fn a_trickle_of_remote_frees_serves_when_memory_is_out() {
+    use shmpool::heap::class::{class_of, GEOMETRY};
+    let heap = heap(8 << 20);
+    let cap = GEOMETRY[class_of(64)].capacity as usize;
+    let blocks: Vec<u64> = (0..cap).map(|_| heap.alloc(64).unwrap()).collect();
+    let mut units = Vec::new();
+    while let Ok(off) = heap.alloc_aligned(1, 64 << 10) {
+        units.push(off);
+    }
+    assert!(!units.is_empty());
+    let (other, freed) = (heap.clone(), blocks[0]);
+    std::thread::spawn(move || other.free(freed).unwrap()).join().unwrap();
+    assert_eq!(heap.alloc(64), Ok(freed), "the block freed back serves");
+    assert!(matches!(heap.alloc(64), Err(AllocError::OutOfMemory(_))));
+    heap.check().unwrap();
 }
 
 /// Regression: slabs emptied only by other threads' frees used to stay with their owner
