@@ -20,8 +20,9 @@
 //! - a run of `n` units at `h` is marked `RUN(n)` at `h` and `TAIL(h)` at `h+1..h+n`;
 //! - free blocks and runs tile `0..len` without overlap.
 //!
-//! The free lists are derived state: [`Buddy::rebuild_lists`] recomputes them from the
-//! unit table, which is what recovery does after a crash in the middle of an update.
+//! The run heads in the unit table are the ground truth; free-block markers and the free
+//! lists are derived. [`Buddy::repair`] recomputes them after a crash in the middle of an
+//! update (tested at every store of every kind of update).
 //! Callers serialise mutations (the heap holds its page lock); lookups that validate a
 //! block (`run_of`) need no lock.
 
@@ -257,6 +258,45 @@ impl<S: UnitStore> Buddy<S> {
             let (nn, _) = self.store.link(next);
             self.store.set_link(next, nn, prev);
         }
+    }
+
+    /// Restores every invariant after an update that stopped part way (its process was
+    /// killed holding the lock), keeping exactly the runs whose heads the table marks.
+    ///
+    /// A run's head word is written in one store, first when a run is made and first
+    /// again (to `Unknown`) when one is freed, so the heads are the ground truth: a run
+    /// being made whose head was written is kept (its tails are completed), one being
+    /// freed whose head was cleared is freed. Everything else, free-block markers and
+    /// lists included, is derived: the units outside the runs are freed again from
+    /// scratch, into maximal buddy blocks. Returns the runs kept.
+    pub fn repair(&mut self) -> u32 {
+        let n = self.units();
+        let mut runs = Vec::new();
+        let mut u = 0;
+        while u < n {
+            match self.state(u) {
+                UnitState::Run { len, tag } if len > 0 && len <= n - u => {
+                    runs.push((u, len, tag));
+                    u += len;
+                }
+                _ => u += 1,
+            }
+        }
+        for k in 0..MAX_ORDER {
+            self.store.set_head(k, NIL);
+        }
+        let mut free_from = 0;
+        for &(head, len, tag) in runs.iter().chain([(n, 0, 0)].iter()) {
+            for f in free_from..head {
+                self.store.set_entry(f, UnitState::Unknown.encode());
+            }
+            self.free_range(free_from, head - free_from);
+            if len > 0 {
+                self.mark_run(head, len, tag);
+            }
+            free_from = head + len;
+        }
+        runs.len() as u32
     }
 
     /// Recomputes every free list from the unit table (after a crash mid-update).

@@ -6,7 +6,7 @@ use crate::support::trial;
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use shmpool::pages::{Buddy, PagesError, UnitState, VecStore, NIL};
+use shmpool::pages::{Buddy, PagesError, UnitState, UnitStore, VecStore, NIL};
 use std::collections::BTreeMap;
 
 pub fn tests() -> Vec<Trial> {
@@ -15,6 +15,7 @@ pub fn tests() -> Vec<Trial> {
         trial("pages::runs_waste_no_units", runs_waste_no_units),
         trial("pages::rebuild_restores_scrambled_lists", rebuild_restores_scrambled_lists),
         trial("pages::check_catches_damage", check_catches_damage),
+        trial("pages::repair_after_a_crash_at_every_store", repair_after_a_crash_at_every_store),
     ]
 }
 
@@ -142,4 +143,124 @@ fn check_catches_damage() {
     let mut s = b.store().clone();
     s.poke(h, UnitState::Run { len: 100, tag: 3 }.encode());
     assert!(Buddy::new(s).check().is_err());
+}
+
+/// A store that dies (panics) at its `die_at`-th write, as a process killed in the middle
+/// of an update under the page lock would leave the shared table and lists.
+#[derive(Clone)]
+struct DyingStore {
+    inner: VecStore,
+    writes: u32,
+    die_at: u32,
+}
+
+impl DyingStore {
+    fn wrote(&mut self) {
+        self.writes += 1;
+        if self.writes == self.die_at {
+            std::panic::panic_any(Died);
+        }
+    }
+}
+
+struct Died;
+
+impl UnitStore for DyingStore {
+    fn managed(&self) -> u32 {
+        self.inner.managed()
+    }
+    fn set_managed(&mut self, units: u32) {
+        self.wrote();
+        self.inner.set_managed(units);
+    }
+    fn entry(&self, u: u32) -> u64 {
+        self.inner.entry(u)
+    }
+    fn set_entry(&mut self, u: u32, word: u64) {
+        self.wrote();
+        self.inner.set_entry(u, word);
+    }
+    fn head(&self, order: usize) -> u32 {
+        self.inner.head(order)
+    }
+    fn set_head(&mut self, order: usize, u: u32) {
+        self.wrote();
+        self.inner.set_head(order, u);
+    }
+    fn link(&self, u: u32) -> (u32, u32) {
+        self.inner.link(u)
+    }
+    fn set_link(&mut self, u: u32, next: u32, prev: u32) {
+        self.wrote();
+        self.inner.set_link(u, next, prev);
+    }
+}
+
+/// The runs a table marks: head -> (len, tag).
+fn runs_of(b: &Buddy<VecStore>) -> BTreeMap<u32, (u32, u8)> {
+    let mut runs = BTreeMap::new();
+    let mut u = 0;
+    while u < b.units() {
+        match b.state(u) {
+            UnitState::Run { len, tag } => {
+                runs.insert(u, (len, tag));
+                u += len;
+            }
+            _ => u += 1,
+        }
+    }
+    runs
+}
+
+/// Every kind of update (a split, a run with a tail given back, a free that merges, a
+/// growth), stopped at each of its stores in turn: `repair` restores every invariant,
+/// keeps every other run as it was, and either completes the update or undoes it; no
+/// unit is lost.
+fn repair_after_a_crash_at_every_store() {
+    // A fragmented arena: runs of several sizes, every other one freed.
+    let mut base = Buddy::new(VecStore::new(256));
+    base.extend(200);
+    let heads: Vec<u32> = (0..24).map(|i| base.alloc(i % 5 + 1, 7).unwrap()).collect();
+    for h in heads.iter().step_by(2) {
+        base.free(*h).unwrap();
+    }
+    base.check().unwrap();
+    let before = runs_of(&base);
+    let victim = heads[1];
+    type Update = fn(&mut Buddy<DyingStore>, u32);
+    let updates: [(&str, Update); 5] = [
+        ("alloc 1", |b, _| drop(b.alloc(1, 9).unwrap())),
+        ("alloc 5", |b, _| drop(b.alloc(5, 9).unwrap())),
+        ("alloc 16", |b, _| drop(b.alloc(16, 9).unwrap())),
+        ("free", |b, victim| drop(b.free(victim).unwrap())),
+        ("extend", |b, _| b.extend(256)),
+    ];
+    for (name, update) in updates {
+        let mut die_at = 1;
+        loop {
+            let store = DyingStore { inner: base.store().clone(), writes: 0, die_at };
+            let mut b = Buddy::new(store);
+            let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| update(&mut b, victim)))
+                .map_err(|e| assert!(e.is::<Died>(), "{name}: a real panic"))
+                .is_err();
+            let mut b = Buddy::new(b.store().inner.clone());
+            b.repair();
+            b.check().unwrap_or_else(|e| panic!("{name}, died at store {die_at}: {e}"));
+            let after = runs_of(&b);
+            for (h, run) in &before {
+                if *h != victim || name != "free" {
+                    assert_eq!(after.get(h), Some(run), "{name}, store {die_at}: run {h} changed");
+                }
+            }
+            let new_runs = after.keys().filter(|h| !before.contains_key(h)).count();
+            assert!(new_runs <= 1, "{name}, store {die_at}: {new_runs} runs appeared");
+            let held: u64 = after.values().map(|&(len, _)| u64::from(len)).sum();
+            assert_eq!(held + b.free_units(), u64::from(b.units()), "{name}, store {die_at}: units lost");
+            if !died {
+                break; // the update ran to its end
+            }
+            die_at += 1;
+        }
+        assert!(die_at > 2, "{name} stored too little to test");
+    }
 }
