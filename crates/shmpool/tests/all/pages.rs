@@ -229,10 +229,18 @@ fn repair_after_a_crash_at_every_store() {
     let victim = heads[1];
     type Update = fn(&mut Buddy<DyingStore>, u32);
     let updates: [(&str, Update); 5] = [
-        ("alloc 1", |b, _| drop(b.alloc(1, 9).unwrap())),
-        ("alloc 5", |b, _| drop(b.alloc(5, 9).unwrap())),
-        ("alloc 16", |b, _| drop(b.alloc(16, 9).unwrap())),
-        ("free", |b, victim| drop(b.free(victim).unwrap())),
+        ("alloc 1", |b, _| {
+            b.alloc(1, 9).unwrap();
+        }),
+        ("alloc 5", |b, _| {
+            b.alloc(5, 9).unwrap();
+        }),
+        ("alloc 16", |b, _| {
+            b.alloc(16, 9).unwrap();
+        }),
+        ("free", |b, victim| {
+            b.free(victim).unwrap();
+        }),
         ("extend", |b, _| b.extend(256)),
     ];
     for (name, update) in updates {
