@@ -50,6 +50,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod crash;
 pub mod heap;
 pub(crate) mod loom;
 pub mod offset;

@@ -1,10 +1,14 @@
 //! The page lock: a futex mutex in shared memory, held only around page-run allocator
-//! updates (never on the allocation fast path).
+//! updates (never on the allocation fast path). It is robust: a process killed while
+//! holding it does not wedge the others.
 //!
-//! Word states: `0` free; otherwise the holder's pid, with bit 31 set when a waiter may
-//! be sleeping (after Drepper, "Futexes Are Tricky", mutex 2). The futex is shared (not
-//! `FUTEX_PRIVATE`), so waiters in other processes are woken. Recording the holder's pid
-//! is what lets a survivor tell a dead holder from a slow one.
+//! Word states: `0` free; otherwise the holder's tag (which names its registration in
+//! the process registry), with bit 31 set when a waiter may be sleeping (after Drepper,
+//! "Futexes Are Tricky", mutex 2). The futex is shared (not `FUTEX_PRIVATE`), so waiters
+//! in other processes are woken. A waiter sleeps at most [`POLL`] at a time and then
+//! asks whether the holder named in the word is dead; if it is, it takes the word over
+//! from it with a CAS (only one waiter can), and its guard says so: the caller repairs
+//! what the dead holder may have left half updated before it touches it.
 //!
 //! Modelled in `tests/loom_pages.rs` (mutual exclusion, no lost wake-up, and the
 //! page-run free lists it protects), with the futex replaced by a faithful model.
@@ -16,11 +20,16 @@
 
 use super::raw::Shared;
 use crate::loom::{AtomicU32, Ordering};
+use std::time::Duration;
 
 const WAITERS: u32 = 1 << 31;
 
 /// Tries before sleeping (one under loom, where each is another branch to explore).
 const SPINS: usize = if cfg!(loom) { 1 } else { 100 };
+
+/// A waiter looks at the holder's liveness this often while the lock stays taken: a
+/// dead holder delays the others by about this much.
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// The lock word.
 #[repr(C)]
@@ -35,27 +44,33 @@ pub(crate) struct LockWord {
 unsafe impl Shared for LockWord {}
 
 /// Held lock; unlocks on drop.
-pub(crate) struct Guard<'a>(&'a LockWord);
+pub(crate) struct Guard<'a> {
+    lock: &'a LockWord,
+    /// The lock was taken over from a holder that died holding it: what it protects may
+    /// be half updated.
+    pub(crate) took_over: bool,
+}
 
 impl LockWord {
-    /// Takes the lock for process `pid` (non-zero, below 2^31).
-    pub(crate) fn lock(&self, pid: u32) -> Guard<'_> {
-        debug_assert!(pid != 0 && pid & WAITERS == 0);
+    /// Takes the lock as `holder` (a non-zero tag below 2^31). `dead(tag)` says whether the
+    /// holder a tag names is gone for good; it is asked only while waiting.
+    pub(crate) fn lock(&self, holder: u32, dead: impl Fn(u32) -> bool) -> Guard<'_> {
+        debug_assert!(holder != 0 && holder & WAITERS == 0);
         // SYNC: Acquire pairs with the Release in `Guard::drop`: the previous holder's
         // updates are visible to the new one.
-        if self.word.compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            self.lock_slow(pid);
+        if self.word.compare_exchange(0, holder, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Guard { lock: self, took_over: false };
         }
-        Guard(self)
+        self.lock_slow(holder, dead)
     }
 
     #[cold]
-    fn lock_slow(&self, pid: u32) {
+    fn lock_slow(&self, holder: u32, dead: impl Fn(u32) -> bool) -> Guard<'_> {
         for _ in 0..SPINS {
             core::hint::spin_loop();
             // SYNC: Acquire, as in `lock`.
-            if self.word.compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                return;
+            if self.word.compare_exchange(0, holder, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return Guard { lock: self, took_over: false };
             }
         }
         loop {
@@ -63,13 +78,14 @@ impl LockWord {
             if cur == 0 {
                 // SYNC: Acquire, as in `lock`. Taken with WAITERS set, conservatively:
                 // others may still sleep, so our unlock wakes one.
-                let won = self.word.compare_exchange(0, pid | WAITERS, Ordering::Acquire, Ordering::Relaxed);
+                let won =
+                    self.word.compare_exchange(0, holder | WAITERS, Ordering::Acquire, Ordering::Relaxed);
                 if won.is_ok() {
-                    return;
+                    return Guard { lock: self, took_over: false };
                 }
                 continue;
             }
-            // Keep the holder's pid; only announce that someone waits.
+            // Keep the holder's tag; only announce that someone waits.
             if cur & WAITERS == 0
                 && self
                     .word
@@ -78,15 +94,33 @@ impl LockWord {
             {
                 continue;
             }
-            self.wait(cur | WAITERS);
+            if !self.wait(cur | WAITERS) && dead(cur & !WAITERS) {
+                // SYNC: Acquire, as in `lock`. The dead holder released nothing: its
+                // partial writes, made before it died and never to be added to, are what
+                // `took_over` tells the caller to repair. Only one waiter's CAS succeeds.
+                let took = self.word.compare_exchange(
+                    cur | WAITERS,
+                    holder | WAITERS,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                );
+                if took.is_ok() {
+                    return Guard { lock: self, took_over: true };
+                }
+            }
         }
     }
 
-    /// Sleeps while the word is `expected` (futex(2) `FUTEX_WAIT`; may return early).
+    /// Sleeps while the word is `expected` (futex(2) `FUTEX_WAIT`), at most [`POLL`];
+    /// false if it timed out.
     #[cfg(not(loom))]
-    fn wait(&self, expected: u32) {
-        let _ =
-            rustix::thread::futex::wait(&self.word, rustix::thread::futex::Flags::empty(), expected, None);
+    fn wait(&self, expected: u32) -> bool {
+        use rustix::thread::futex;
+        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as i64 };
+        !matches!(
+            futex::wait(&self.word, futex::Flags::empty(), expected, Some(&timeout)),
+            Err(rustix::io::Errno::TIMEDOUT)
+        )
     }
 
     /// Wakes one sleeper (futex(2) `FUTEX_WAKE`).
@@ -96,8 +130,9 @@ impl LockWord {
     }
 
     #[cfg(loom)]
-    fn wait(&self, expected: u32) {
+    fn wait(&self, expected: u32) -> bool {
         self.park.wait(&self.word, expected);
+        true
     }
 
     #[cfg(loom)]
@@ -109,8 +144,8 @@ impl LockWord {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         // SYNC: Release pairs with the Acquire of the next `lock`.
-        if self.0.word.swap(0, Ordering::Release) & WAITERS != 0 {
-            self.0.wake();
+        if self.lock.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            self.lock.wake();
         }
     }
 }

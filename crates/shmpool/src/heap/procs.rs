@@ -114,6 +114,60 @@ impl Inner {
     }
 }
 
+/// Bits of a lock-holder tag that name the registry slot (slot + 1; all ones: a process
+/// without a slot); the bits above hold the registration's generation.
+const TAG_SLOT_BITS: u32 = 9;
+const TAG_NO_SLOT: u32 = (1 << TAG_SLOT_BITS) - 1;
+const TAG_GEN_MASK: u32 = (1 << (31 - TAG_SLOT_BITS)) - 1;
+const _: () = assert!(MAX_PROCS < TAG_NO_SLOT);
+
+impl Inner {
+    /// This process's tag as a holder of the heap's locks: its registration (slot and
+    /// generation), so that a waiter can tell when the holder has died, even if its pid
+    /// was reused. A process the registry has no room for gets a tag no waiter will ever
+    /// call dead.
+    pub(super) fn lock_holder(&self) -> u32 {
+        match self.process_slot() {
+            Ok(slot) => {
+                let gen = self.proc(slot).state.load(Ordering::Relaxed) >> 2;
+                (gen & TAG_GEN_MASK) << TAG_SLOT_BITS | (slot + 1)
+            }
+            Err(_) => TAG_NO_SLOT,
+        }
+    }
+
+    /// Whether the lock holder `tag` names is gone: its registration ended, or its
+    /// process is no longer running (see [`holder_alive`]).
+    pub(super) fn holder_dead(&self, tag: u32) -> bool {
+        let slot = (tag & TAG_NO_SLOT).wrapping_sub(1);
+        if slot >= MAX_PROCS {
+            return false; // no registration to judge by
+        }
+        let p = self.proc(slot);
+        // SYNC: Acquire pairs with the Release store in `register`: the identity read
+        // next is the one of the registration in this word.
+        let state = p.state.load(Ordering::Acquire);
+        if state & 3 != PROC_LIVE || (state >> 2) & TAG_GEN_MASK != tag >> TAG_SLOT_BITS {
+            return true; // the registration ended (a holder does not unregister)
+        }
+        !holder_alive(p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether lock holder `pid`, started at `start`, still runs: more careful than
+/// [`process_alive`], because calling a live holder dead would let two processes hold
+/// a lock. Without the start time, or without procfs, a pid that exists is alive.
+fn holder_alive(pid: u32, start: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(_) if start == 0 => true,
+        Ok(_) => process_alive(pid, start),
+        Err(_) => match rustix::process::Pid::from_raw(pid as i32) {
+            Some(p) => rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH),
+            None => false,
+        },
+    }
+}
+
 impl Inner {
     /// Every active thread heap names a registered slot of its own process (part of
     /// `Heap::check`).

@@ -3,17 +3,30 @@
 
 use super::error::{AllocError, FreeError};
 use super::layout::TAG_LARGE;
+use super::lock::Guard;
 use super::store::ShmBuddy;
-use super::{tls, Inner};
+use super::Inner;
+use crate::crash;
 use crate::pages::{PagesError, UnitState, UNIT, UNIT_SHIFT};
 
 /// The arena grows by at least this many units (1 MiB) at a time.
 const MIN_GROWTH_UNITS: u32 = 16;
 
 impl Inner {
+    /// Takes the page lock. If its holder died holding it, the page-run allocator may be
+    /// half updated: repaired first (`Buddy::repair`).
+    fn page_lock(&self) -> Guard<'_> {
+        let guard = self.meta().page_lock.lock(self.lock_holder(), |tag| self.holder_dead(tag));
+        if guard.took_over {
+            self.buddy().repair();
+        }
+        crash::point("page_lock.held");
+        guard
+    }
+
     /// Takes a run of `units` units tagged `tag`, growing the arena if needed.
     pub(super) fn alloc_units(&self, units: u32, tag: u8) -> Result<u32, AllocError> {
-        let _lock = self.meta().page_lock.lock(tls::pid());
+        let _lock = self.page_lock();
         let mut buddy = self.buddy();
         match buddy.alloc(units, tag) {
             Ok(head) => Ok(head),
@@ -27,7 +40,7 @@ impl Inner {
 
     /// Gives the run at `unit` back.
     pub(super) fn free_units(&self, unit: u32) {
-        let _lock = self.meta().page_lock.lock(tls::pid());
+        let _lock = self.page_lock();
         let freed = self.buddy().free(unit);
         debug_assert!(freed.is_ok(), "freeing a run the heap owns: {freed:?}");
     }
@@ -88,7 +101,7 @@ impl Inner {
         if off != self.unit_off(head) {
             return Err(FreeError::Interior(off));
         }
-        let _lock = self.meta().page_lock.lock(tls::pid());
+        let _lock = self.page_lock();
         let mut buddy = self.buddy();
         let UnitState::Run { tag: TAG_LARGE, .. } = buddy.state(head) else {
             return Err(FreeError::DoubleFree(off));

@@ -213,6 +213,7 @@ impl<S: UnitStore> Buddy<S> {
     fn free_block(&mut self, mut block: u32, mut k: usize) {
         // The head may merge into a lower buddy: its old marker must not outlive it.
         self.store.set_entry(block, UnitState::Unknown.encode());
+        crate::crash::point("pages.free.cleared");
         while k + 1 < MAX_ORDER {
             let buddy = block ^ (1 << k);
             let mergeable = buddy.checked_add(1 << k).is_some_and(|end| end <= self.units())
@@ -230,6 +231,7 @@ impl<S: UnitStore> Buddy<S> {
 
     fn mark_run(&mut self, head: u32, len: u32, tag: u8) {
         self.store.set_entry(head, UnitState::Run { len, tag }.encode());
+        crate::crash::point("pages.run.head");
         for u in head + 1..head + len {
             self.store.set_entry(u, UnitState::Tail { head }.encode());
         }

@@ -32,7 +32,7 @@ impl Pages {
 
     /// Runs `f` on the buddy under the page lock, as process `pid`.
     fn with_buddy<R>(&self, pid: u32, f: impl FnOnce(&mut Buddy<VecStore>) -> R) -> R {
-        let _held = self.lock.lock(pid);
+        let _held = self.lock.lock(pid, |_| false);
         // SAFETY: the lock is held: no other thread reaches the buddy until it drops.
         self.buddy.with_mut(|b| f(unsafe { &mut *b }))
     }

@@ -11,6 +11,7 @@ mod heap_stress;
 mod huge;
 mod multiproc;
 mod pages;
+mod recovery;
 mod support;
 mod typed;
 
@@ -30,6 +31,7 @@ fn main() {
     trials.extend(pages::tests());
     trials.extend(heap::tests());
     trials.extend(heap_stress::tests());
+    trials.extend(recovery::tests());
     trials.extend(typed::tests());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -90,6 +90,23 @@ impl Forked {
         })
     }
 
+    /// Waits for the child's end: its exit code, or 128 + the signal that killed it;
+    /// kills it and panics after the watchdog.
+    pub fn wait_status(self) -> i32 {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: killing our own child.
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+                panic!("watchdog: child {} ran longer than {WATCHDOG:?}", self.0);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Waits for the child's exit code; kills it and panics after the watchdog.
     pub fn wait(self) -> i32 {
         let deadline = Instant::now() + WATCHDOG;
