@@ -9,20 +9,36 @@
 //! The points:
 //! - `page_lock.held`: just after taking the page lock (and repairing after a dead holder);
 //! - `pages.run.head`: a run's head marked, its tails not yet;
-//! - `pages.free.cleared`: a run being freed, its head cleared, its units not yet free.
+//! - `pages.free.cleared`: a run being freed, its head cleared, its units not yet free;
+//! - `slab.pop`: a block taken off its slab's free list, not yet counted or marked
+//!   allocated;
+//! - `slab.release`: a block's allocated bit cleared by its owner's free, the block not
+//!   yet on the free list.
 
 #[cfg(feature = "crash-points")]
 mod armed {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
     static ARMED: Mutex<Option<String>> = Mutex::new(None);
+    /// Whether `ARMED` holds a name: the points on fast paths test only this.
+    static ANY: AtomicBool = AtomicBool::new(false);
 
     /// This process dies (SIGKILL) the next time it passes the crash point `name`.
     pub fn arm(name: &str) {
         *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_owned());
+        ANY.store(true, Ordering::SeqCst);
     }
 
+    #[inline]
     pub(crate) fn point(name: &str) {
+        if ANY.load(Ordering::Relaxed) {
+            hit(name);
+        }
+    }
+
+    #[cold]
+    fn hit(name: &str) {
         let armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         if armed.as_deref() == Some(name) {
             let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);

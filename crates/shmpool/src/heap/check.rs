@@ -154,7 +154,7 @@ fn fail<T>(what: String) -> Result<T, Broken> {
 
 impl Inner {
     /// The runs in the unit table whose tag `want` accepts: `(head unit, length, tag)`.
-    fn runs(&self, want: impl Fn(u8) -> bool) -> Vec<(u32, u64, u8)> {
+    pub(super) fn runs(&self, want: impl Fn(u8) -> bool) -> Vec<(u32, u64, u8)> {
         let buddy = self.buddy();
         let mut out = Vec::new();
         let mut u = 0;

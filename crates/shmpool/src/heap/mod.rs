@@ -69,7 +69,7 @@ mod units;
 pub use check::{process_alive, CheckReport, ClassStats, HeapStats, ThreadHeapInfo};
 pub use error::{AllocError, FreeError};
 pub use layout::{MAX_DESCS, MAX_PROCS, MAX_ROOTS, MAX_ROOT_NAME};
-pub use procs::ProcessInfo;
+pub use procs::{ProcessInfo, RecoveryReport};
 pub use roots::{RootError, ROOT_INIT_TIMEOUT};
 pub use typed::ShmBox;
 
@@ -220,6 +220,9 @@ impl Heap {
             && meta.units.load(Ordering::Relaxed) <= max_units;
         if !ok {
             return Err(HeapError::Corrupted("the heap's layout does not match the segment".into()));
+        }
+        if heap.inner.seg.is_writable() {
+            heap.inner.recover(); // what processes that died left behind
         }
         Ok(heap)
     }
@@ -433,6 +436,10 @@ impl Heap {
                 }
                 return Ok(d);
             }
+        }
+        // Every thread heap is taken: those of dead processes come free by recovery.
+        if inner.recover().thread_heaps > 0 {
+            return self.claim();
         }
         Err(AllocError::NoThreadHeap(layout::MAX_DESCS))
     }

@@ -168,6 +168,93 @@ fn holder_alive(pid: u32, start: u64) -> bool {
     }
 }
 
+/// What [`Heap::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Registered processes found dead; their registry slots are free again.
+    pub dead_processes: u32,
+    /// Their thread heaps, rebuilt and left for adoption.
+    pub thread_heaps: u32,
+    /// Slabs of those thread heaps that still hold live blocks.
+    pub slabs_kept: u32,
+    /// Slabs of those thread heaps that were empty, given back to the pages.
+    pub slabs_given_back: u32,
+}
+
+impl Inner {
+    /// Recovers every registered process that died: see [`Heap::recover`].
+    pub(super) fn recover(&self) -> RecoveryReport {
+        let mut report = RecoveryReport::default();
+        for slot in 0..MAX_PROCS {
+            let p = self.proc(slot);
+            // SYNC: Acquire pairs with the Release store in `register`.
+            let word = p.state.load(Ordering::Acquire);
+            let (pid, start) = (p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed));
+            if word & 3 != PROC_LIVE || holder_alive(pid, start) {
+                continue;
+            }
+            for d in 0..layout::MAX_DESCS {
+                let desc = self.desc(d);
+                // SYNC: Acquire pairs with the Release store of ACTIVE in `claim`: the
+                // identity read next is that claim's.
+                let state = desc.state.load(Ordering::Acquire);
+                let theirs = layout::desc_state(state) == layout::DESC_ACTIVE
+                    && desc.proc_slot.load(Ordering::Relaxed) == slot
+                    && desc.owner_pid.load(Ordering::Relaxed) == pid;
+                let claimed = layout::next_gen(state, layout::DESC_CLAIMING);
+                // SYNC: Acquire, as in `claim`: the dead owner's updates are visible (those
+                // it made at all). One recoverer wins the CAS.
+                if !theirs
+                    || desc
+                        .state
+                        .compare_exchange(state, claimed, Ordering::Acquire, Ordering::Relaxed)
+                        .is_err()
+                {
+                    continue;
+                }
+                let (kept, given_back) = self.rebuild_thread_heap(d);
+                // SYNC: Release pairs with the Acquire CAS in `claim`: the adopter sees the
+                // rebuilt thread heap.
+                desc.state.store(layout::same_gen(claimed, layout::DESC_ABANDONED), Ordering::Release);
+                report.thread_heaps += 1;
+                report.slabs_kept += kept;
+                report.slabs_given_back += given_back;
+            }
+            // The slot goes back once its thread heaps are left for adoption (a recoverer
+            // that lost a CAS above leaves the rest to the one that won it).
+            let free = layout::next_gen(word, PROC_FREE);
+            if p.state.compare_exchange(word, free, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                report.dead_processes += 1;
+            }
+        }
+        report
+    }
+}
+
+impl Heap {
+    /// Recovers what processes that died (killed at any instant) left in the heap, and
+    /// reports what it did. It runs by itself when a heap is attached and when an
+    /// allocation would otherwise grow the segment or find no thread heap; this runs it
+    /// now.
+    ///
+    /// For each registered process that no longer runs, each of its thread heaps is
+    /// rebuilt from the ground truth (the unit table and the slabs' allocated bitmaps):
+    /// free lists, counts and lists it may have left half updated are made again (an
+    /// allocation or free it had not finished counts as not made), remote frees waiting
+    /// for it are collected, its empty slabs go back to the pages, and the thread heap is
+    /// left for the next thread that needs one to adopt. Its registry slot is freed. A
+    /// lock it held is taken over by the next process that waits for it.
+    ///
+    /// Blocks the dead process had allocated and not freed stay allocated: whoever holds
+    /// their offsets (a block handed over before the death) may use and free them as
+    /// usual. A block only the dead process knew of stays allocated: nothing in the
+    /// segment says who else may hold an offset.
+    pub fn recover(&self) -> RecoveryReport {
+        self.inner.recover()
+    }
+}
+
 impl Inner {
     /// Every active thread heap names a registered slot of its own process (part of
     /// `Heap::check`).

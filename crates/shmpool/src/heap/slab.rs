@@ -147,6 +147,7 @@ impl Hot {
         let idx = f - 1;
         let block = h.block(slab_off, class, idx);
         slab.free.store(h.link32(block).load(Ordering::Relaxed), Ordering::Relaxed);
+        crate::crash::point("slab.pop");
         slab.used.store(slab.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         let word = h.bits(slab_off, class, false, idx / 64);
         word.store(word.load(Ordering::Relaxed) | 1 << (idx % 64), Ordering::Relaxed);
@@ -257,6 +258,7 @@ impl Inner {
     /// The owner freed block `idx` (at `block`): onto the slab's free list.
     #[inline(always)]
     fn released_local(&self, h: Hot, d: u32, slab_off: u64, class: usize, idx: u32, block: u64) {
+        crate::crash::point("slab.release");
         let used = h.push_free(h.slab(slab_off), block, idx);
         // 0: an empty slab that is not the current one (which stays even when empty, so
         // alloc/free/alloc/free does not churn slabs); `USED_FULL`: a full slab has room.
@@ -361,6 +363,118 @@ impl Inner {
             }
             self.retire_if_empty(d, slab_off, class);
         }
+    }
+
+    /// Rebuilds thread heap `d`, whose owner died, from the ground truth: the unit table
+    /// names its slabs, and each slab's allocated bitmap names its live blocks. Free lists,
+    /// counts, class and full lists and the delayed stack, which the owner may have left
+    /// half updated, are made again; remote frees waiting in the bitmaps are collected;
+    /// empty slabs go back to the pages. The caller holds `d` (claimed from the dead
+    /// owner), so this runs as its owner would. Returns (slabs kept, slabs given back).
+    pub(super) fn rebuild_thread_heap(&self, d: u32) -> (u32, u32) {
+        // Slabs on the delayed stack come off it (its links are read as the owner would).
+        let mut next = remote::take_slabs(&self.desc(d).delayed);
+        let mut budget = self.max_units;
+        while next != 0 && budget > 0 {
+            budget -= 1;
+            let unit = next - 1;
+            if self.owned_slab(d, unit).is_none() {
+                break;
+            }
+            let ur = self.unit_remote(unit);
+            next = ur.next.load(Ordering::Relaxed);
+            if ur.state.load(Ordering::Relaxed) & QUEUED != 0 {
+                remote::unqueue(&ur.state);
+            }
+        }
+        for c in 0..super::class::CLASSES {
+            let q = self.queue(d, c);
+            q.head.store(0, Ordering::Relaxed);
+            q.full.store(0, Ordering::Relaxed);
+        }
+        let (mut kept, mut given_back) = (0, 0);
+        for (unit, class) in self.slabs_of(d) {
+            let slab_off = self.unit_off(unit);
+            let ur = self.unit_remote(unit);
+            remote::clear_full(&ur.state); // it goes on a class list, or is flagged again
+            let g = &GEOMETRY[class];
+            for w in 0..g.words {
+                // The blocks freed remotely are free; a bit of a block not allocated is dropped.
+                remote::collect(self.bits(slab_off, class, false, w), self.bits(slab_off, class, true, w));
+            }
+            let used = self.rethread(slab_off, class);
+            let slab = self.slab(slab_off);
+            slab.next.store(0, Ordering::Relaxed);
+            slab.prev.store(0, Ordering::Relaxed);
+            let q = self.queue(d, class);
+            if used == 0 && remote::may_retire(&ur.state) {
+                ur.state.store(0, Ordering::Relaxed);
+                slab.class.store(0, Ordering::Relaxed);
+                self.free_units(unit);
+                given_back += 1;
+                continue;
+            }
+            kept += 1;
+            let room =
+                slab.free.load(Ordering::Relaxed) != 0 || slab.bump.load(Ordering::Relaxed) < g.capacity;
+            if room {
+                self.classes(q, || self.link_back(q, slab_off));
+                continue;
+            }
+            // Full: flagged as the owner flags it, and whatever came before the flag collected.
+            remote::mark_full(&ur.state);
+            if self.collect(slab_off, class) > 0 {
+                remote::clear_full(&ur.state);
+                self.classes(q, || self.link_back(q, slab_off));
+            } else {
+                self.link_front(&q.full, slab_off);
+                slab.used.store(slab.used.load(Ordering::Relaxed) | USED_FULL, Ordering::Relaxed);
+            }
+        }
+        (kept, given_back)
+    }
+
+    /// The slabs the unit table holds whose header names `d` as owner: `(unit, class)`.
+    fn slabs_of(&self, d: u32) -> Vec<(u32, usize)> {
+        self.runs(|tag| tag_class(tag).is_some())
+            .into_iter()
+            .filter_map(|(u, len, tag)| {
+                let slab = self.slab(self.unit_off(u));
+                tag_class(tag)
+                    .filter(|&c| {
+                        slab.class.load(Ordering::Relaxed) == SLAB_MAGIC | c as u32
+                            && slab.owner.load(Ordering::Relaxed) == d
+                            && u64::from(GEOMETRY[c].units) == len
+                    })
+                    .map(|c| (u, c))
+            })
+            .collect()
+    }
+
+    /// Threads a slab's free list again from its allocated bitmap (owner only): every
+    /// block below `bump` whose bit is clear; `bump` is raised past the last allocated
+    /// block. Returns the blocks allocated, which is what `used` counts now (no flags).
+    fn rethread(&self, slab_off: u64, class: usize) -> u32 {
+        let g = &GEOMETRY[class];
+        let slab = self.slab(slab_off);
+        let allocated = |idx: u32| {
+            self.bits(slab_off, class, false, idx / 64).load(Ordering::Relaxed) >> (idx % 64) & 1 != 0
+        };
+        let last = (0..g.capacity).rev().find(|&idx| allocated(idx)).map_or(0, |idx| idx + 1);
+        let bump = slab.bump.load(Ordering::Relaxed).min(g.capacity).max(last);
+        let (mut free, mut used) = (0, 0);
+        for idx in (0..bump).rev() {
+            if allocated(idx) {
+                used += 1;
+            } else {
+                self.link32(self.block(slab_off, class, idx)).store(free, Ordering::Relaxed);
+                free = idx + 1;
+            }
+        }
+        slab.free.store(free, Ordering::Relaxed);
+        slab.bump.store(bump, Ordering::Relaxed);
+        slab.used.store(used, Ordering::Relaxed);
+        used
     }
 
     /// The class of the slab headed by `unit`, if it is one and `d` owns it.

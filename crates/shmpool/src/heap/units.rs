@@ -24,15 +24,27 @@ impl Inner {
         guard
     }
 
-    /// Takes a run of `units` units tagged `tag`, growing the arena if needed.
+    /// Takes a run of `units` units tagged `tag`; when none is free, first recovers what
+    /// dead processes hold (their empty slabs come back), then grows the arena.
     pub(super) fn alloc_units(&self, units: u32, tag: u8) -> Result<u32, AllocError> {
+        if let Some(head) = self.take_units(units, tag, false)? {
+            return Ok(head);
+        }
+        self.recover(); // it takes the page lock itself, to give slabs back
+        Ok(self.take_units(units, tag, true)?.expect("a run, after growth, or an error"))
+    }
+
+    /// A run from the pages, under the page lock; `None` if there is none and `grow` is
+    /// false.
+    fn take_units(&self, units: u32, tag: u8, grow: bool) -> Result<Option<u32>, AllocError> {
         let _lock = self.page_lock();
         let mut buddy = self.buddy();
         match buddy.alloc(units, tag) {
-            Ok(head) => Ok(head),
+            Ok(head) => Ok(Some(head)),
+            Err(PagesError::Exhausted { .. }) if !grow => Ok(None),
             Err(PagesError::Exhausted { .. }) => {
                 self.grow_arena(&mut buddy, units)?;
-                buddy.alloc(units, tag).map_err(|e| AllocError::OutOfMemory(e.to_string()))
+                buddy.alloc(units, tag).map(Some).map_err(|e| AllocError::OutOfMemory(e.to_string()))
             }
             Err(_) => Err(AllocError::TooLarge(u64::from(units) << UNIT_SHIFT)),
         }

@@ -512,8 +512,9 @@ fn slabs_emptied_by_remote_frees_return_to_the_pages() {
 
 /// A child that allocates and exits without dropping its handle leaves an active thread
 /// heap and a registry slot behind; `thread_heaps` and `processes` tell that its owner is
-/// dead (what recovery acts on). A child that drops its own handle gives its slot back
-/// and leaves its thread heap abandoned, for adoption.
+/// dead. A child that attaches by fd recovers it on attach: the thread heap is rebuilt and
+/// left for adoption, the slot freed. A child that drops its own handle gives its slot
+/// back and leaves its thread heap abandoned, for adoption.
 fn thread_heaps_of_a_dead_process_are_reported_orphaned() {
     let heap = heap(64 << 20);
     heap.free(heap.alloc(64).unwrap()).unwrap();
@@ -521,6 +522,19 @@ fn thread_heaps_of_a_dead_process_are_reported_orphaned() {
     let child = crate::support::fork(move || i32::from(h.alloc(64).is_err()));
     let child_pid = child.pid() as u32;
     assert_eq!(child.wait(), 0);
+
+    let owners = heap.thread_heaps();
+    let procs = heap.processes();
+    let mine = owners.iter().find(|t| t.pid == std::process::id()).expect("this process's heap");
+    assert!(mine.active && mine.owner_alive);
+    let me = procs.iter().find(|p| p.pid == std::process::id()).expect("this process's slot");
+    assert!(me.alive && me.thread_heaps == 1 && me.slot == mine.process_slot, "{me:?}");
+    let orphan = owners.iter().find(|t| t.pid == child_pid).expect("the child's heap");
+    assert!(orphan.active && !orphan.owner_alive, "{orphan:?}");
+    assert!(!shmpool::heap::process_alive(child_pid, orphan.start_time));
+    let dead = procs.iter().find(|p| p.pid == child_pid).expect("the dead child's slot");
+    assert!(!dead.alive && dead.thread_heaps == 1 && dead.slot == orphan.process_slot, "{dead:?}");
+
     let tidy = crate::support::fork(move || {
         let fd = h.segment().backend().handle().fd().unwrap().try_clone_to_owned().unwrap();
         let own = Heap::attach(Segment::from_fd(fd, Access::ReadWrite).unwrap()).unwrap();
@@ -536,20 +550,13 @@ fn thread_heaps_of_a_dead_process_are_reported_orphaned() {
 
     let owners = heap.thread_heaps();
     let procs = heap.processes();
-    let mine = owners.iter().find(|t| t.pid == std::process::id()).expect("this process's heap");
-    assert!(mine.active && mine.owner_alive);
-    let me = procs.iter().find(|p| p.pid == std::process::id()).expect("this process's slot");
-    assert!(me.alive && me.thread_heaps == 1 && me.slot == mine.process_slot, "{me:?}");
-
-    let orphan = owners.iter().find(|t| t.pid == child_pid).expect("the child's heap");
-    assert!(orphan.active && !orphan.owner_alive, "{orphan:?}");
-    assert!(!shmpool::heap::process_alive(child_pid, orphan.start_time));
-    let dead = procs.iter().find(|p| p.pid == child_pid).expect("the dead child's slot");
-    assert!(!dead.alive && dead.thread_heaps == 1 && dead.slot == orphan.process_slot, "{dead:?}");
-
+    let recovered = owners.iter().find(|t| t.index == orphan.index).expect("the dead child's thread heap");
+    assert!(!recovered.active, "recovered on attach and left for adoption: {recovered:?}");
+    assert!(procs.iter().all(|p| p.pid != child_pid), "the dead child's slot was freed: {procs:?}");
     let left = owners.iter().find(|t| t.pid == tidy_pid).expect("the tidy child's heap");
     assert!(!left.active, "dropping the handle abandons the thread heap: {left:?}");
     assert!(procs.iter().all(|p| p.pid != tidy_pid), "the slot was given back: {procs:?}");
-    assert_eq!(procs.len(), 2, "{procs:?}");
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    assert_eq!(heap.recover(), shmpool::heap::RecoveryReport::default(), "nothing left to recover");
     heap.check().unwrap();
 }

@@ -2,14 +2,17 @@
 //! wedged, what the dead process left half updated is repaired, and they go on
 //! allocating and freeing.
 
-use crate::support::{fork, trial};
+use crate::support::{fork, pattern, trial};
 use libtest_mimic::Trial;
 use shmpool::heap::Heap;
 use shmpool::SegmentOptions;
 use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial("recovery::a_dead_page_lock_holder_wedges_no_one", a_dead_page_lock_holder_wedges_no_one)]
+    vec![
+        trial("recovery::a_dead_page_lock_holder_wedges_no_one", a_dead_page_lock_holder_wedges_no_one),
+        trial("recovery::a_dead_owners_thread_heap_is_rebuilt", a_dead_owners_thread_heap_is_rebuilt),
+    ]
 }
 
 /// A child dies holding the page lock: right after taking it, with a run's head marked
@@ -53,5 +56,75 @@ fn a_dead_page_lock_holder_wedges_no_one() {
         let small: Vec<u64> = (0..1000).map(|_| heap.alloc(100).unwrap()).collect();
         small.into_iter().for_each(|off| heap.free(off).unwrap());
         heap.check().unwrap_or_else(|e| panic!("{point}, after: {e}"));
+    }
+}
+
+/// A child allocates 3,000 blocks, hands ten to the parent through the heap, frees most
+/// of the rest (emptying its current slab) and dies: killed outright, or at a crash
+/// point in the middle of its own alloc or free. `recover` rebuilds its thread heap from
+/// the slabs' bitmaps: the half-done alloc or free counts as not done, the empty slab goes
+/// back, the blocks it handed over are intact and free normally, the 1,000 it kept stay
+/// allocated, and a new thread adopts the thread heap and allocates from it.
+fn a_dead_owners_thread_heap_is_rebuilt() {
+    for point in [None, Some("slab.pop"), Some("slab.release")] {
+        let heap =
+            Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+        let mailbox = heap.alloc(10 * 8).unwrap();
+        let h = &heap;
+        let child = fork(move || {
+            let blocks: Vec<u64> = (0..3000).map(|_| h.alloc(64).unwrap()).collect();
+            for &off in &blocks {
+                h.write(off, &pattern(off, 64, 7)).unwrap();
+            }
+            let handed: Vec<u8> = blocks[..10].iter().flat_map(|o| o.to_le_bytes()).collect();
+            h.write(mailbox, &handed).unwrap();
+            for &off in blocks[10..1000].iter().chain(&blocks[2000..]) {
+                h.free(off).unwrap();
+            }
+            match point {
+                Some(name) => shmpool::crash::arm(name),
+                None => {
+                    let _ = rustix::process::kill_process(
+                        rustix::process::getpid(),
+                        rustix::process::Signal::KILL,
+                    );
+                }
+            }
+            let last = h.alloc(64).unwrap();
+            h.free(last).unwrap();
+            0 // not reached
+        });
+        assert_eq!(child.wait_status(), 128 + libc::SIGKILL, "{point:?}: the child died");
+
+        let report = heap.recover();
+        assert_eq!((report.dead_processes, report.thread_heaps), (1, 1), "{point:?}: {report:?}");
+        assert!(report.slabs_given_back >= 1, "{point:?}: the emptied current slab went back: {report:?}");
+        let walk = heap.check().unwrap_or_else(|e| panic!("{point:?}: {e}"));
+        assert_eq!(
+            walk.slab_blocks,
+            1 + 1010,
+            "{point:?}: the mailbox, and the child's live blocks: {walk:?}"
+        );
+        let mut buf = [0u8; 80];
+        heap.read(mailbox, &mut buf).unwrap();
+        for off in buf.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())) {
+            let mut block = [0u8; 64];
+            heap.read(off, &mut block).unwrap();
+            assert_eq!(block.to_vec(), pattern(off, 64, 7), "{point:?}: a handed-over block changed");
+            heap.free(off).unwrap();
+        }
+        assert!(heap.processes().iter().all(|p| p.alive), "{point:?}: the dead child's slot is free");
+        // A new thread adopts the rebuilt thread heap (the only one left over).
+        let adopter = heap.clone();
+        std::thread::spawn(move || {
+            let blocks: Vec<u64> = (0..5000).map(|_| adopter.alloc(64).unwrap()).collect();
+            let adopted = adopter.thread_heaps().iter().filter(|t| t.active).count();
+            blocks.into_iter().for_each(|off| adopter.free(off).unwrap());
+            assert_eq!(adopted, 2, "the parent's thread heap and the adopted one");
+        })
+        .join()
+        .unwrap();
+        let walk = heap.check().unwrap_or_else(|e| panic!("{point:?}, after adoption: {e}"));
+        assert_eq!(walk.slab_blocks, 1 + 1000, "{point:?}: {walk:?}");
     }
 }
