@@ -13,7 +13,9 @@
 //! - `slab.pop`: a block taken off its slab's free list, not yet counted or marked
 //!   allocated;
 //! - `slab.release`: a block's allocated bit cleared by its owner's free, the block not
-//!   yet on the free list.
+//!   yet on the free list;
+//! - `recover.rebuilding`: a dead process's thread heap claimed by a recoverer, not yet
+//!   rebuilt.
 
 #[cfg(feature = "crash-points")]
 mod armed {

@@ -403,7 +403,12 @@ impl Heap {
     #[cold]
     fn claim(&self) -> Result<u32, AllocError> {
         let inner = &*self.inner;
-        let slot = inner.process_slot()?;
+        let slot = match inner.process_slot() {
+            Ok(slot) => slot,
+            // The registry is full: the slots of dead processes come free by recovery.
+            Err(_) if inner.recover().dead_processes > 0 => inner.process_slot()?,
+            Err(e) => return Err(e),
+        };
         let pid = tls::pid();
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         // Adopt an abandoned heap first (its slabs come along), else take a free one.

@@ -186,45 +186,56 @@ impl Inner {
     /// Recovers every registered process that died: see [`Heap::recover`].
     pub(super) fn recover(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
+        let mut seen = std::collections::HashMap::new();
+        let mut alive =
+            |pid: u32, start: u64| *seen.entry((pid, start)).or_insert_with(|| holder_alive(pid, start));
+        // Thread heaps whose owner died. Each is claimed as a thread would claim it, so a
+        // recoverer that dies while rebuilding leaves it active under its own (dead)
+        // name, for the next recovery to take up.
+        for d in 0..layout::MAX_DESCS {
+            let desc = self.desc(d);
+            // SYNC: Acquire pairs with the Release store of ACTIVE in `claim`: the
+            // identity read next is that claim's.
+            let state = desc.state.load(Ordering::Acquire);
+            if layout::desc_state(state) != layout::DESC_ACTIVE
+                || alive(desc.owner_pid.load(Ordering::Relaxed), desc.owner_start.load(Ordering::Relaxed))
+            {
+                continue;
+            }
+            let claimed = layout::next_gen(state, layout::DESC_CLAIMING);
+            // SYNC: Acquire, as in `claim`: the dead owner's updates are visible (those it
+            // made at all). One recoverer wins the CAS.
+            if desc.state.compare_exchange(state, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            desc.owner_pid.store(tls::pid(), Ordering::Relaxed);
+            desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
+            desc.owner_tid.store(rustix::thread::gettid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
+            desc.proc_slot.store(self.process_slot().unwrap_or(MAX_PROCS), Ordering::Relaxed);
+            desc.instance.store(self.instance, Ordering::Relaxed);
+            let token = layout::same_gen(claimed, layout::DESC_ACTIVE);
+            // SYNC: Release pairs with the Acquire loads of the state (here, in `claim`'s
+            // neighbours and in `thread_heaps`): whoever sees ACTIVE sees the recoverer.
+            desc.state.store(token, Ordering::Release);
+            crate::crash::point("recover.rebuilding");
+            let (kept, given_back) = self.rebuild_thread_heap(d);
+            self.abandon(d, token);
+            report.thread_heaps += 1;
+            report.slabs_kept += kept;
+            report.slabs_given_back += given_back;
+        }
+        // Registry slots of dead processes: their thread heaps were taken up above (or by
+        // another recoverer, under its own name).
         for slot in 0..MAX_PROCS {
             let p = self.proc(slot);
             // SYNC: Acquire pairs with the Release store in `register`.
             let word = p.state.load(Ordering::Acquire);
-            let (pid, start) = (p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed));
-            if word & 3 != PROC_LIVE || holder_alive(pid, start) {
+            if word & 3 != PROC_LIVE || alive(p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed))
+            {
                 continue;
             }
-            for d in 0..layout::MAX_DESCS {
-                let desc = self.desc(d);
-                // SYNC: Acquire pairs with the Release store of ACTIVE in `claim`: the
-                // identity read next is that claim's.
-                let state = desc.state.load(Ordering::Acquire);
-                let theirs = layout::desc_state(state) == layout::DESC_ACTIVE
-                    && desc.proc_slot.load(Ordering::Relaxed) == slot
-                    && desc.owner_pid.load(Ordering::Relaxed) == pid;
-                let claimed = layout::next_gen(state, layout::DESC_CLAIMING);
-                // SYNC: Acquire, as in `claim`: the dead owner's updates are visible (those
-                // it made at all). One recoverer wins the CAS.
-                if !theirs
-                    || desc
-                        .state
-                        .compare_exchange(state, claimed, Ordering::Acquire, Ordering::Relaxed)
-                        .is_err()
-                {
-                    continue;
-                }
-                let (kept, given_back) = self.rebuild_thread_heap(d);
-                // SYNC: Release pairs with the Acquire CAS in `claim`: the adopter sees the
-                // rebuilt thread heap.
-                desc.state.store(layout::same_gen(claimed, layout::DESC_ABANDONED), Ordering::Release);
-                report.thread_heaps += 1;
-                report.slabs_kept += kept;
-                report.slabs_given_back += given_back;
-            }
-            // The slot goes back once its thread heaps are left for adoption (a recoverer
-            // that lost a CAS above leaves the rest to the one that won it).
             let free = layout::next_gen(word, PROC_FREE);
-            if p.state.compare_exchange(word, free, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if p.state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
                 report.dead_processes += 1;
             }
         }

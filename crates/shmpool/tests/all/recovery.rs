@@ -12,6 +12,10 @@ pub fn tests() -> Vec<Trial> {
     vec![
         trial("recovery::a_dead_page_lock_holder_wedges_no_one", a_dead_page_lock_holder_wedges_no_one),
         trial("recovery::a_dead_owners_thread_heap_is_rebuilt", a_dead_owners_thread_heap_is_rebuilt),
+        trial(
+            "recovery::a_recoverer_that_dies_leaves_the_work_to_the_next",
+            a_recoverer_that_dies_leaves_the_work_to_the_next,
+        ),
     ]
 }
 
@@ -127,4 +131,32 @@ fn a_dead_owners_thread_heap_is_rebuilt() {
         let walk = heap.check().unwrap_or_else(|e| panic!("{point:?}, after adoption: {e}"));
         assert_eq!(walk.slab_blocks, 1 + 1000, "{point:?}: {walk:?}");
     }
+}
+
+/// One child dies holding a thread heap; a second dies while recovering it (it had
+/// claimed the thread heap and not rebuilt it). The parent's recovery takes it up from
+/// the second child's dead claim, and frees both registry slots.
+fn a_recoverer_that_dies_leaves_the_work_to_the_next() {
+    let heap =
+        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let h = &heap;
+    let owner = fork(move || {
+        let kept: Vec<u64> = (0..500).map(|_| h.alloc(200).unwrap()).collect();
+        kept[..250].iter().for_each(|&off| h.free(off).unwrap());
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        0
+    });
+    assert_eq!(owner.wait_status(), 128 + libc::SIGKILL);
+    let recoverer = fork(move || {
+        shmpool::crash::arm("recover.rebuilding");
+        h.recover();
+        0
+    });
+    assert_eq!(recoverer.wait_status(), 128 + libc::SIGKILL, "the recoverer died rebuilding");
+    let taken = heap.thread_heaps().into_iter().find(|t| t.active && !t.owner_alive).expect("left active");
+    let report = heap.recover();
+    assert_eq!((report.thread_heaps, report.dead_processes), (1, 2), "{report:?}");
+    assert!(heap.thread_heaps().iter().all(|t| t.index != taken.index || !t.active));
+    let walk = heap.check().unwrap();
+    assert_eq!(walk.slab_blocks, 250, "the dead owner's live blocks: {walk:?}");
 }
