@@ -1,4 +1,4 @@
-//! `create`, `info`, `ls` and `rm`: managing segments from the shell.
+//! `create`, `info`, `check`, `recover`, `ls` and `rm`: managing segments from the shell.
 
 use crate::procs::mapped_files;
 use crate::units::{human, utc};
@@ -133,6 +133,65 @@ fn owners(heap: &shmpool::heap::Heap) -> String {
         ));
     }
     out
+}
+
+/// Opens the segment's heap, read-only (which recovers nothing) or read-write (which
+/// recovers what dead processes left, as every attach does).
+fn open_heap(target: &Target, access: shmpool::segment::Access) -> Result<shmpool::heap::Heap, String> {
+    let seg = match target {
+        Target::Shm(n) => Segment::open_shm(n.as_str(), access),
+        Target::File(p) => Segment::open_file(p, access),
+    }
+    .map_err(|e| format!("{}: {e}", target.label()))?;
+    shmpool::heap::Heap::attach(seg).map_err(|e| format!("{}: {e}", target.label()))
+}
+
+/// The invariant walk: the report, and whether the heap is whole. An error: the walk
+/// could not run (no such segment, no heap in it).
+pub fn check(target: &Target) -> Result<(String, bool), String> {
+    let heap = open_heap(target, shmpool::segment::Access::ReadOnly)?;
+    let dead = heap.processes().iter().filter(|p| !p.alive).count();
+    let pending = if dead > 0 {
+        format!("; {dead} dead processes to recover (`shmpool recover`)")
+    } else {
+        String::new()
+    };
+    Ok(match heap.check() {
+        Ok(r) => (
+            format!(
+                "{}: clean: {} slabs, {} blocks in slabs ({} freed remotely, not yet collected), {} large blocks, {} of {} units free{pending}",
+                target.label(),
+                r.slabs,
+                r.slab_blocks,
+                r.pending_remote,
+                r.large_blocks,
+                r.free_units,
+                r.units
+            ),
+            true,
+        ),
+        Err(e) => (format!("{}: broken: {e}", target.label()), false),
+    })
+}
+
+/// Recovers what dead processes left (attaching read-write does), and reports it.
+pub fn recover(target: &Target) -> Result<String, String> {
+    // What there is to recover, seen without recovering it.
+    let before = open_heap(target, shmpool::segment::Access::ReadOnly)?;
+    let dead = before.processes().iter().filter(|p| !p.alive).count();
+    let orphaned = before.thread_heaps().iter().filter(|t| t.active && !t.owner_alive).count();
+    let free_before = before.stats().free_unit_bytes;
+    drop(before);
+    let heap = open_heap(target, shmpool::segment::Access::ReadWrite)?;
+    let since = heap.recover(); // processes that died since the look above
+    let freed = heap.stats().free_unit_bytes.saturating_sub(free_before);
+    Ok(format!(
+        "{}: recovered {} dead processes and {} thread heaps; {} came back to the pages",
+        target.label(),
+        dead + since.dead_processes as usize,
+        orphaned + since.thread_heaps as usize,
+        human(freed)
+    ))
 }
 
 /// The heap's use, if the segment holds one (attached read-only).

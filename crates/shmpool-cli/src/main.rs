@@ -1,4 +1,5 @@
-//! `shmpool`: create, inspect, list and remove shared-memory segments, and run the demo.
+//! `shmpool`: create, inspect, check, recover, list and remove shared-memory segments, and
+//! run the demo and the benchmarks.
 //!
 //! Errors are one line on stderr and a non-zero exit: 1 when the command failed, 2 when
 //! the command line was wrong.
@@ -43,6 +44,23 @@ enum Command {
     },
     /// Show a segment's header and who maps it.
     Info {
+        /// Segment name (or file path with --file).
+        name: String,
+        /// NAME is a file path.
+        #[arg(long)]
+        file: bool,
+    },
+    /// Walk every invariant of the segment's heap (on a quiet heap): exit 0 clean, 1
+    /// broken, 2 if it could not run.
+    Check {
+        /// Segment name (or file path with --file).
+        name: String,
+        /// NAME is a file path.
+        #[arg(long)]
+        file: bool,
+    },
+    /// Recover what processes that died left in the segment's heap, and report it.
+    Recover {
         /// Segment name (or file path with --file).
         name: String,
         /// NAME is a file path.
@@ -104,23 +122,53 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("invalid mode {text:?}: expected octal digits such as 600"))
 }
 
-fn run(command: Command) -> Result<(), String> {
+/// A command that failed: its exit code, and the line for stderr (none if its output
+/// already said it).
+struct Failure {
+    code: u8,
+    message: Option<String>,
+}
+
+impl Failure {
+    fn new(code: u8, message: String) -> Self {
+        Self { code, message: Some(message) }
+    }
+
+    fn quiet(code: u8) -> Self {
+        Self { code, message: None }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::new(1, message)
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
     let out = match command {
         Command::Create { name, size, max_size, mode, file } => {
             cmd::create(&Target::new(&name, file)?, size, max_size, mode)?
         }
         Command::Info { name, file } => cmd::info(&Target::new(&name, file)?)?,
+        Command::Check { name, file } => {
+            let target = Target::new(&name, file).map_err(|e| Failure::new(2, e))?;
+            let (report, clean) = cmd::check(&target).map_err(|e| Failure::new(2, e))?;
+            print_out(&format!("{report}\n"))?;
+            return if clean { Ok(()) } else { Err(Failure::quiet(1)) };
+        }
+        Command::Recover { name, file } => cmd::recover(&Target::new(&name, file)?)?,
         Command::Ls => cmd::ls()?,
         Command::Rm { name, file, force } => cmd::rm(&Target::new(&name, file)?, force)?,
-        Command::Demo { records } => return demo::run(records),
+        Command::Demo { records } => return Ok(demo::run(records)?),
         Command::Bench { n, handoffs, reps, only } => {
-            return bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })
+            return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
         Command::DemoWorker { name, socket, slot, reader } => {
-            return demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)
+            return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)
         }
     };
-    print_out(&format!("{out}\n"))
+    Ok(print_out(&format!("{out}\n"))?)
 }
 
 /// Writes to stdout; a closed pipe (`shmpool ls | head`) ends quietly, other write errors
@@ -161,9 +209,11 @@ fn main() -> ExitCode {
     };
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shmpool: {e}");
-            ExitCode::FAILURE
+        Err(Failure { code, message }) => {
+            if let Some(e) = message {
+                eprintln!("shmpool: {e}");
+            }
+            ExitCode::from(code)
         }
     }
 }

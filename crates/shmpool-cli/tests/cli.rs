@@ -249,3 +249,64 @@ fn info_shows_heap_use() {
     heap.free(big).unwrap();
     drop(blocks);
 }
+
+/// Not a test: the process `check_and_recover_after_a_killed_process` starts. With
+/// `SHMPOOL_CLITEST_DIE_IN` set to a segment name, it allocates from its heap and dies by
+/// SIGKILL, leaving a registered process and an active thread heap behind.
+#[test]
+#[ignore = "a helper process, started by check_and_recover_after_a_killed_process"]
+fn helper_allocate_and_die() {
+    let name = std::env::var("SHMPOOL_CLITEST_DIE_IN").expect("started by its test");
+    let seg = shmpool::Segment::open_shm(&name, shmpool::segment::Access::ReadWrite).unwrap();
+    let heap = shmpool::heap::Heap::attach(seg).unwrap();
+    let kept: Vec<u64> = (0..300).map(|_| heap.alloc(100).unwrap()).collect();
+    kept[100..].iter().for_each(|&off| heap.free(off).unwrap());
+    // SAFETY: signals this process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
+#[test]
+fn check_and_recover_after_a_killed_process() {
+    let name = unique("recover");
+    let _rm = Remove(format!("/dev/shm/{name}"));
+    let seg = shmpool::SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
+    let heap = shmpool::heap::Heap::create(seg).unwrap();
+    heap.free(heap.alloc(64).unwrap()).unwrap();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_allocate_and_die", "--ignored", "--nocapture"])
+        .env("SHMPOOL_CLITEST_DIE_IN", &name)
+        .status()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+
+    let out = shmpool(&["check", &name]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("clean") && report.contains("1 dead processes to recover"), "{report}");
+    let out = shmpool(&["recover", &name]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("recovered 1 dead processes and 1 thread heaps"), "{report}");
+    let out = shmpool(&["check", &name]);
+    let report = text(&out.stdout);
+    assert!(report.contains("clean: ") && !report.contains("dead"), "{report}");
+    assert!(report.contains("100 blocks in slabs"), "the dead process's live blocks stay: {report}");
+
+    // Damage: a slab's count of allocated blocks overwritten (its header's `used` word,
+    // 72 bytes in). The walk says so, with exit code 1.
+    let off = heap.alloc(64).unwrap();
+    heap.segment().write_bytes((off & !0xffff) + 72, &[0xee; 4]).unwrap();
+    let out = shmpool(&["check", &name]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("broken") && report.contains("used word"), "{report}");
+    assert!(out.stderr.is_empty(), "the report says it all: {:?}", text(&out.stderr));
+
+    // A segment without a heap: the walk cannot run.
+    let bare = unique("bare");
+    let _rm2 = Remove(format!("/dev/shm/{bare}"));
+    assert_eq!(shmpool(&["create", &bare]).status.code(), Some(0));
+    assert_one_line_error(&shmpool(&["check", &bare]), 2, "no heap");
+    assert_one_line_error(&shmpool(&["check", "/no-such-segment-here"]), 2, "does not exist");
+    drop(heap);
+}
