@@ -15,7 +15,8 @@
 //! - `slab.release`: a block's allocated bit cleared by its owner's free, the block not
 //!   yet on the free list;
 //! - `recover.rebuilding`: a dead process's thread heap claimed by a recoverer, not yet
-//!   rebuilt.
+//!   rebuilt;
+//! - `root.init`: a named root's value allocated and written, the root not yet published.
 
 #[cfg(feature = "crash-points")]
 mod armed {

@@ -3,9 +3,12 @@
 //! process) gets the same offset.
 //!
 //! The table is open addressing over `MAX_ROOTS` entries. A caller claims an empty entry
-//! with one CAS of its state word to `hash | INIT`, fills it, and publishes it with a
-//! Release store of `hash | READY`; a caller that finds `INIT` with its hash waits for
-//! READY and then compares names (different names with equal hashes probe on).
+//! with one CAS of its state word to `hash | its lock-holder tag | INIT`, fills it, and
+//! publishes it with a Release store of `hash | READY`; a caller that finds `INIT` with its
+//! hash waits for READY and then compares names (different names with equal hashes probe
+//! on). A waiter that finds the initialiser dead (the tag names its registration) takes
+//! the entry over with a CAS and initialises it itself: a process killed while
+//! initialising a root wedges no one.
 //!
 //! # Safety
 //! Views of the table are taken inside the committed metadata (see `raw.rs`).
@@ -18,8 +21,20 @@ use crate::offset::{Offset, ShmSafe};
 use core::mem::{align_of, size_of};
 use std::time::{Duration, Instant};
 
-/// How long `find_or_init` waits for another process to finish initialising a root.
+/// The bits of a lock-holder tag (`Inner::lock_holder`), below bit 31.
+const TAG_MASK: u32 = (1 << 31) - 1;
+
+/// How long `find_or_init` waits for another live process to finish initialising a root
+/// (one that died is replaced at once).
 pub const ROOT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A root's state word: the name's hash above [`HASH_SHIFT`], the initialiser's
+/// lock-holder tag (31 bits) while `INIT`, and the state in the low two bits.
+const HASH_SHIFT: u32 = 33;
+
+fn init_word(h: u64, tag: u32) -> u64 {
+    h << HASH_SHIFT | u64::from(tag) << 2 | ROOT_INIT
+}
 
 /// Why a named root could not be found or made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +67,7 @@ pub enum RootError {
 fn hash(name: &[u8]) -> u64 {
     let h =
         name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    (h | 1) << 2 >> 2 // 62 bits, never zero
+    (h | 1) >> HASH_SHIFT // 31 bits, never zero
 }
 
 impl Heap {
@@ -75,16 +90,24 @@ impl Heap {
         let h = hash(bytes);
         let shape = (size_of::<T>() as u64) << 32 | align_of::<T>() as u64;
         let mut init = Some(init);
+        let me = self.inner.lock_holder();
         for probe in 0..MAX_ROOTS {
             let root = self.root(((h + u64::from(probe)) % u64::from(MAX_ROOTS)) as u32);
             let deadline = Instant::now() + ROOT_INIT_TIMEOUT;
             loop {
                 // SYNC: Acquire pairs with the Release store of READY below.
                 let state = root.state.load(Ordering::Acquire);
-                if state == 0 {
+                // An empty entry, or one whose initialiser died: ours to initialise.
+                let free = state == 0
+                    || (state >> HASH_SHIFT == h
+                        && state & 3 == ROOT_INIT
+                        && self.inner.holder_dead((state >> 2) as u32 & TAG_MASK));
+                if free {
+                    // SYNC: Acquire, as the load above (a taken-over entry's previous
+                    // initialiser published nothing).
                     let claim = root.state.compare_exchange(
-                        0,
-                        h << 2 | ROOT_INIT,
+                        state,
+                        init_word(h, me),
                         Ordering::Acquire,
                         Ordering::Relaxed,
                     );
@@ -94,14 +117,14 @@ impl Heap {
                     }
                     continue;
                 }
-                if state >> 2 != h {
+                if state >> HASH_SHIFT != h {
                     break; // another name's entry: probe on
                 }
                 if state & 3 == ROOT_INIT {
                     if Instant::now() > deadline {
                         return Err(RootError::Busy(name.into()));
                     }
-                    std::thread::yield_now();
+                    std::thread::sleep(Duration::from_micros(100));
                     continue;
                 }
                 if !self.root_named(root, bytes) {
@@ -151,9 +174,10 @@ impl Heap {
         root.name_len.store(name.len() as u64, Ordering::Relaxed);
         root.shape.store(shape, Ordering::Relaxed);
         root.offset.store(off.get(), Ordering::Relaxed);
+        crate::crash::point("root.init");
         // SYNC: Release pairs with the Acquire load in `find_or_init`: a caller that sees
         // READY sees the name, the shape, the offset and the value.
-        root.state.store(h << 2 | ROOT_READY, Ordering::Release);
+        root.state.store(h << HASH_SHIFT | ROOT_READY, Ordering::Release);
         Ok(off)
     }
 

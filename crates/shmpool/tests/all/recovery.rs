@@ -16,6 +16,10 @@ pub fn tests() -> Vec<Trial> {
             "recovery::a_recoverer_that_dies_leaves_the_work_to_the_next",
             a_recoverer_that_dies_leaves_the_work_to_the_next,
         ),
+        trial(
+            "recovery::a_root_whose_initialiser_died_is_initialised_again",
+            a_root_whose_initialiser_died_is_initialised_again,
+        ),
     ]
 }
 
@@ -159,4 +163,26 @@ fn a_recoverer_that_dies_leaves_the_work_to_the_next() {
     assert!(heap.thread_heaps().iter().all(|t| t.index != taken.index || !t.active));
     let walk = heap.check().unwrap();
     assert_eq!(walk.slab_blocks, 250, "the dead owner's live blocks: {walk:?}");
+}
+
+/// A child dies initialising a named root (value written, root not published). The
+/// parent's `find_or_init` does not wait out the timeout: it takes the entry over and
+/// initialises the root with its own value, which every later caller then finds.
+fn a_root_whose_initialiser_died_is_initialised_again() {
+    let heap =
+        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let h = &heap;
+    let child = fork(move || {
+        shmpool::crash::arm("root.init");
+        let _ = h.find_or_init("config", || 1u64);
+        0
+    });
+    assert_eq!(child.wait_status(), 128 + libc::SIGKILL, "the child died initialising");
+    let started = Instant::now();
+    let root = heap.find_or_init("config", || 2u64).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    assert_eq!(root.read(heap.segment()).unwrap(), 2, "initialised again, by the survivor");
+    let again = heap.find_or_init("config", || 3u64).unwrap();
+    assert_eq!(again, root);
+    heap.check().unwrap();
 }
