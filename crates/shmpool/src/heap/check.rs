@@ -106,11 +106,23 @@ pub struct ThreadHeapInfo {
 /// Whether process `pid`, started at `start` (clock ticks since boot), still runs.
 pub fn process_alive(pid: u32, start: u64) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let now =
-        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse::<u64>().ok());
-    // A zombie has exited: it only waits for its parent to reap it.
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let fields = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or("");
+    let now = fields.split_whitespace().nth(19).and_then(|f| f.parse::<u64>().ok());
+    // A zombie has exited and only waits for its parent to reap it; but the process's
+    // state is its main thread's, which may have exited while other threads run on.
+    let zombie = fields.starts_with('Z') && !any_thread_runs(pid);
     now == Some(start) && !zombie
+}
+
+/// Whether any thread of process `pid` is not a zombie (proc(5) `/proc/PID/task`).
+fn any_thread_runs(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+        })
+    })
 }
 
 impl Heap {

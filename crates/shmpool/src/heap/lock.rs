@@ -20,7 +20,7 @@
 
 use super::raw::Shared;
 use crate::loom::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAITERS: u32 = 1 << 31;
 
@@ -66,6 +66,7 @@ impl LockWord {
 
     #[cold]
     fn lock_slow(&self, holder: u32, dead: impl Fn(u32) -> bool) -> Guard<'_> {
+        let mut next_look = Instant::now() + POLL;
         for _ in 0..SPINS {
             core::hint::spin_loop();
             // SYNC: Acquire, as in `lock`.
@@ -94,10 +95,16 @@ impl LockWord {
             {
                 continue;
             }
-            if !self.wait(cur | WAITERS) && dead(cur & !WAITERS) {
-                // SYNC: Acquire, as in `lock`. The dead holder released nothing: its
-                // partial writes, made before it died and never to be added to, are what
-                // `took_over` tells the caller to repair. Only one waiter's CAS succeeds.
+            self.wait(cur | WAITERS);
+            // Every POLL, whatever woke the wait (a signal may, again and again).
+            if Instant::now() >= next_look && {
+                next_look = Instant::now() + POLL;
+                dead(cur & !WAITERS)
+            } {
+                // SYNC: Acquire, as in `lock`; it pairs with nothing of the dead holder's,
+                // which released nothing. Its partial writes are visible because its
+                // process has exited; `took_over` tells the caller to repair them. Only
+                // one waiter's CAS succeeds.
                 let took = self.word.compare_exchange(
                     cur | WAITERS,
                     holder | WAITERS,
@@ -111,16 +118,12 @@ impl LockWord {
         }
     }
 
-    /// Sleeps while the word is `expected` (futex(2) `FUTEX_WAIT`), at most [`POLL`];
-    /// false if it timed out.
+    /// Sleeps while the word is `expected` (futex(2) `FUTEX_WAIT`), at most [`POLL`].
     #[cfg(not(loom))]
-    fn wait(&self, expected: u32) -> bool {
+    fn wait(&self, expected: u32) {
         use rustix::thread::futex;
         let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as i64 };
-        !matches!(
-            futex::wait(&self.word, futex::Flags::empty(), expected, Some(&timeout)),
-            Err(rustix::io::Errno::TIMEDOUT)
-        )
+        let _ = futex::wait(&self.word, futex::Flags::empty(), expected, Some(&timeout));
     }
 
     /// Wakes one sleeper (futex(2) `FUTEX_WAKE`).
@@ -130,9 +133,8 @@ impl LockWord {
     }
 
     #[cfg(loom)]
-    fn wait(&self, expected: u32) -> bool {
+    fn wait(&self, expected: u32) {
         self.park.wait(&self.word, expected);
-        true
     }
 
     #[cfg(loom)]

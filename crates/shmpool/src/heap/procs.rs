@@ -189,6 +189,22 @@ impl Inner {
         let mut seen = std::collections::HashMap::new();
         let mut alive =
             |pid: u32, start: u64| *seen.entry((pid, start)).or_insert_with(|| holder_alive(pid, start));
+        // Registry slots of dead processes first, so that a recoverer short of a slot
+        // gets one (and a tag that waiters can judge). Their thread heaps are found by
+        // their owners' identity below, not through the slots.
+        for slot in 0..MAX_PROCS {
+            let p = self.proc(slot);
+            // SYNC: Acquire pairs with the Release store in `register`.
+            let word = p.state.load(Ordering::Acquire);
+            if word & 3 != PROC_LIVE || alive(p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed))
+            {
+                continue;
+            }
+            let free = layout::next_gen(word, PROC_FREE);
+            if p.state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                report.dead_processes += 1;
+            }
+        }
         // Thread heaps whose owner died. Each is claimed as a thread would claim it, so a
         // recoverer that dies while rebuilding leaves it active under its own (dead)
         // name, for the next recovery to take up.
@@ -203,8 +219,9 @@ impl Inner {
                 continue;
             }
             let claimed = layout::next_gen(state, layout::DESC_CLAIMING);
-            // SYNC: Acquire, as in `claim`: the dead owner's updates are visible (those it
-            // made at all). One recoverer wins the CAS.
+            // SYNC: Acquire pairs with the Release store of ACTIVE by the dead owner's
+            // claim (its identity); its later updates are visible because its process
+            // has exited, not by this ordering. One recoverer wins the CAS.
             if desc.state.compare_exchange(state, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 continue;
             }
@@ -214,8 +231,8 @@ impl Inner {
             desc.proc_slot.store(self.process_slot().unwrap_or(MAX_PROCS), Ordering::Relaxed);
             desc.instance.store(self.instance, Ordering::Relaxed);
             let token = layout::same_gen(claimed, layout::DESC_ACTIVE);
-            // SYNC: Release pairs with the Acquire loads of the state (here, in `claim`'s
-            // neighbours and in `thread_heaps`): whoever sees ACTIVE sees the recoverer.
+            // SYNC: Release pairs with the Acquire loads of the state here, in `Inner::drop`
+            // and in `thread_heaps`: whoever sees ACTIVE sees the recoverer's identity.
             desc.state.store(token, Ordering::Release);
             crate::crash::point("recover.rebuilding");
             let (kept, given_back) = self.rebuild_thread_heap(d);
@@ -223,21 +240,6 @@ impl Inner {
             report.thread_heaps += 1;
             report.slabs_kept += kept;
             report.slabs_given_back += given_back;
-        }
-        // Registry slots of dead processes: their thread heaps were taken up above (or by
-        // another recoverer, under its own name).
-        for slot in 0..MAX_PROCS {
-            let p = self.proc(slot);
-            // SYNC: Acquire pairs with the Release store in `register`.
-            let word = p.state.load(Ordering::Acquire);
-            if word & 3 != PROC_LIVE || alive(p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed))
-            {
-                continue;
-            }
-            let free = layout::next_gen(word, PROC_FREE);
-            if p.state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                report.dead_processes += 1;
-            }
         }
         report
     }

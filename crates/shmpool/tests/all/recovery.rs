@@ -20,6 +20,10 @@ pub fn tests() -> Vec<Trial> {
             "recovery::a_root_whose_initialiser_died_is_initialised_again",
             a_root_whose_initialiser_died_is_initialised_again,
         ),
+        trial(
+            "recovery::a_process_whose_main_thread_exited_is_alive",
+            a_process_whose_main_thread_exited_is_alive,
+        ),
     ]
 }
 
@@ -139,7 +143,7 @@ fn a_dead_owners_thread_heap_is_rebuilt() {
 
 /// One child dies holding a thread heap; a second dies while recovering it (it had
 /// claimed the thread heap and not rebuilt it). The parent's recovery takes it up from
-/// the second child's dead claim, and frees both registry slots.
+/// the second child's dead claim; no dead process keeps a registry slot.
 fn a_recoverer_that_dies_leaves_the_work_to_the_next() {
     let heap =
         Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
@@ -159,7 +163,10 @@ fn a_recoverer_that_dies_leaves_the_work_to_the_next() {
     assert_eq!(recoverer.wait_status(), 128 + libc::SIGKILL, "the recoverer died rebuilding");
     let taken = heap.thread_heaps().into_iter().find(|t| t.active && !t.owner_alive).expect("left active");
     let report = heap.recover();
-    assert_eq!((report.thread_heaps, report.dead_processes), (1, 2), "{report:?}");
+    // The dying recoverer freed the owner's registry slot (slots come first); its own
+    // is left.
+    assert_eq!((report.thread_heaps, report.dead_processes), (1, 1), "{report:?}");
+    assert!(heap.processes().iter().all(|p| p.alive));
     assert!(heap.thread_heaps().iter().all(|t| t.index != taken.index || !t.active));
     let walk = heap.check().unwrap();
     assert_eq!(walk.slab_blocks, 250, "the dead owner's live blocks: {walk:?}");
@@ -185,4 +192,30 @@ fn a_root_whose_initialiser_died_is_initialised_again() {
     let again = heap.find_or_init("config", || 3u64).unwrap();
     assert_eq!(again, root);
     heap.check().unwrap();
+}
+
+/// A process whose main thread has exited shows as a zombie in `/proc/PID/stat` while
+/// its other threads run: it is alive, and its locks and thread heaps must not be taken
+/// from it.
+fn a_process_whose_main_thread_exited_is_alive() {
+    let child = fork(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: ends the process from its last thread.
+            unsafe { libc::_exit(0) };
+        });
+        // SAFETY: exit(2), not exit_group: only the calling (main) thread ends, without
+        // unwinding; the spawned one runs on.
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
+        unreachable!("the thread has exited")
+    });
+    let pid = child.pid() as u32;
+    std::thread::sleep(Duration::from_millis(100));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[0], "Z", "the main thread has exited: {stat}");
+    let start: u64 = fields[19].parse().unwrap();
+    assert!(shmpool::heap::process_alive(pid, start), "a process with a running thread is alive");
+    assert_eq!(child.wait(), 0);
+    assert!(!shmpool::heap::process_alive(pid, start));
 }
