@@ -409,8 +409,7 @@ impl Inner {
             let q = self.queue(d, class);
             if used == 0 && remote::may_retire(&ur.state) {
                 ur.state.store(0, Ordering::Relaxed);
-                slab.class.store(0, Ordering::Relaxed);
-                self.free_units(unit);
+                self.free_units(unit, || slab.class.store(0, Ordering::Relaxed));
                 given_back += 1;
                 continue;
             }
@@ -611,8 +610,7 @@ impl Inner {
         state.store(0, Ordering::Relaxed); // neither FULL (unfull cleared it) nor QUEUED
         self.classes(q, || self.unlink(&q.head, slab_off));
         tls::forget_slab(slab_off);
-        slab.class.store(0, Ordering::Relaxed);
-        self.free_units(unit);
+        self.free_units(unit, || slab.class.store(0, Ordering::Relaxed));
     }
 
     /// Word `w` of a slab's allocated or remote bitmap, read (for the walk in `check`).
@@ -673,21 +671,24 @@ impl Inner {
     /// Takes units for a new slab of `class` owned by `d` and writes its header.
     fn new_slab(&self, d: u32, class: usize) -> Result<u64, AllocError> {
         let g = &GEOMETRY[class];
-        let unit = self.alloc_units(g.units, slab_tag(class))?;
-        let slab_off = self.unit_off(unit);
-        let slab = self.slab(slab_off);
-        for f in [&slab.free, &slab.bump, &slab.used, &slab.next, &slab.prev] {
-            f.store(0, Ordering::Relaxed);
-        }
-        slab.owner.store(d, Ordering::Relaxed);
-        let ur = self.unit_remote(unit);
-        ur.state.store(0, Ordering::Relaxed);
-        ur.next.store(0, Ordering::Relaxed);
-        for w in 0..g.words {
-            self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
-            self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);
-        }
-        slab.class.store(SLAB_MAGIC | class as u32, Ordering::Relaxed);
-        Ok(slab_off)
+        // The header is made under the page lock (see `alloc_units`).
+        let unit = self.alloc_units(g.units, slab_tag(class), |unit| {
+            let slab_off = self.unit_off(unit);
+            let slab = self.slab(slab_off);
+            for f in [&slab.free, &slab.bump, &slab.used, &slab.next, &slab.prev] {
+                f.store(0, Ordering::Relaxed);
+            }
+            slab.owner.store(d, Ordering::Relaxed);
+            let ur = self.unit_remote(unit);
+            ur.state.store(0, Ordering::Relaxed);
+            ur.next.store(0, Ordering::Relaxed);
+            for w in 0..g.words {
+                self.bits(slab_off, class, false, w).store(0, Ordering::Relaxed);
+                self.bits(slab_off, class, true, w).store(0, Ordering::Relaxed);
+            }
+            crate::crash::point("slab.new");
+            slab.class.store(SLAB_MAGIC | class as u32, Ordering::Relaxed);
+        })?;
+        Ok(self.unit_off(unit))
     }
 }

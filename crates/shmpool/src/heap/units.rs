@@ -2,11 +2,12 @@
 //! growth of the arena (and so of the segment) when it runs dry.
 
 use super::error::{AllocError, FreeError};
-use super::layout::TAG_LARGE;
+use super::layout::{tag_class, SLAB_MAGIC, TAG_LARGE};
 use super::lock::Guard;
 use super::store::ShmBuddy;
 use super::Inner;
 use crate::crash;
+use crate::loom::Ordering;
 use crate::pages::{PagesError, UnitState, UNIT, UNIT_SHIFT};
 
 /// The arena grows by at least this many units (1 MiB) at a time.
@@ -19,6 +20,7 @@ impl Inner {
         let guard = self.meta().page_lock.lock(self.lock_holder(), |tag| self.holder_dead(tag));
         if guard.took_over {
             self.buddy().repair();
+            self.drop_unmade_slabs();
         }
         crash::point("page_lock.held");
         guard
@@ -26,35 +28,69 @@ impl Inner {
 
     /// Takes a run of `units` units tagged `tag`; when none is free, first recovers what
     /// dead processes hold (their empty slabs come back), then grows the arena.
-    pub(super) fn alloc_units(&self, units: u32, tag: u8) -> Result<u32, AllocError> {
-        if let Some(head) = self.take_units(units, tag, false)? {
+    ///
+    /// `init` runs on the new run's head unit before the page lock is released, so that a
+    /// run is never seen without what `init` writes unless its taker died holding the
+    /// lock (whoever takes the lock over then repairs: `page_lock`).
+    pub(super) fn alloc_units(&self, units: u32, tag: u8, init: impl Fn(u32)) -> Result<u32, AllocError> {
+        if let Some(head) = self.take_units(units, tag, false, &init)? {
             return Ok(head);
         }
         self.recover(); // it takes the page lock itself, to give slabs back
-        Ok(self.take_units(units, tag, true)?.expect("a run, after growth, or an error"))
+        Ok(self.take_units(units, tag, true, &init)?.expect("a run, after growth, or an error"))
     }
 
     /// A run from the pages, under the page lock; `None` if there is none and `grow` is
     /// false.
-    fn take_units(&self, units: u32, tag: u8, grow: bool) -> Result<Option<u32>, AllocError> {
+    fn take_units(
+        &self,
+        units: u32,
+        tag: u8,
+        grow: bool,
+        init: &dyn Fn(u32),
+    ) -> Result<Option<u32>, AllocError> {
         let _lock = self.page_lock();
         let mut buddy = self.buddy();
-        match buddy.alloc(units, tag) {
-            Ok(head) => Ok(Some(head)),
-            Err(PagesError::Exhausted { .. }) if !grow => Ok(None),
+        let head = match buddy.alloc(units, tag) {
+            Ok(head) => head,
+            Err(PagesError::Exhausted { .. }) if !grow => return Ok(None),
             Err(PagesError::Exhausted { .. }) => {
                 self.grow_arena(&mut buddy, units)?;
-                buddy.alloc(units, tag).map(Some).map_err(|e| AllocError::OutOfMemory(e.to_string()))
+                buddy.alloc(units, tag).map_err(|e| AllocError::OutOfMemory(e.to_string()))?
             }
-            Err(_) => Err(AllocError::TooLarge(u64::from(units) << UNIT_SHIFT)),
-        }
+            Err(_) => return Err(AllocError::TooLarge(u64::from(units) << UNIT_SHIFT)),
+        };
+        init(head);
+        Ok(Some(head))
     }
 
-    /// Gives the run at `unit` back.
-    pub(super) fn free_units(&self, unit: u32) {
+    /// Gives the run at `unit` back; `before` runs first, under the page lock (a slab's
+    /// header is unmade there, so that a slab run with a bad header means only a holder
+    /// that died: see `page_lock`).
+    pub(super) fn free_units(&self, unit: u32, before: impl FnOnce()) {
         let _lock = self.page_lock();
+        before();
         let freed = self.buddy().free(unit);
         debug_assert!(freed.is_ok(), "freeing a run the heap owns: {freed:?}");
+    }
+
+    /// After a takeover from a dead holder: the slab runs whose header was not made yet,
+    /// or was being unmade (their class word does not match their tag), go back to the
+    /// pages. Only a holder of the page lock makes or unmakes a header, and that one died.
+    fn drop_unmade_slabs(&self) -> u32 {
+        let mut buddy = self.buddy();
+        let mut dropped = 0;
+        for (unit, _, tag) in self.runs(|t| tag_class(t).is_some()) {
+            let class = tag_class(tag).expect("a slab tag");
+            if self.slab(self.unit_off(unit)).class.load(Ordering::Relaxed) != SLAB_MAGIC | class as u32 {
+                let ur = self.unit_remote(unit);
+                ur.state.store(0, Ordering::Relaxed);
+                ur.next.store(0, Ordering::Relaxed);
+                let _ = buddy.free(unit);
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Adds committed units so that a run of `units` fits: enough for an aligned block
@@ -91,7 +127,7 @@ impl Inner {
         if units > self.max_units {
             return Err(AllocError::TooLarge(size));
         }
-        let head = self.alloc_units(units, TAG_LARGE)?;
+        let head = self.alloc_units(units, TAG_LARGE, |_| {})?;
         Ok(self.unit_off(head))
     }
 

@@ -24,6 +24,7 @@ pub fn tests() -> Vec<Trial> {
             "recovery::a_process_whose_main_thread_exited_is_alive",
             a_process_whose_main_thread_exited_is_alive,
         ),
+        trial("recovery::a_slab_half_made_by_the_dead_goes_back", a_slab_half_made_by_the_dead_goes_back),
     ]
 }
 
@@ -218,4 +219,26 @@ fn a_process_whose_main_thread_exited_is_alive() {
     assert!(shmpool::heap::process_alive(pid, start), "a process with a running thread is alive");
     assert_eq!(child.wait(), 0);
     assert!(!shmpool::heap::process_alive(pid, start));
+}
+
+/// A child dies making a slab's header (under the page lock, the run taken from the
+/// pages). The process that takes the lock over gives the half-made slab's units back:
+/// the walk is clean, and the child's thread heap, recovered, holds nothing.
+fn a_slab_half_made_by_the_dead_goes_back() {
+    let heap =
+        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let units_before = heap.check().unwrap().free_units;
+    let h = &heap;
+    let child = fork(move || {
+        shmpool::crash::arm("slab.new");
+        let _ = h.alloc(100);
+        0
+    });
+    assert_eq!(child.wait_status(), 128 + libc::SIGKILL, "the child died making the slab");
+    let off = heap.alloc(3000).unwrap(); // takes the page lock over: another class, a new slab
+    heap.recover();
+    let walk = heap.check().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((walk.slabs, walk.slab_blocks), (1, 1), "only the parent's slab: {walk:?}");
+    heap.free(off).unwrap();
+    assert!(heap.check().unwrap().free_units + 1 >= units_before, "the half-made slab's units came back");
 }
