@@ -2,9 +2,10 @@
 //! make the process die, as a SIGKILL at that instruction would, and check that the
 //! survivors recover.
 //!
-//! With the `crash-points` feature, [`arm`] names the point at which this process dies
-//! (by sending itself SIGKILL) the next time it passes it. Without the feature the
-//! points compile to nothing and [`arm`] does not exist.
+//! With the `crash-points` feature, `arm` names the point at which this process dies
+//! (by sending itself SIGKILL) the next time it passes it, and `arm_pause` one where it
+//! stops a while, as a slow process would. Without the feature the points compile to
+//! nothing and those functions do not exist.
 //!
 //! The points:
 //! - `page_lock.held`: just after taking the page lock (and repairing after a dead holder);
@@ -16,20 +17,34 @@
 //!   yet on the free list;
 //! - `recover.rebuilding`: a dead process's thread heap claimed by a recoverer, not yet
 //!   rebuilt;
-//! - `root.init`: a named root's value allocated and written, the root not yet published.
+//! - `root.init`: a named root's value allocated and written, the root not yet published;
+//! - `slab.new`: a slab's header half made (under the page lock);
+//! - `drain.taken`: an owner's delayed stack taken, none of its slabs processed yet.
 
 #[cfg(feature = "crash-points")]
 mod armed {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
 
-    static ARMED: Mutex<Option<String>> = Mutex::new(None);
+    /// The armed point, and how long to stop there instead of dying (`None`: die).
+    static ARMED: Mutex<Option<(String, Option<Duration>)>> = Mutex::new(None);
     /// Whether `ARMED` holds a name: the points on fast paths test only this.
     static ANY: AtomicBool = AtomicBool::new(false);
 
     /// This process dies (SIGKILL) the next time it passes the crash point `name`.
     pub fn arm(name: &str) {
-        *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_owned());
+        set(name, None);
+    }
+
+    /// The next time this process passes the crash point `name`, it stops there for
+    /// `pause` and goes on: a slow process, not a dead one.
+    pub fn arm_pause(name: &str, pause: Duration) {
+        set(name, Some(pause));
+    }
+
+    fn set(name: &str, pause: Option<Duration>) {
+        *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some((name.to_owned(), pause));
         ANY.store(true, Ordering::SeqCst);
     }
 
@@ -42,17 +57,27 @@ mod armed {
 
     #[cold]
     fn hit(name: &str) {
-        let armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
-        if armed.as_deref() == Some(name) {
-            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        match armed.as_ref() {
+            Some((n, None)) if n == name => {
+                let _ =
+                    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            }
+            Some((n, Some(pause))) if n == name => {
+                let pause = *pause;
+                *armed = None; // once
+                drop(armed);
+                std::thread::sleep(pause);
+            }
+            _ => {}
         }
     }
 }
 
 #[cfg(feature = "crash-points")]
-pub use armed::arm;
-#[cfg(feature = "crash-points")]
 pub(crate) use armed::point;
+#[cfg(feature = "crash-points")]
+pub use armed::{arm, arm_pause};
 
 /// A crash point (see the module docs); nothing without the `crash-points` feature.
 #[cfg(not(feature = "crash-points"))]

@@ -343,19 +343,20 @@ impl Inner {
             return;
         }
         let mut next = remote::take_slabs(delayed);
+        crate::crash::point("drain.taken");
         let mut budget = self.max_units;
         while next != 0 && budget > 0 {
             budget -= 1;
-            // Validate before following the link: only a queued slab head this heap owns.
+            // Validate before following the link: only a slab head this heap owns.
             let unit = next - 1;
             let Some(class) = self.owned_slab(d, unit) else { break };
             let slab_off = self.unit_off(unit);
             let slab = self.slab(slab_off);
             let ur = self.unit_remote(unit);
-            if ur.state.load(Ordering::Relaxed) & QUEUED == 0 {
-                break;
-            }
             next = ur.next.load(Ordering::Relaxed);
+            if ur.state.load(Ordering::Relaxed) & QUEUED == 0 {
+                continue; // pushed after a recovery unflagged it (see `rebuild_thread_heap`)
+            }
             remote::unqueue(&ur.state);
             self.collect(slab_off, class);
             if ur.state.load(Ordering::Relaxed) & FULL != 0 && slab.free.load(Ordering::Relaxed) != 0 {
@@ -396,6 +397,13 @@ impl Inner {
         for (unit, class) in self.slabs_of(d) {
             let slab_off = self.unit_off(unit);
             let ur = self.unit_remote(unit);
+            // Still queued but on no stack: the dead owner had taken its stack and not
+            // got to this one, or its pusher died before pushing. Unflagged, so that
+            // frees queue it again. (A live pusher between its flag and its push would
+            // push it unflagged, which a drain skips.)
+            if ur.state.load(Ordering::Relaxed) & QUEUED != 0 {
+                remote::unqueue(&ur.state);
+            }
             remote::clear_full(&ur.state); // it goes on a class list, or is flagged again
             let g = &GEOMETRY[class];
             for w in 0..g.words {

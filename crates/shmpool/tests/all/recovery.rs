@@ -25,6 +25,8 @@ pub fn tests() -> Vec<Trial> {
             a_process_whose_main_thread_exited_is_alive,
         ),
         trial("recovery::a_slab_half_made_by_the_dead_goes_back", a_slab_half_made_by_the_dead_goes_back),
+        trial("recovery::a_slow_page_lock_holder_is_waited_for", a_slow_page_lock_holder_is_waited_for),
+        trial("recovery::an_owner_killed_draining_strands_no_slab", an_owner_killed_draining_strands_no_slab),
     ]
 }
 
@@ -241,4 +243,76 @@ fn a_slab_half_made_by_the_dead_goes_back() {
     assert_eq!((walk.slabs, walk.slab_blocks), (1, 1), "only the parent's slab: {walk:?}");
     heap.free(off).unwrap();
     assert!(heap.check().unwrap().free_units + 1 >= units_before, "the half-made slab's units came back");
+}
+
+/// A child holds the page lock for 300 ms, alive. The parent waits for it rather than
+/// take the lock over, and the heap stays whole.
+fn a_slow_page_lock_holder_is_waited_for() {
+    let heap =
+        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let h = &heap;
+    let ready = heap.alloc(8).unwrap();
+    let child = fork(move || {
+        shmpool::crash::arm_pause("page_lock.held", Duration::from_millis(300));
+        h.write(ready, &1u64.to_le_bytes()).unwrap();
+        let big = h.alloc(2 << 20).unwrap(); // stops holding the lock
+        h.free(big).unwrap();
+        0
+    });
+    let mut flag = [0u8; 8];
+    while flag == [0; 8] {
+        heap.read(ready, &mut flag).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50)); // the child now sits in the lock
+    let started = Instant::now();
+    let big = heap.alloc(4 << 20).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(child.wait(), 0);
+    assert!(waited >= Duration::from_millis(150), "took the lock from a live holder after {waited:?}");
+    heap.free(big).unwrap();
+    heap.check().unwrap();
+}
+
+/// A child fills a slab; the parent frees one of its blocks, which queues the full slab
+/// on the child's delayed stack; the child dies having taken the stack, before handling
+/// it. Recovery unflags the slab (the walk is clean) and every block comes back.
+fn an_owner_killed_draining_strands_no_slab() {
+    use shmpool::heap::class::{class_of, GEOMETRY};
+    let heap =
+        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let cap = GEOMETRY[class_of(64)].capacity as u64;
+    let mailbox = heap.alloc(8 * cap).unwrap();
+    let go = heap.alloc(8).unwrap();
+    let h = &heap;
+    let child = fork(move || {
+        // One more than a slab holds: the first slab is put aside as full.
+        let blocks: Vec<u64> = (0..=cap).map(|_| h.alloc(64).unwrap()).collect();
+        let bytes: Vec<u8> = blocks[..cap as usize].iter().flat_map(|o| o.to_le_bytes()).collect();
+        h.write(mailbox, &bytes).unwrap();
+        h.write(go, &1u64.to_le_bytes()).unwrap();
+        let mut flag = [0u8; 8];
+        while flag != 2u64.to_le_bytes() {
+            h.read(go, &mut flag).unwrap();
+        }
+        shmpool::crash::arm("drain.taken");
+        let _ = h.alloc(1 << 20); // a large block: remote frees are taken first
+        0
+    });
+    let mut flag = [0u8; 8];
+    while flag != 1u64.to_le_bytes() {
+        heap.read(go, &mut flag).unwrap();
+    }
+    let mut bytes = vec![0u8; 8 * cap as usize];
+    heap.read(mailbox, &mut bytes).unwrap();
+    let blocks: Vec<u64> = bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    heap.free(blocks[0]).unwrap(); // into the full slab: queues it
+    heap.write(go, &2u64.to_le_bytes()).unwrap();
+    assert_eq!(child.wait_status(), 128 + libc::SIGKILL, "the child died draining");
+    let report = heap.recover();
+    assert_eq!(report.thread_heaps, 1, "{report:?}");
+    heap.check().unwrap_or_else(|e| panic!("{e}"));
+    for &off in &blocks[1..] {
+        heap.free(off).unwrap();
+    }
+    heap.check().unwrap_or_else(|e| panic!("{e}"));
 }
