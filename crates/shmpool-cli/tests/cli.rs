@@ -203,7 +203,7 @@ fn bench_prints_every_workload_line() {
     let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let expect: [(&str, &[&str]); 8] = [
+    let expect: [(&str, &[&str]); 10] = [
         ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
         ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
         ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
@@ -211,7 +211,9 @@ fn bench_prints_every_workload_line() {
         ("shmpool W3 ", &["agg_mpairs_s", "scaling", "one_proc_mpairs_s", "min", "max", "reps"]),
         ("shmpool W4 ", &["mblocks_s", "min", "max", "reps", "ring"]),
         ("shmpool W4-ring ", &["mblocks_s", "ring"]),
+        ("shmpool W4-pool ", &["mblocks_s", "ring", "pool"]),
         ("shmpool W5 ", &["bytes_per_alloc", "overhead_ratio", "consumed_bytes"]),
+        ("shmpool recovery ", &["ms_per_gib", "min", "max", "reps", "heap_mib"]),
     ];
     for (prefix, keys) in expect {
         let line =

@@ -103,6 +103,9 @@ pub fn run(plan: &Plan) -> Result<(), String> {
     if plan.wants("w5") {
         out(single::w5()?)?;
     }
+    if plan.wants("recovery") {
+        out(multi::recovery(plan)?)?;
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use shmpool::heap::Heap;
 use shmpool::segment::Access;
 use shmpool::{Segment, SegmentOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -238,4 +238,59 @@ pub fn w4(plan: &Plan) -> Result<Vec<String>, String> {
         line("W4-ring", &ring, ""),
         line("W4-pool", &pool, &format!(" pool={POOL}")),
     ])
+}
+
+/// Recovery: a child fills a heap with blocks of 16 B to 4 KiB (about 256 MiB asked for,
+/// every other block freed) and is killed; `Heap::recover` rebuilds its thread heap. The
+/// figure is milliseconds per GiB of arena the dead process's slabs held.
+pub fn recovery(plan: &Plan) -> Result<String, String> {
+    const ASK: u64 = 256 << 20;
+    let mut per_gib = Vec::new();
+    let mut held = 0;
+    for _ in 0..plan.reps {
+        let seg =
+            SegmentOptions::new().max_size(2 << 30).create_memfd("recovery").map_err(|e| e.to_string())?;
+        let heap = Heap::create(seg).map_err(|e| e.to_string())?;
+        let h = &heap;
+        let child = fork(move || {
+            let mut rng = super::single::SplitMix(0x5EED);
+            let mut asked = 0;
+            let mut blocks = Vec::new();
+            while asked < ASK {
+                let size = 16 + rng.next() % 4081;
+                blocks.push(h.alloc(size).expect("alloc"));
+                asked += size;
+            }
+            for off in blocks.iter().step_by(2) {
+                h.free(*off).expect("free");
+            }
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            0
+        })?;
+        let deadline = Instant::now() + DEADLINE;
+        while child.poll()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill();
+                return Err("the recovery bench's child did not die".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stats = heap.stats();
+        held = stats.arena_bytes - stats.free_unit_bytes;
+        let mut report = None;
+        let ns = super::time_ns(|| report = Some(heap.recover()));
+        if report.as_ref().is_none_or(|r| r.thread_heaps != 1) {
+            return Err(format!("recovery found {report:?}, not the dead child's thread heap"));
+        }
+        per_gib.push(ns / 1e6 / (held as f64 / f64::from(1u32 << 30)));
+    }
+    let s = Spread::of(per_gib);
+    Ok(format!(
+        "shmpool recovery ms_per_gib={:.1} min={:.1} max={:.1} reps={} heap_mib={}",
+        s.median,
+        s.min,
+        s.max,
+        plan.reps,
+        held >> 20
+    ))
 }
