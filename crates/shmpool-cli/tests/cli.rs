@@ -42,6 +42,15 @@ impl Drop for Remove {
     }
 }
 
+/// A heap in a new shm segment (64 MiB reserved) named after `tag`, removed when the
+/// returned guard drops.
+fn shm_heap(tag: &str) -> (String, shmpool::heap::Heap, Remove) {
+    let name = unique(tag);
+    let rm = Remove(format!("/dev/shm/{name}"));
+    let seg = shmpool::SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
+    (name, shmpool::heap::Heap::create(seg).unwrap(), rm)
+}
+
 /// Asserts a failure: the exit code, and exactly one line on stderr containing `needle`.
 fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
     let err = text(&out.stderr);
@@ -234,10 +243,7 @@ fn bench_prints_every_workload_line() {
 
 #[test]
 fn info_shows_heap_use() {
-    let name = unique("heapinfo");
-    let _rm = Remove(format!("/dev/shm/{name}"));
-    let seg = shmpool::SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
-    let heap = shmpool::heap::Heap::create(seg).unwrap();
+    let (name, heap, _rm) = shm_heap("heapinfo");
     let blocks: Vec<u64> = (0..100).map(|_| heap.alloc(100).unwrap()).collect();
     let big = heap.alloc(3 << 20).unwrap();
     let info = text(&shmpool(&["info", &name]).stdout);
@@ -269,10 +275,7 @@ fn helper_allocate_and_die() {
 
 #[test]
 fn check_and_recover_after_a_killed_process() {
-    let name = unique("recover");
-    let _rm = Remove(format!("/dev/shm/{name}"));
-    let seg = shmpool::SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
-    let heap = shmpool::heap::Heap::create(seg).unwrap();
+    let (name, heap, _rm) = shm_heap("recover");
     heap.free(heap.alloc(64).unwrap()).unwrap();
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "helper_allocate_and_die", "--ignored", "--nocapture"])

@@ -409,8 +409,6 @@ impl Heap {
             Err(_) if inner.recover().dead_processes > 0 => inner.process_slot()?,
             Err(e) => return Err(e),
         };
-        let pid = tls::pid();
-        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         // Adopt an abandoned heap first (its slabs come along), else take a free one.
         for from in [DESC_ABANDONED, DESC_FREE] {
             for d in 0..layout::MAX_DESCS {
@@ -419,21 +417,7 @@ impl Heap {
                 if layout::desc_state(word) != from {
                     continue;
                 }
-                let claimed = layout::next_gen(word, layout::DESC_CLAIMING);
-                // SYNC: Acquire pairs with the Release in `abandon`: the previous owner's
-                // updates of the descriptor and its slabs are visible to the adopter.
-                if desc.state.compare_exchange(word, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                    continue;
-                }
-                desc.owner_pid.store(pid, Ordering::Relaxed);
-                desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
-                desc.owner_tid.store(tid, Ordering::Relaxed);
-                desc.proc_slot.store(slot, Ordering::Relaxed);
-                desc.instance.store(inner.instance, Ordering::Relaxed);
-                let token = layout::same_gen(claimed, DESC_ACTIVE);
-                // SYNC: Release pairs with the Acquire load in `Inner::drop` (and in
-                // `thread_heaps`): whoever sees ACTIVE sees this owner's identity.
-                desc.state.store(token, Ordering::Release);
+                let Some(token) = inner.take_desc(d, word, slot) else { continue };
                 let queues = raw::Queues::new(&desc.classes);
                 if !tls::remember(Arc::downgrade(&self.inner), inner.id, d, queues, token) {
                     inner.abandon(d, token);
@@ -510,6 +494,29 @@ impl Inner {
         // SAFETY: the metadata lies in the committed prefix (grown at create, checked at
         // attach) and META_OFF is 8-aligned.
         unsafe { self.base.at(META_OFF) }
+    }
+
+    /// Claims thread heap `d`, found in state `word`, for the calling thread (of this
+    /// handle, in registry slot `slot`): returns its ACTIVE state word, the token that
+    /// abandons exactly this claim, or `None` if another claim came first.
+    pub(super) fn take_desc(&self, d: u32, word: u32, slot: u32) -> Option<u32> {
+        let desc = self.desc(d);
+        let claimed = layout::next_gen(word, layout::DESC_CLAIMING);
+        // SYNC: Acquire pairs with the Release in `abandon` (or, from a dead owner's ACTIVE
+        // word, with its claim's Release store: its later updates are visible because its
+        // process has exited): the previous owner's updates of the descriptor and its slabs
+        // are visible to the new one.
+        desc.state.compare_exchange(word, claimed, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        desc.owner_pid.store(tls::pid(), Ordering::Relaxed);
+        desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
+        desc.owner_tid.store(rustix::thread::gettid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
+        desc.proc_slot.store(slot, Ordering::Relaxed);
+        desc.instance.store(self.instance, Ordering::Relaxed);
+        let token = layout::same_gen(claimed, DESC_ACTIVE);
+        // SYNC: Release pairs with the Acquire loads of the state in `Inner::drop`,
+        // `recover` and `thread_heaps`: whoever sees ACTIVE sees this owner's identity.
+        desc.state.store(token, Ordering::Release);
+        Some(token)
     }
 
     /// The thread heap the calling thread owns here, if any.

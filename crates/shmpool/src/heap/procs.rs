@@ -218,22 +218,8 @@ impl Inner {
             {
                 continue;
             }
-            let claimed = layout::next_gen(state, layout::DESC_CLAIMING);
-            // SYNC: Acquire pairs with the Release store of ACTIVE by the dead owner's
-            // claim (its identity); its later updates are visible because its process
-            // has exited, not by this ordering. One recoverer wins the CAS.
-            if desc.state.compare_exchange(state, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                continue;
-            }
-            desc.owner_pid.store(tls::pid(), Ordering::Relaxed);
-            desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
-            desc.owner_tid.store(rustix::thread::gettid().as_raw_nonzero().get() as u32, Ordering::Relaxed);
-            desc.proc_slot.store(self.process_slot().unwrap_or(MAX_PROCS), Ordering::Relaxed);
-            desc.instance.store(self.instance, Ordering::Relaxed);
-            let token = layout::same_gen(claimed, layout::DESC_ACTIVE);
-            // SYNC: Release pairs with the Acquire loads of the state here, in `Inner::drop`
-            // and in `thread_heaps`: whoever sees ACTIVE sees the recoverer's identity.
-            desc.state.store(token, Ordering::Release);
+            let slot = self.process_slot().unwrap_or(MAX_PROCS);
+            let Some(token) = self.take_desc(d, state, slot) else { continue }; // another recoverer's
             crate::crash::point("recover.rebuilding");
             let (kept, given_back) = self.rebuild_thread_heap(d);
             self.abandon(d, token);

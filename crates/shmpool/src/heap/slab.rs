@@ -116,20 +116,10 @@ impl Hot {
 
     #[inline(always)]
     pub(super) fn unit_of(&self, slab_off: u64) -> u32 {
-        ((slab_off - self.arena) >> crate::pages::UNIT_SHIFT) as u32
+        ((slab_off - self.arena) >> UNIT_SHIFT) as u32
     }
-}
 
-impl Inner {
     /// The fast path: pops a block from the current slab of `q`, a queue of `class`.
-    #[inline(always)]
-    pub(super) fn pop(&self, q: &ClassQueue, class: usize) -> Option<u64> {
-        self.hot.pop(q, class)
-    }
-}
-
-impl Hot {
-    /// [`Inner::pop`], for a caller that holds a copy of the heap's `Hot`.
     #[inline(always)]
     pub(super) fn pop(self, q: &ClassQueue, class: usize) -> Option<u64> {
         let h = self;
@@ -373,21 +363,8 @@ impl Inner {
     /// empty slabs go back to the pages. The caller holds `d` (claimed from the dead
     /// owner), so this runs as its owner would. Returns (slabs kept, slabs given back).
     pub(super) fn rebuild_thread_heap(&self, d: u32) -> (u32, u32) {
-        // Slabs on the delayed stack come off it (its links are read as the owner would).
-        let mut next = remote::take_slabs(&self.desc(d).delayed);
-        let mut budget = self.max_units;
-        while next != 0 && budget > 0 {
-            budget -= 1;
-            let unit = next - 1;
-            if self.owned_slab(d, unit).is_none() {
-                break;
-            }
-            let ur = self.unit_remote(unit);
-            next = ur.next.load(Ordering::Relaxed);
-            if ur.state.load(Ordering::Relaxed) & QUEUED != 0 {
-                remote::unqueue(&ur.state);
-            }
-        }
+        // The delayed stack is dropped: every slab on it is unflagged below.
+        remote::take_slabs(&self.desc(d).delayed);
         for c in 0..super::class::CLASSES {
             let q = self.queue(d, c);
             q.head.store(0, Ordering::Relaxed);
@@ -397,10 +374,10 @@ impl Inner {
         for (unit, class) in self.slabs_of(d) {
             let slab_off = self.unit_off(unit);
             let ur = self.unit_remote(unit);
-            // Still queued but on no stack: the dead owner had taken its stack and not
-            // got to this one, or its pusher died before pushing. Unflagged, so that
-            // frees queue it again. (A live pusher between its flag and its push would
-            // push it unflagged, which a drain skips.)
+            // Queued: on the stack dropped above, or on none (the dead owner had taken its
+            // stack and not got to this one, or its pusher died before pushing).
+            // Unflagged, so that frees queue it again. (A live pusher between its flag and
+            // its push would push it unflagged, which a drain skips.)
             if ur.state.load(Ordering::Relaxed) & QUEUED != 0 {
                 remote::unqueue(&ur.state);
             }
@@ -416,8 +393,7 @@ impl Inner {
             slab.prev.store(0, Ordering::Relaxed);
             let q = self.queue(d, class);
             if used == 0 && remote::may_retire(&ur.state) {
-                ur.state.store(0, Ordering::Relaxed);
-                self.free_units(unit, || slab.class.store(0, Ordering::Relaxed));
+                self.give_back(unit);
                 given_back += 1;
                 continue;
             }
@@ -434,8 +410,7 @@ impl Inner {
                 remote::clear_full(&ur.state);
                 self.classes(q, || self.link_back(q, slab_off));
             } else {
-                self.link_front(&q.full, slab_off);
-                slab.used.store(slab.used.load(Ordering::Relaxed) | USED_FULL, Ordering::Relaxed);
+                self.link_full(q, slab_off);
             }
         }
         (kept, given_back)
@@ -562,8 +537,7 @@ impl Inner {
                 continue;
             }
             self.classes(q, || self.unlink(&q.head, slab_off));
-            self.link_front(&q.full, slab_off);
-            slab.used.store(slab.used.load(Ordering::Relaxed) | USED_FULL, Ordering::Relaxed);
+            self.link_full(q, slab_off);
         }
         let slab_off = match self.new_slab(d, class) {
             Ok(slab_off) => slab_off,
@@ -573,6 +547,13 @@ impl Inner {
         self.classes(q, || self.link_front(&q.head, slab_off));
         self.extend(slab_off, class);
         Ok(self.pop(q, class).expect("a fresh slab has room"))
+    }
+
+    /// Puts a slab, flagged `FULL` and on no list, on its class's full list.
+    fn link_full(&self, q: &ClassQueue, slab_off: u64) {
+        self.link_front(&q.full, slab_off);
+        let used = &self.slab(slab_off).used;
+        used.store(used.load(Ordering::Relaxed) | USED_FULL, Ordering::Relaxed);
     }
 
     /// A full slab got a block back: back onto its class list, remote frees direct again.
@@ -608,16 +589,23 @@ impl Inner {
     fn slab_emptied(&self, d: u32, slab_off: u64, class: usize) {
         let q = self.queue(d, class);
         let unit = self.unit_of(slab_off);
-        let slab = self.slab(slab_off);
         // A queued slab stays until the owner takes it off its delayed stack (its unit's
         // link is in use); the owner meets it again there.
         let state = &self.unit_remote(unit).state;
         if q.head.load(Ordering::Relaxed) == unit + 1 || !remote::may_retire(state) {
             return;
         }
-        state.store(0, Ordering::Relaxed); // neither FULL (unfull cleared it) nor QUEUED
         self.classes(q, || self.unlink(&q.head, slab_off));
         tls::forget_slab(slab_off);
+        self.give_back(unit);
+    }
+
+    /// Gives the slab headed by `unit`, empty, on no list and not queued, back to the
+    /// pages: its unit state reset, its header unmade under the page lock.
+    fn give_back(&self, unit: u32) {
+        // Neither FULL (it is on no full list) nor QUEUED.
+        self.unit_remote(unit).state.store(0, Ordering::Relaxed);
+        let slab = self.slab(self.unit_off(unit));
         self.free_units(unit, || slab.class.store(0, Ordering::Relaxed));
     }
 

@@ -77,9 +77,8 @@ impl Inner {
     /// After a takeover from a dead holder: the slab runs whose header was not made yet,
     /// or was being unmade (their class word does not match their tag), go back to the
     /// pages. Only a holder of the page lock makes or unmakes a header, and that one died.
-    fn drop_unmade_slabs(&self) -> u32 {
+    fn drop_unmade_slabs(&self) {
         let mut buddy = self.buddy();
-        let mut dropped = 0;
         for (unit, _, tag) in self.runs(|t| tag_class(t).is_some()) {
             let class = tag_class(tag).expect("a slab tag");
             if self.slab(self.unit_off(unit)).class.load(Ordering::Relaxed) != SLAB_MAGIC | class as u32 {
@@ -87,10 +86,8 @@ impl Inner {
                 ur.state.store(0, Ordering::Relaxed);
                 ur.next.store(0, Ordering::Relaxed);
                 let _ = buddy.free(unit);
-                dropped += 1;
             }
         }
-        dropped
     }
 
     /// Adds committed units so that a run of `units` fits: enough for an aligned block

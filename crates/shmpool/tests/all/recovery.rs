@@ -8,6 +8,15 @@ use shmpool::heap::Heap;
 use shmpool::SegmentOptions;
 use std::time::{Duration, Instant};
 
+fn heap(max: u64) -> Heap {
+    Heap::create(SegmentOptions::new().max_size(max).create_memfd("recovery").unwrap()).unwrap()
+}
+
+/// Kills the calling process as an outside SIGKILL would.
+fn die() {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+}
+
 pub fn tests() -> Vec<Trial> {
     vec![
         trial("recovery::a_dead_page_lock_holder_wedges_no_one", a_dead_page_lock_holder_wedges_no_one),
@@ -27,6 +36,7 @@ pub fn tests() -> Vec<Trial> {
         trial("recovery::a_slab_half_made_by_the_dead_goes_back", a_slab_half_made_by_the_dead_goes_back),
         trial("recovery::a_slow_page_lock_holder_is_waited_for", a_slow_page_lock_holder_is_waited_for),
         trial("recovery::an_owner_killed_draining_strands_no_slab", an_owner_killed_draining_strands_no_slab),
+        trial("recovery::a_full_segment_recovers_before_it_fails", a_full_segment_recovers_before_it_fails),
     ]
 }
 
@@ -37,8 +47,7 @@ pub fn tests() -> Vec<Trial> {
 /// either free or in a run.
 fn a_dead_page_lock_holder_wedges_no_one() {
     for point in ["page_lock.held", "pages.run.head", "pages.free.cleared"] {
-        let heap =
-            Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+        let heap = heap(64 << 20);
         let kept = heap.alloc(1 << 20).unwrap();
         let h = &heap;
         let child = fork(move || {
@@ -82,8 +91,7 @@ fn a_dead_page_lock_holder_wedges_no_one() {
 /// allocated, and a new thread adopts the thread heap and allocates from it.
 fn a_dead_owners_thread_heap_is_rebuilt() {
     for point in [None, Some("slab.pop"), Some("slab.release")] {
-        let heap =
-            Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+        let heap = heap(64 << 20);
         let mailbox = heap.alloc(10 * 8).unwrap();
         let h = &heap;
         let child = fork(move || {
@@ -148,13 +156,12 @@ fn a_dead_owners_thread_heap_is_rebuilt() {
 /// claimed the thread heap and not rebuilt it). The parent's recovery takes it up from
 /// the second child's dead claim; no dead process keeps a registry slot.
 fn a_recoverer_that_dies_leaves_the_work_to_the_next() {
-    let heap =
-        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let heap = heap(64 << 20);
     let h = &heap;
     let owner = fork(move || {
         let kept: Vec<u64> = (0..500).map(|_| h.alloc(200).unwrap()).collect();
         kept[..250].iter().for_each(|&off| h.free(off).unwrap());
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        die();
         0
     });
     assert_eq!(owner.wait_status(), 128 + libc::SIGKILL);
@@ -179,8 +186,7 @@ fn a_recoverer_that_dies_leaves_the_work_to_the_next() {
 /// parent's `find_or_init` does not wait out the timeout: it takes the entry over and
 /// initialises the root with its own value, which every later caller then finds.
 fn a_root_whose_initialiser_died_is_initialised_again() {
-    let heap =
-        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let heap = heap(64 << 20);
     let h = &heap;
     let child = fork(move || {
         shmpool::crash::arm("root.init");
@@ -227,8 +233,7 @@ fn a_process_whose_main_thread_exited_is_alive() {
 /// pages). The process that takes the lock over gives the half-made slab's units back:
 /// the walk is clean, and the child's thread heap, recovered, holds nothing.
 fn a_slab_half_made_by_the_dead_goes_back() {
-    let heap =
-        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let heap = heap(64 << 20);
     let units_before = heap.check().unwrap().free_units;
     let h = &heap;
     let child = fork(move || {
@@ -248,8 +253,7 @@ fn a_slab_half_made_by_the_dead_goes_back() {
 /// A child holds the page lock for 300 ms, alive. The parent waits for it rather than
 /// take the lock over, and the heap stays whole.
 fn a_slow_page_lock_holder_is_waited_for() {
-    let heap =
-        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let heap = heap(64 << 20);
     let h = &heap;
     let ready = heap.alloc(8).unwrap();
     let child = fork(move || {
@@ -278,8 +282,7 @@ fn a_slow_page_lock_holder_is_waited_for() {
 /// it. Recovery unflags the slab (the walk is clean) and every block comes back.
 fn an_owner_killed_draining_strands_no_slab() {
     use shmpool::heap::class::{class_of, GEOMETRY};
-    let heap =
-        Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("recovery").unwrap()).unwrap();
+    let heap = heap(64 << 20);
     let cap = GEOMETRY[class_of(64)].capacity as u64;
     let mailbox = heap.alloc(8 * cap).unwrap();
     let go = heap.alloc(8).unwrap();
@@ -315,4 +318,33 @@ fn an_owner_killed_draining_strands_no_slab() {
         heap.free(off).unwrap();
     }
     heap.check().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A child fills most of a segment with small blocks, hands them all to the parent and
+/// dies; the parent frees them (remote frees, which the dead owner never collects). An
+/// allocation that no longer fits at the segment's maximum recovers first: the dead
+/// child's slabs, empty once their remote frees are collected, come back and serve it.
+fn a_full_segment_recovers_before_it_fails() {
+    const N: u64 = 70_000; // the mailbox, 8 bytes a block, is then a large block
+    let heap = heap(16 << 20);
+    let mailbox = heap.alloc(8 * N).unwrap();
+    let h = &heap;
+    let child = fork(move || {
+        let blocks: Vec<u8> = (0..N).flat_map(|_| h.alloc(128).unwrap().to_le_bytes()).collect();
+        h.write(mailbox, &blocks).unwrap();
+        die();
+        0
+    });
+    assert_eq!(child.wait_status(), 128 + libc::SIGKILL);
+    let mut bytes = vec![0u8; (8 * N) as usize];
+    heap.read(mailbox, &mut bytes).unwrap();
+    for off in bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())) {
+        heap.free(off).unwrap();
+    }
+    heap.free(mailbox).unwrap();
+    assert!(heap.processes().iter().any(|p| !p.alive), "not recovered yet");
+    let big = heap.alloc(8 << 20).expect("the dead child's emptied slabs serve it");
+    assert!(heap.processes().iter().all(|p| p.alive), "recovered on the way");
+    heap.free(big).unwrap();
+    heap.check().unwrap();
 }
