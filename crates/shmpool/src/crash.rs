@@ -7,19 +7,44 @@
 //! stops a while, as a slow process would. Without the feature the points compile to
 //! nothing and those functions do not exist.
 //!
-//! The points:
+//! The points ([`POINTS`]):
 //! - `page_lock.held`: just after taking the page lock (and repairing after a dead holder);
 //! - `pages.run.head`: a run's head marked, its tails not yet;
 //! - `pages.free.cleared`: a run being freed, its head cleared, its units not yet free;
+//! - `register.claimed`: a registry slot claimed (under the page lock), its identity not
+//!   yet written;
+//! - `claim.taken`: a thread heap claimed (under the page lock), its owner not yet named;
+//! - `slab.new`: a slab's header half made (under the page lock);
 //! - `slab.pop`: a block taken off its slab's free list, not yet counted or marked
 //!   allocated;
 //! - `slab.release`: a block's allocated bit cleared by its owner's free, the block not
 //!   yet on the free list;
+//! - `free.queued`: a remote free flagged a full slab `QUEUED`, not yet pushed it onto
+//!   its owner's delayed stack;
+//! - `drain.popped`: an owner popped a slab off its delayed stack, not yet unqueued it;
+//! - `journal.taken`: an `alloc_in` took its block, not yet recorded it in the slot;
+//! - `journal.recorded`: an `alloc_in` recorded its block, its journal not yet cleared;
 //! - `recover.rebuilding`: a dead process's thread heap claimed by a recoverer, not yet
 //!   rebuilt;
-//! - `root.init`: a named root's value allocated and written, the root not yet published;
-//! - `slab.new`: a slab's header half made (under the page lock);
-//! - `drain.taken`: an owner's delayed stack taken, none of its slabs processed yet.
+//! - `root.init`: a named root's value allocated and written, the root not yet published.
+
+/// Every crash point, for tests that go through them all.
+pub const POINTS: &[&str] = &[
+    "page_lock.held",
+    "pages.run.head",
+    "pages.free.cleared",
+    "register.claimed",
+    "claim.taken",
+    "slab.new",
+    "slab.pop",
+    "slab.release",
+    "free.queued",
+    "drain.popped",
+    "journal.taken",
+    "journal.recorded",
+    "recover.rebuilding",
+    "root.init",
+];
 
 #[cfg(feature = "crash-points")]
 mod armed {
@@ -44,6 +69,7 @@ mod armed {
     }
 
     fn set(name: &str, pause: Option<Duration>) {
+        assert!(super::POINTS.contains(&name), "no crash point is named {name:?}");
         *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some((name.to_owned(), pause));
         ANY.store(true, Ordering::SeqCst);
     }
@@ -57,6 +83,7 @@ mod armed {
 
     #[cold]
     fn hit(name: &str) {
+        debug_assert!(super::POINTS.contains(&name), "crash point {name} is not in POINTS");
         let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         match armed.as_ref() {
             Some((n, None)) if n == name => {

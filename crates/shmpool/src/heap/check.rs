@@ -105,13 +105,18 @@ pub struct ThreadHeapInfo {
 
 /// Whether process `pid`, started at `start` (clock ticks since boot), still runs.
 pub fn process_alive(pid: u32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    running_since(pid) == Some(start)
+}
+
+/// The start time of process `pid` (proc(5) `/proc/PID/stat` field 22), if it runs.
+/// A zombie has exited and only waits for its parent to reap it; but the process's
+/// state is its main thread's, which may have exited while other threads run on.
+pub(super) fn running_since(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or("");
-    let now = fields.split_whitespace().nth(19).and_then(|f| f.parse::<u64>().ok());
-    // A zombie has exited and only waits for its parent to reap it; but the process's
-    // state is its main thread's, which may have exited while other threads run on.
+    let start = fields.split_whitespace().nth(19).and_then(|f| f.parse::<u64>().ok())?;
     let zombie = fields.starts_with('Z') && !any_thread_runs(pid);
-    now == Some(start) && !zombie
+    (!zombie).then_some(start)
 }
 
 /// Whether any thread of process `pid` is not a zombie (proc(5) `/proc/PID/task`).

@@ -25,6 +25,13 @@ pub enum AllocError {
     /// Every slot of the segment's process registry is in use.
     #[error("all {0} process slots of the segment are in use")]
     NoProcessSlot(u32),
+    /// The slot given to [`Heap::alloc_in`](super::Heap::alloc_in) already holds a block.
+    #[error("slot at offset {0} is not empty")]
+    SlotTaken(u64),
+    /// The slot given to [`Heap::alloc_in`](super::Heap::alloc_in) is not an 8-aligned
+    /// word inside an allocated block.
+    #[error("offset {0} is not an 8-aligned word inside an allocated block")]
+    BadSlot(u64),
 }
 
 impl From<GrowError> for AllocError {

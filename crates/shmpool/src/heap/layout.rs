@@ -33,7 +33,8 @@
 //!   unit state;
 //! - the slab is on its owner's delayed stack iff `QUEUED` is set in its unit state; a
 //!   `FULL` slab with remote bits set is `QUEUED` (see `remote.rs`); a unit that heads no
-//!   slab has state 0.
+//!   slab has state 0. (While a process runs, a slab is also `QUEUED` between a freer's
+//!   flag and its push, and between the owner's pop and its unqueue.)
 //!
 //! # Safety
 //! The `Shared` impls below hold because every struct here is `#[repr(C)]` and made only
@@ -51,13 +52,13 @@ pub(crate) const HEAP_MAGIC: u64 = u64::from_ne_bytes(*b"SHMHEAP1");
 /// The magic while `Heap::create` formats the heap.
 pub(crate) const HEAP_FORMATTING: u64 = u64::from_ne_bytes(*b"SHMHEAP?");
 /// Layout version of the heap structures.
-pub(crate) const HEAP_VERSION: u64 = 4;
+pub(crate) const HEAP_VERSION: u64 = 5;
 /// Offset of [`Meta`].
 pub(crate) const META_OFF: u64 = crate::segment::HEADER_LEN;
 /// Thread heaps a segment can hold (threads of all processes together).
 pub const MAX_DESCS: u32 = 256;
 /// Bytes of one [`Desc`] in the segment.
-pub(crate) const DESC_BYTES: u64 = 8 * 5 + 8 * super::class::CLASSES as u64;
+pub(crate) const DESC_BYTES: u64 = 8 * 8 + 8 * super::class::CLASSES as u64;
 
 /// Offset of the first unit-table word, after [`Meta`].
 pub(crate) const TABLE_OFF: u64 = META_OFF + 1024;
@@ -222,13 +223,25 @@ pub(crate) struct Desc {
     /// with `owner_pid`, it tells a dead owner from a new process that reused its pid.
     pub owner_start: AtomicU64,
     /// Full slabs of this heap that remote frees went into: a stack of unit + 1 (0 =
-    /// empty), linked through `UnitRemote::next`; the owner takes it whole with a swap.
+    /// empty), linked through `UnitRemote::next`; the owner pops it a slab at a time.
     pub delayed: AtomicU64,
+    /// A [`Heap::alloc_in`](super::Heap::alloc_in) in progress (`journal.rs`): the
+    /// offset of the slot it records into (0: none), and the block it is taking (0: none
+    /// yet; a large run's head offset with [`JOURNAL_LARGE`] set: the run it is about to
+    /// take under the page lock).
+    pub journal_slot: AtomicU64,
+    pub journal_block: AtomicU64,
+    /// Set by a recovery that found processes dead: one of them may have flagged a slab
+    /// of this heap `QUEUED` and died before pushing it; the owner looks (`rescue`).
+    pub rescue: AtomicU64,
     pub classes: [ClassQueue; CLASSES],
 }
 
 // SAFETY: repr(C), atomics only.
 unsafe impl Shared for Desc {}
+
+/// In `Desc::journal_block`: the block is a large run, named before it was taken.
+pub(crate) const JOURNAL_LARGE: u64 = 1;
 
 /// `Slab::class` carries this in its upper half, so a stray unit is not taken for a slab.
 pub(crate) const SLAB_MAGIC: u32 = 0x5AB0_0000;

@@ -46,7 +46,7 @@
 //! ```
 //!
 //! # Safety
-//! This module and `slab`, `store`, `layout`, `lock`, `raw`, `roots`, `typed` and `tls` use `unsafe` only
+//! This module and `slab`, `store`, `layout`, `lock`, `raw`, `roots`, `typed`, `procs` and `tls` use `unsafe` only
 //! to view the heap's own structures in the segment (`raw::Base::at`, whose contract is
 //! in `raw.rs`) and to register the fork handler (`tls.rs`).
 #![allow(unsafe_code)]
@@ -54,6 +54,7 @@
 mod check;
 pub mod class;
 mod error;
+mod journal;
 mod layout;
 pub(crate) mod lock;
 mod procs;
@@ -499,7 +500,11 @@ impl Inner {
     /// Claims thread heap `d`, found in state `word`, for the calling thread (of this
     /// handle, in registry slot `slot`): returns its ACTIVE state word, the token that
     /// abandons exactly this claim, or `None` if another claim came first.
+    ///
+    /// Under the page lock: a claimer that dies before ACTIVE leaves the thread heap
+    /// `CLAIMING` only until the lock is taken over from it (`repair_claims`).
     pub(super) fn take_desc(&self, d: u32, word: u32, slot: u32) -> Option<u32> {
+        let _lock = self.page_lock();
         let desc = self.desc(d);
         let claimed = layout::next_gen(word, layout::DESC_CLAIMING);
         // SYNC: Acquire pairs with the Release in `abandon` (or, from a dead owner's ACTIVE
@@ -507,6 +512,7 @@ impl Inner {
         // process has exited): the previous owner's updates of the descriptor and its slabs
         // are visible to the new one.
         desc.state.compare_exchange(word, claimed, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        crate::crash::point("claim.taken");
         desc.owner_pid.store(tls::pid(), Ordering::Relaxed);
         desc.owner_start.store(tls::start_time(), Ordering::Relaxed);
         desc.owner_tid.store(rustix::thread::gettid().as_raw_nonzero().get() as u32, Ordering::Relaxed);

@@ -50,11 +50,11 @@ impl Inner {
     /// This process's registry slot, registering it on first use (and again in a forked
     /// child, which is another process).
     pub(super) fn process_slot(&self) -> Result<u32, AllocError> {
+        if let Some(slot) = self.cached_slot() {
+            return Ok(slot);
+        }
         let gen = tls::fork_gen() as u32;
         let cached = self.proc_slot.load(Ordering::Relaxed);
-        if cached != 0 && (cached >> 32) as u32 == gen {
-            return Ok(cached as u32 - 1);
-        }
         let slot = self.register()?;
         let mine = u64::from(gen) << 32 | u64::from(slot + 1);
         // Two threads of this process may register at once: the first to publish wins,
@@ -68,7 +68,12 @@ impl Inner {
         }
     }
 
+    /// Claims a free slot for this process. Under the page lock, held under this
+    /// process's pid (it has no slot yet): a process that dies between the claim and
+    /// `LIVE` leaves the slot `CLAIMING` only until the lock is taken over from it
+    /// (`repair_claims`).
     fn register(&self) -> Result<u32, AllocError> {
+        let _lock = self.page_lock();
         for slot in 0..MAX_PROCS {
             let p = self.proc(slot);
             let word = p.state.load(Ordering::Relaxed);
@@ -76,10 +81,12 @@ impl Inner {
                 continue;
             }
             let claimed = layout::next_gen(word, PROC_CLAIMING);
-            // Relaxed: the Release store below publishes the identity.
+            // Relaxed: the Release store below publishes the identity. A CAS, not a store:
+            // `recover` frees slots without the lock.
             if p.state.compare_exchange(word, claimed, Ordering::Relaxed, Ordering::Relaxed).is_err() {
                 continue;
             }
+            crate::crash::point("register.claimed");
             p.pid.store(tls::pid(), Ordering::Relaxed);
             p.start.store(tls::start_time(), Ordering::Relaxed);
             // SYNC: Release pairs with the Acquire load in `processes` (and in `unregister`):
@@ -88,6 +95,30 @@ impl Inner {
             return Ok(slot);
         }
         Err(AllocError::NoProcessSlot(MAX_PROCS))
+    }
+
+    /// After the page lock was taken over from a dead holder: a registry slot or thread
+    /// heap left `CLAIMING` was that holder's (claims are made under the lock), and is
+    /// given back: the slot free, the thread heap abandoned (with whatever slabs it has,
+    /// for adoption).
+    pub(super) fn repair_claims(&self) {
+        for slot in 0..MAX_PROCS {
+            let state = &self.proc(slot).state;
+            let word = state.load(Ordering::Relaxed);
+            if word & 3 == PROC_CLAIMING {
+                let free = layout::next_gen(word, PROC_FREE);
+                let _ = state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+        for d in 0..layout::MAX_DESCS {
+            let state = &self.desc(d).state;
+            let word = state.load(Ordering::Relaxed);
+            if layout::desc_state(word) == layout::DESC_CLAIMING {
+                let abandoned = layout::next_gen(word, layout::DESC_ABANDONED);
+                // SYNC: Release pairs with the Acquire CAS in `take_desc`, as `abandon`'s.
+                let _ = state.compare_exchange(word, abandoned, Ordering::Release, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Gives `slot` back if this process still holds it.
@@ -104,44 +135,58 @@ impl Inner {
         }
     }
 
+    /// This process's registry slot, if it has registered (in this process, not in a
+    /// parent it was forked from).
+    fn cached_slot(&self) -> Option<u32> {
+        let cached = self.proc_slot.load(Ordering::Relaxed);
+        (cached != 0 && (cached >> 32) as u32 == tls::fork_gen() as u32).then(|| cached as u32 - 1)
+    }
+
     /// On the last drop of this process's handle: give the slot back (not a parent's,
     /// inherited through fork).
     pub(super) fn leave_registry(&self) {
-        let cached = self.proc_slot.load(Ordering::Relaxed);
-        if cached != 0 && (cached >> 32) as u32 == tls::fork_gen() as u32 {
-            self.unregister(cached as u32 - 1);
+        if let Some(slot) = self.cached_slot() {
+            self.unregister(slot);
         }
     }
 }
 
-/// Bits of a lock-holder tag that name the registry slot (slot + 1; all ones: a process
-/// without a slot); the bits above hold the registration's generation.
+/// A lock-holder tag (31 bits at most; 30 here, so that it also fits a unit's remote
+/// state) names its holder's registration: `generation << TAG_SLOT_BITS | slot + 1`; or,
+/// for a process that holds no registry slot (yet), `TAG_PID | pid`.
 const TAG_SLOT_BITS: u32 = 9;
-const TAG_NO_SLOT: u32 = (1 << TAG_SLOT_BITS) - 1;
-const TAG_GEN_MASK: u32 = (1 << (31 - TAG_SLOT_BITS)) - 1;
-const _: () = assert!(MAX_PROCS < TAG_NO_SLOT);
+const TAG_SLOT_MASK: u32 = (1 << TAG_SLOT_BITS) - 1;
+const TAG_GEN_MASK: u32 = (1 << 20) - 1;
+const TAG_PID: u32 = 1 << 29;
+const _: () = assert!(MAX_PROCS < TAG_SLOT_MASK);
+const _: () = assert!(TAG_GEN_MASK << TAG_SLOT_BITS < TAG_PID);
+/// Linux pids are below `pid_max`, at most 2^22 (proc(5) `/proc/sys/kernel/pid_max`).
+const _: () = assert!(1 << 22 < TAG_PID);
 
 impl Inner {
-    /// This process's tag as a holder of the heap's locks: its registration (slot and
-    /// generation), so that a waiter can tell when the holder has died, even if its pid
-    /// was reused. A process the registry has no room for gets a tag no waiter will ever
-    /// call dead.
-    pub(super) fn lock_holder(&self) -> u32 {
-        match self.process_slot() {
-            Ok(slot) => {
+    /// This process's tag as a holder of the heap's locks and as the pusher of a queued
+    /// slab (`remote.rs`), so that whoever waits on it can tell when it has died, even if
+    /// its pid was reused: its registration, or its pid while it has none. Never
+    /// registers (registering takes the page lock).
+    pub(crate) fn lock_holder(&self) -> u32 {
+        match self.cached_slot() {
+            Some(slot) => {
                 let gen = self.proc(slot).state.load(Ordering::Relaxed) >> 2;
                 (gen & TAG_GEN_MASK) << TAG_SLOT_BITS | (slot + 1)
             }
-            Err(_) => TAG_NO_SLOT,
+            None => TAG_PID | tls::pid(),
         }
     }
 
-    /// Whether the lock holder `tag` names is gone: its registration ended, or its
-    /// process is no longer running (see [`holder_alive`]).
-    pub(super) fn holder_dead(&self, tag: u32) -> bool {
-        let slot = (tag & TAG_NO_SLOT).wrapping_sub(1);
+    /// Whether the holder `tag` names is gone: its registration ended, or its process is
+    /// no longer running (see [`holder_alive`]).
+    pub(crate) fn holder_dead(&self, tag: u32) -> bool {
+        if tag & TAG_PID != 0 {
+            return !holder_alive(tag & !TAG_PID, 0);
+        }
+        let slot = (tag & TAG_SLOT_MASK).wrapping_sub(1);
         if slot >= MAX_PROCS {
-            return false; // no registration to judge by
+            return false; // names nobody: judge it alive, never take from the living
         }
         let p = self.proc(slot);
         // SYNC: Acquire pairs with the Release store in `register`: the identity read
@@ -154,18 +199,17 @@ impl Inner {
     }
 }
 
-/// Whether lock holder `pid`, started at `start`, still runs: more careful than
-/// [`process_alive`], because calling a live holder dead would let two processes hold
-/// a lock. Without the start time, or without procfs, a pid that exists is alive.
+/// Whether lock holder `pid`, started at `start` (0: unknown), still runs: more careful
+/// than [`process_alive`], because calling a live holder dead would let two processes
+/// hold a lock. Without procfs, a pid that exists is alive.
 fn holder_alive(pid: u32, start: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(_) if start == 0 => true,
-        Ok(_) => process_alive(pid, start),
-        Err(_) => match rustix::process::Pid::from_raw(pid as i32) {
+    if std::fs::metadata("/proc/self/stat").is_err() {
+        return match rustix::process::Pid::from_raw(pid as i32) {
             Some(p) => rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH),
             None => false,
-        },
+        };
     }
+    super::check::running_since(pid).is_some_and(|now| start == 0 || now == start)
 }
 
 /// What [`Heap::recover`] did.
@@ -185,6 +229,11 @@ pub struct RecoveryReport {
 impl Inner {
     /// Recovers every registered process that died: see [`Heap::recover`].
     pub(super) fn recover(&self) -> RecoveryReport {
+        // A claim half made is only ever the page lock's holder's: if that holder died,
+        // taking the lock over undoes it (`repair_claims`).
+        if self.claims_in_flight() {
+            drop(self.page_lock());
+        }
         let mut report = RecoveryReport::default();
         let mut seen = std::collections::HashMap::new();
         let mut alive =
@@ -204,6 +253,9 @@ impl Inner {
             if p.state.compare_exchange(word, free, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
                 report.dead_processes += 1;
             }
+        }
+        if report.dead_processes > 0 {
+            self.tell_owners_to_rescue();
         }
         // Thread heaps whose owner died. Each is claimed as a thread would claim it, so a
         // recoverer that dies while rebuilding leaves it active under its own (dead)
@@ -227,7 +279,23 @@ impl Inner {
             report.slabs_kept += kept;
             report.slabs_given_back += given_back;
         }
+        // The caller's own thread heap, if this or an earlier recovery told it to look.
+        if let Some(d) = self.my_desc().filter(|&d| self.desc(d).rescue.load(Ordering::Relaxed) != 0) {
+            self.rescue(d);
+        }
         report
+    }
+}
+
+impl Inner {
+    /// Processes died: each live thread heap's owner looks for slabs they may have left
+    /// flagged and unpushed (`rescue`), at its next slow path or recovery.
+    fn tell_owners_to_rescue(&self) {
+        for d in 0..layout::MAX_DESCS {
+            if layout::desc_state(self.desc(d).state.load(Ordering::Relaxed)) != layout::DESC_FREE {
+                self.desc(d).rescue.store(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -255,9 +323,23 @@ impl Heap {
 }
 
 impl Inner {
-    /// Every active thread heap names a registered slot of its own process (part of
-    /// `Heap::check`).
+    /// Whether a registry slot or a thread heap is being claimed.
+    fn claims_in_flight(&self) -> bool {
+        (0..MAX_PROCS).any(|slot| self.proc(slot).state.load(Ordering::Relaxed) & 3 == PROC_CLAIMING)
+            || (0..layout::MAX_DESCS).any(|d| {
+                layout::desc_state(self.desc(d).state.load(Ordering::Relaxed)) == layout::DESC_CLAIMING
+            })
+    }
+
+    /// Every active thread heap names a registered slot of its own process, and no claim
+    /// is half made (part of `Heap::check`).
     pub(super) fn check_registry(&self) -> Result<(), crate::pages::Broken> {
+        if self.claims_in_flight() {
+            return Err(crate::pages::Broken(
+                "a registry slot or thread heap is half claimed (its claimer died holding the page lock?)"
+                    .into(),
+            ));
+        }
         for d in 0..layout::MAX_DESCS {
             let desc = self.desc(d);
             if layout::desc_state(desc.state.load(Ordering::Acquire)) != layout::DESC_ACTIVE {

@@ -7,7 +7,17 @@
 //! - The owner collects the slab it allocates from when its free list runs dry. A slab it
 //!   filled and put aside is flagged `FULL` in its *unit state*; a remote free that then
 //!   finds `FULL` without `QUEUED` flags it `QUEUED` and pushes the slab (not the block)
-//!   onto the owner's *delayed* stack, which the owner takes whole with one swap (no ABA).
+//!   onto the owner's *delayed* stack. The owner pops it a slab at a time with a CAS; it
+//!   is the only one that pops, so a slab can only be on top again by a new push after
+//!   the owner's unqueue, and the CAS has no ABA.
+//!
+//! Deaths. The unit state names who is responsible for a `QUEUED` slab: the flag carries
+//! the pusher's holder tag (its registration, `procs.rs`), and the owner replaces that tag
+//! by [`POPPING`] before it pops the slab. A slab `QUEUED` but on no stack is then
+//! accounted for: with a live pusher's tag, the push is on its way; with a dead pusher's
+//! tag, it never came (once the pusher is known dead, a walk of the stack tells); marked
+//! `POPPING`, the owner popped it and had not unqueued it. Recovery unqueues the last two
+//! and leaves the first (`rebuild_thread_heap`).
 //! - The unit state and the stack links are heap metadata, one [`UnitRemote`] per unit
 //!   (never user memory): after its `fetch_or` a freer touches nothing but them, so a
 //!   slab the owner empties and gives back at that moment is no hazard, and a free needs
@@ -77,22 +87,48 @@ pub(crate) fn claim(alloc: &AtomicU64, remote: &AtomicU64, bit: u64) -> bool {
 }
 
 /// After a successful [`claim`]: if the slab is `FULL` and nobody queued it yet, flags it
-/// `QUEUED` and returns true: the caller then pushes it onto its owner's delayed stack
-/// (a `QUEUED` slab stays until the owner takes it off the stack, so reading its owner
-/// and pushing it is safe).
+/// `QUEUED` under the tag `pusher()` gives (the caller's holder tag, below 2^30) and
+/// returns true: the caller then pushes it onto its owner's delayed stack (a `QUEUED`
+/// slab stays until the owner takes it off the stack, so reading its owner and pushing it
+/// is safe).
 #[inline]
-pub(crate) fn queue_if_full(state: &AtomicU32) -> bool {
+pub(crate) fn queue_if_full(state: &AtomicU32, pusher: impl FnOnce() -> u32) -> bool {
     // SYNC: SeqCst, the freer's half of the `FULL` handshake (module docs).
     let mut s = state.load(Ordering::SeqCst);
+    if s & (FULL | QUEUED) != FULL {
+        return false;
+    }
+    let tag = pusher();
+    debug_assert!(tag != 0 && tag < 1 << (32 - TAG_SHIFT));
     while s & (FULL | QUEUED) == FULL {
         // SYNC: Acquire pairs with the owner's Release in `unqueue` and `mark_full`: the
         // slab queued here is the one the owner last put aside.
-        match state.compare_exchange_weak(s, s | QUEUED, Ordering::Acquire, Ordering::Relaxed) {
+        let queued = (s & FULL) | QUEUED | tag << TAG_SHIFT;
+        match state.compare_exchange_weak(s, queued, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return true,
             Err(now) => s = now,
         }
     }
     false
+}
+
+/// Who answers for a `QUEUED` slab, from its unit state (`None` if not queued).
+#[inline]
+pub(crate) fn queued_by(state: u32) -> Option<Pusher> {
+    match (state & QUEUED != 0, state >> TAG_SHIFT) {
+        (false, _) => None,
+        (true, POPPING) => Some(Pusher::Owner),
+        (true, tag) => Some(Pusher::Freer(tag)),
+    }
+}
+
+/// Who answers for a `QUEUED` slab (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pusher {
+    /// The owner is taking it off its stack ([`POPPING`]).
+    Owner,
+    /// The freer with this holder tag flagged it, and pushes it.
+    Freer(u32),
 }
 
 /// The owner's own free of a block: clears its allocated bit unless the block is free
@@ -134,6 +170,10 @@ pub(crate) fn collect(alloc: &AtomicU64, remote: &AtomicU64) -> u64 {
 pub(crate) const FULL: u32 = 1;
 /// In a unit's state: the slab is on its owner's delayed stack.
 pub(crate) const QUEUED: u32 = 2;
+/// In a unit's state, above the flags: the holder tag of the freer that queued the slab.
+const TAG_SHIFT: u32 = 2;
+/// The tag of a `QUEUED` slab that its owner is taking off its stack.
+pub(crate) const POPPING: u32 = 0;
 
 /// The owner flags a slab `FULL`. The caller then collects the whole remote bitmap, and
 /// un-flags the slab if that gave it room.
@@ -151,15 +191,15 @@ pub(crate) fn clear_full(state: &AtomicU32) {
     state.fetch_and(!FULL, Ordering::Relaxed);
 }
 
-/// The owner takes a slab off its delayed stack: remote frees may queue it again. The
-/// caller then collects its whole bitmap.
+/// The owner is done taking a slab off its delayed stack: remote frees may queue it
+/// again. The caller then collects its whole bitmap.
 #[inline]
 pub(crate) fn unqueue(state: &AtomicU32) {
     // SYNC: SeqCst, the owner's half of the handshake again (module docs): a freer whose
     // state load still saw `QUEUED`, and so did not queue, comes before this in the
     // total order, and the collection after it sees the freer's bit. Its Release half
-    // pairs with the Acquire CAS in `queue_if_full`.
-    state.fetch_and(!QUEUED, Ordering::SeqCst);
+    // pairs with the Acquire CAS in `queue_if_full`. Clears the pusher's tag too.
+    state.fetch_and(FULL, Ordering::SeqCst);
     handshake_fence();
 }
 
@@ -178,7 +218,7 @@ pub(crate) fn push_slab(head: &AtomicU64, link: &AtomicU32, unit1: u32) {
     let mut cur = head.load(Ordering::Relaxed);
     loop {
         link.store(cur as u32, Ordering::Relaxed);
-        // SYNC: Release pairs with the Acquire in `take_slabs`: the link written above,
+        // SYNC: Release pairs with the Acquire in `top` and `pop_slab`: the link written above,
         // and the claim before it, are visible to the owner that takes the stack.
         match head.compare_exchange_weak(cur, u64::from(unit1), Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
@@ -187,9 +227,25 @@ pub(crate) fn push_slab(head: &AtomicU64, link: &AtomicU32, unit1: u32) {
     }
 }
 
-/// Takes a whole delayed stack; returns the first slab's unit + 1 (0: empty).
+/// The owner pops the top of its delayed stack `head`: the slab `unit + 1 == top`, which
+/// it found on top, whose unit state is `state` and whose stack link is `link`. It marks
+/// the slab [`POPPING`] first, so that if it dies before `unqueue`, recovery finds the
+/// slab owned by no pusher. Returns false if a push came first (the caller looks again).
 #[inline]
-pub(crate) fn take_slabs(head: &AtomicU64) -> u32 {
-    // SYNC: Acquire pairs with the Release CAS in `push_slab`.
-    head.swap(0, Ordering::Acquire) as u32
+pub(crate) fn pop_slab(head: &AtomicU64, top: u32, state: &AtomicU32, link: &AtomicU32) -> bool {
+    // Only the owner writes the state of a QUEUED slab (freers skip it).
+    state.fetch_and(FULL | QUEUED, Ordering::Relaxed);
+    let next = link.load(Ordering::Relaxed);
+    // SYNC: Acquire pairs with the Release CAS in `push_slab`: the link read above was
+    // written before the push that put `top` on top (it cannot change: a QUEUED slab is
+    // not pushed again). Release orders the POPPING mark before the pop, for recovery.
+    head.compare_exchange(u64::from(top), u64::from(next), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+}
+
+/// The top of a delayed stack (unit + 1; 0: empty).
+#[inline]
+pub(crate) fn top(head: &AtomicU64) -> u32 {
+    // SYNC: Acquire pairs with the Release CAS in `push_slab`: the top slab's link and
+    // state are visible.
+    head.load(Ordering::Acquire) as u32
 }

@@ -112,8 +112,12 @@ impl Heap {
                         Ordering::Relaxed,
                     );
                     if claim.is_ok() {
+                        let i = ((h + u64::from(probe)) % u64::from(MAX_ROOTS)) as u32;
+                        if state != 0 {
+                            self.drop_dead_value(i);
+                        }
                         let make = init.take().expect("init is used once");
-                        return self.fill_root(root, bytes, h, shape, make());
+                        return self.fill_root(i, bytes, h, shape, make());
                     }
                     continue;
                 }
@@ -144,26 +148,55 @@ impl Heap {
         Err(RootError::TableFull)
     }
 
+    /// The offset of entry `i`'s value word (`Root::offset`), the slot its value is
+    /// recorded in (`Heap::alloc_recorded`).
+    fn value_slot(&self, i: u32) -> u64 {
+        layout::roots_off(self.inner.descs_off) + u64::from(i) * size_of::<Root>() as u64 + 8
+    }
+
+    /// Entry `i` was taken over from an initialiser that died: the value it may have
+    /// allocated goes back. Its journal is settled first (by recovery), so that the value
+    /// word is final: it names the dead initialiser's value, or nothing.
+    fn drop_dead_value(&self, i: u32) {
+        let slot = self.value_slot(i);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.inner.journal_names(slot) && Instant::now() < deadline {
+            self.recover(); // its thread heap, unless another recoverer has it in hand
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let root = self.root(i);
+        let value = root.offset.load(Ordering::Relaxed);
+        if value != 0 {
+            let _ = self.free(value);
+            root.offset.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn fill_root<T: ShmSafe + Copy>(
         &self,
-        root: &Root,
+        i: u32,
         name: &[u8],
         h: u64,
         shape: u64,
         value: T,
     ) -> Result<Offset<T>, RootError> {
+        let root = self.root(i);
         let release = |r: Result<Offset<T>, RootError>| {
             if r.is_err() {
                 root.state.store(0, Ordering::Release); // give the entry back
             }
             r
         };
-        let off = match self.alloc_aligned(size_of::<T>().max(1) as u64, align_of::<T>().max(16) as u64) {
+        // Recorded in the entry, so that an initialiser killed past this point leaves its
+        // value where the next one finds it (`drop_dead_value`).
+        let (size, align) = (size_of::<T>().max(1) as u64, align_of::<T>().max(16) as u64);
+        let off = match self.alloc_recorded(self.value_slot(i), &root.offset, size, align) {
             Ok(off) => Offset::<T>::from_raw(off),
             Err(e) => return release(Err(e.into())),
         };
         if let Err(e) = off.write(self.segment(), &value) {
             let _ = self.free(off.get());
+            root.offset.store(0, Ordering::Relaxed);
             return release(Err(RootError::Alloc(AllocError::OutOfMemory(e.to_string()))));
         }
         let mut padded = [0u8; MAX_ROOT_NAME];
@@ -173,7 +206,6 @@ impl Heap {
         }
         root.name_len.store(name.len() as u64, Ordering::Relaxed);
         root.shape.store(shape, Ordering::Relaxed);
-        root.offset.store(off.get(), Ordering::Relaxed);
         crate::crash::point("root.init");
         // SYNC: Release pairs with the Acquire load in `find_or_init`: a caller that sees
         // READY sees the name, the shape, the offset and the value.

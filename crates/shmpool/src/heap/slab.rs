@@ -9,7 +9,7 @@
 //! | `allocated` bits | plain load + store          | load only                       |
 //! | `remote` bits    | `fetch_and` when collecting | `fetch_or` when freeing         |
 //! | unit state       | sets and clears `FULL`, clears `QUEUED` | sets `QUEUED` (slab is `FULL`) |
-//! | desc `delayed`   | `swap` (take all)           | CAS push of a `QUEUED` slab     |
+//! | desc `delayed`   | CAS pop of the top slab     | CAS push of a `QUEUED` slab     |
 //!
 //! The owner needs no read-modify-write on its fast path; a remote free costs one
 //! `fetch_or` and a load of the unit state (and, into a full slab, a CAS and a push per
@@ -24,7 +24,7 @@
 use super::class::{Geometry, GEOMETRY, GEOMETRY_AT, ONE_UNIT_CLASSES, SLAB_FIELDS};
 use super::error::{AllocError, FreeError};
 use super::layout::{slab_tag, tag_class, ClassQueue, Slab, SLAB_MAGIC, USED_CURRENT, USED_FULL};
-use super::remote::{self, FULL, QUEUED};
+use super::remote::{self, FULL};
 use super::{tls, Hot, Inner};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::pages::{UnitState, UNIT, UNIT_SHIFT};
@@ -119,22 +119,35 @@ impl Hot {
         ((slab_off - self.arena) >> UNIT_SHIFT) as u32
     }
 
-    /// The fast path: pops a block from the current slab of `q`, a queue of `class`.
+    /// The current slab of `q`, a queue of `class`, and the index of its first free
+    /// block, if it has one.
     #[inline(always)]
-    pub(super) fn pop(self, q: &ClassQueue, class: usize) -> Option<u64> {
-        let h = self;
+    fn first_free(self, q: &ClassQueue, class: usize) -> Option<(u64, u32)> {
         let head = q.head.load(Ordering::Relaxed);
         if head == 0 {
             return None;
         }
-        let slab_off = h.unit_off(head - 1);
-        let slab = h.slab(slab_off);
-        let f = slab.free.load(Ordering::Relaxed);
+        let slab_off = self.unit_off(head - 1);
+        let f = self.slab(slab_off).free.load(Ordering::Relaxed);
         // `f` comes from shared memory: never index past the slab with it.
         if f == 0 || f > GEOMETRY[class].capacity {
             return None;
         }
-        let idx = f - 1;
+        Some((slab_off, f - 1))
+    }
+
+    /// The block [`Hot::pop`] would take from `q`, a queue of `class`.
+    #[inline]
+    pub(super) fn peek(self, q: &ClassQueue, class: usize) -> Option<u64> {
+        self.first_free(q, class).map(|(slab_off, idx)| self.block(slab_off, class, idx))
+    }
+
+    /// The fast path: pops a block from the current slab of `q`, a queue of `class`.
+    #[inline(always)]
+    pub(super) fn pop(self, q: &ClassQueue, class: usize) -> Option<u64> {
+        let h = self;
+        let (slab_off, idx) = h.first_free(q, class)?;
+        let slab = h.slab(slab_off);
         let block = h.block(slab_off, class, idx);
         slab.free.store(h.link32(block).load(Ordering::Relaxed), Ordering::Relaxed);
         crate::crash::point("slab.pop");
@@ -285,7 +298,14 @@ impl Inner {
         // unit's metadata is touched, and the slab's header only once it is `QUEUED`.
         let unit = self.unit_of(slab_off);
         let ur = self.unit_remote(unit);
-        if remote::queue_if_full(&ur.state) {
+        // The tag names a registration (registering if need be), whose death a recovery
+        // finds and tells the owner of (`rescue`).
+        let pusher = || {
+            let _ = self.process_slot();
+            self.lock_holder()
+        };
+        if remote::queue_if_full(&ur.state, pusher) {
+            crate::crash::point("free.queued");
             let owner = self.slab(slab_off).owner.load(Ordering::Relaxed);
             if owner >= super::layout::MAX_DESCS {
                 return Ok(()); // a damaged header: the slab stays queued, not lost to a wild write
@@ -328,32 +348,39 @@ impl Inner {
     /// collects them and puts them back on their class lists (or gives them back, empty).
     pub(super) fn drain_delayed(&self, d: u32) {
         let delayed = &self.desc(d).delayed;
-        // A load first: the swap would take the line from the freers even when empty.
+        // A load first: a pop would take the line from the freers even when empty.
         if delayed.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let mut next = remote::take_slabs(delayed);
-        crate::crash::point("drain.taken");
         let mut budget = self.max_units;
-        while next != 0 && budget > 0 {
+        while budget > 0 {
             budget -= 1;
+            let top = remote::top(delayed);
             // Validate before following the link: only a slab head this heap owns.
-            let unit = next - 1;
-            let Some(class) = self.owned_slab(d, unit) else { break };
-            let slab_off = self.unit_off(unit);
-            let slab = self.slab(slab_off);
+            let Some(class) = top.checked_sub(1).and_then(|unit| self.owned_slab(d, unit)) else { break };
+            let unit = top - 1;
             let ur = self.unit_remote(unit);
-            next = ur.next.load(Ordering::Relaxed);
-            if ur.state.load(Ordering::Relaxed) & QUEUED == 0 {
-                continue; // pushed after a recovery unflagged it (see `rebuild_thread_heap`)
+            if !remote::pop_slab(delayed, top, &ur.state, &ur.next) {
+                continue; // a push came first
             }
-            remote::unqueue(&ur.state);
-            self.collect(slab_off, class);
-            if ur.state.load(Ordering::Relaxed) & FULL != 0 && slab.free.load(Ordering::Relaxed) != 0 {
-                self.unfull(d, slab_off, class);
-            }
-            self.retire_if_empty(d, slab_off, class);
+            crate::crash::point("drain.popped");
+            self.drained(d, unit, class);
         }
+    }
+
+    /// The owner took the slab at `unit` off its delayed stack: collects it, and puts it
+    /// back on its class list or gives it back.
+    fn drained(&self, d: u32, unit: u32, class: usize) {
+        let slab_off = self.unit_off(unit);
+        let ur = self.unit_remote(unit);
+        remote::unqueue(&ur.state);
+        self.collect(slab_off, class);
+        if ur.state.load(Ordering::Relaxed) & FULL != 0
+            && self.slab(slab_off).free.load(Ordering::Relaxed) != 0
+        {
+            self.unfull(d, slab_off, class);
+        }
+        self.retire_if_empty(d, slab_off, class);
     }
 
     /// Rebuilds thread heap `d`, whose owner died, from the ground truth: the unit table
@@ -363,24 +390,18 @@ impl Inner {
     /// empty slabs go back to the pages. The caller holds `d` (claimed from the dead
     /// owner), so this runs as its owner would. Returns (slabs kept, slabs given back).
     pub(super) fn rebuild_thread_heap(&self, d: u32) -> (u32, u32) {
-        // The delayed stack is dropped: every slab on it is unflagged below.
-        remote::take_slabs(&self.desc(d).delayed);
+        self.settle_journal(d);
         for c in 0..super::class::CLASSES {
             let q = self.queue(d, c);
             q.head.store(0, Ordering::Relaxed);
             q.full.store(0, Ordering::Relaxed);
         }
+        let slabs = self.slabs_of(d);
+        self.settle_queued(d, &slabs);
         let (mut kept, mut given_back) = (0, 0);
-        for (unit, class) in self.slabs_of(d) {
+        for &(unit, class) in &slabs {
             let slab_off = self.unit_off(unit);
             let ur = self.unit_remote(unit);
-            // Queued: on the stack dropped above, or on none (the dead owner had taken its
-            // stack and not got to this one, or its pusher died before pushing).
-            // Unflagged, so that frees queue it again. (A live pusher between its flag and
-            // its push would push it unflagged, which a drain skips.)
-            if ur.state.load(Ordering::Relaxed) & QUEUED != 0 {
-                remote::unqueue(&ur.state);
-            }
             remote::clear_full(&ur.state); // it goes on a class list, or is flagged again
             let g = &GEOMETRY[class];
             for w in 0..g.words {
@@ -392,6 +413,7 @@ impl Inner {
             slab.next.store(0, Ordering::Relaxed);
             slab.prev.store(0, Ordering::Relaxed);
             let q = self.queue(d, class);
+            // A slab still QUEUED is on its way onto the stack: it stays until drained.
             if used == 0 && remote::may_retire(&ur.state) {
                 self.give_back(unit);
                 given_back += 1;
@@ -414,6 +436,86 @@ impl Inner {
             }
         }
         (kept, given_back)
+    }
+
+    /// The delayed stack of `d`, whose owner died, and its slabs' `QUEUED` flags, made to
+    /// agree again (see `remote.rs`): every slab on the stack is taken off and unqueued;
+    /// then a slab still `QUEUED` off the stack is unqueued if the owner was popping it
+    /// or its pusher is dead (the push never came), and left if its pusher lives (the
+    /// push is on its way, for the next owner's drain).
+    fn settle_queued(&self, d: u32, slabs: &[(u32, usize)]) {
+        let delayed = &self.desc(d).delayed;
+        let mut budget = self.max_units;
+        loop {
+            let top = remote::top(delayed);
+            if top == 0 || budget == 0 || self.owned_slab(d, top - 1).is_none() {
+                break;
+            }
+            budget -= 1;
+            let ur = self.unit_remote(top - 1);
+            if remote::pop_slab(delayed, top, &ur.state, &ur.next) {
+                remote::unqueue(&ur.state);
+            }
+        }
+        let mut dead = std::collections::HashMap::new();
+        let strays: Vec<u32> = slabs
+            .iter()
+            .filter(|&&(unit, _)| {
+                match remote::queued_by(self.unit_remote(unit).state.load(Ordering::Relaxed)) {
+                    None => false,
+                    Some(remote::Pusher::Owner) => true,
+                    Some(remote::Pusher::Freer(tag)) => {
+                        *dead.entry(tag).or_insert_with(|| self.holder_dead(tag))
+                    }
+                }
+            })
+            .map(|&(unit, _)| unit)
+            .collect();
+        // Pushed since the pops above, by a pusher that has died since? The stack tells:
+        // dead pushers push no more.
+        let on_stack = self.stack_units(d);
+        for unit in strays.into_iter().filter(|u| !on_stack.contains(u)) {
+            remote::unqueue(&self.unit_remote(unit).state);
+        }
+    }
+
+    /// The owner of `d`, told that processes died, takes back the slabs whose pusher died
+    /// between flagging them `QUEUED` and pushing them: off the stack, they would wait
+    /// for a drain forever. Once a pusher is known dead, a walk of the stack (which only
+    /// the owner pops) tells whether its push came.
+    pub(super) fn rescue(&self, d: u32) {
+        self.desc(d).rescue.store(0, Ordering::Relaxed);
+        let mut dead = std::collections::HashMap::new();
+        let strays: Vec<(u32, usize)> = self
+            .slabs_of(d)
+            .into_iter()
+            .filter(|&(unit, _)| {
+                match remote::queued_by(self.unit_remote(unit).state.load(Ordering::Relaxed)) {
+                    Some(remote::Pusher::Freer(tag)) => {
+                        *dead.entry(tag).or_insert_with(|| self.holder_dead(tag))
+                    }
+                    _ => false,
+                }
+            })
+            .collect();
+        if strays.is_empty() {
+            return;
+        }
+        let on_stack = self.stack_units(d);
+        for (unit, class) in strays.into_iter().filter(|(u, _)| !on_stack.contains(u)) {
+            self.drained(d, unit, class);
+        }
+    }
+
+    /// The slabs on `d`'s delayed stack. Only the owner pops, so for the owner (or its
+    /// recoverer) the part below the top it reads stays put.
+    fn stack_units(&self, d: u32) -> std::collections::HashSet<u32> {
+        let mut seen = std::collections::HashSet::new();
+        let mut next = remote::top(&self.desc(d).delayed);
+        while next != 0 && self.owned_slab(d, next - 1).is_some() && seen.insert(next - 1) {
+            next = self.unit_remote(next - 1).next.load(Ordering::Relaxed);
+        }
+        seen
     }
 
     /// The slabs the unit table holds whose header names `d` as owner: `(unit, class)`.
@@ -497,6 +599,15 @@ impl Inner {
     /// per class.
     #[cold]
     pub(super) fn alloc_slow(&self, d: u32, class: usize) -> Result<u64, AllocError> {
+        self.refill(d, class)?;
+        Ok(self.pop(self.queue(d, class), class).expect("refill leaves the current slab a free block"))
+    }
+
+    /// Makes sure the current slab of `class` has a free block (see [`Inner::alloc_slow`]).
+    pub(super) fn refill(&self, d: u32, class: usize) -> Result<(), AllocError> {
+        if self.desc(d).rescue.load(Ordering::Relaxed) != 0 {
+            self.rescue(d);
+        }
         self.drain_delayed(d);
         let q = self.queue(d, class);
         let g = &GEOMETRY[class];
@@ -525,8 +636,8 @@ impl Inner {
                     break; // the only one: a new slab goes in front of it
                 }
             }
-            if let Some(off) = self.pop(q, class) {
-                return Ok(off);
+            if self.peek(q, class).is_some() {
+                return Ok(());
             }
             // Exhausted: from now on remote frees queue the slab on the delayed stack.
             // Those that came before the flag are collected now (see `remote.rs`).
@@ -542,11 +653,11 @@ impl Inner {
         let slab_off = match self.new_slab(d, class) {
             Ok(slab_off) => slab_off,
             // No room for a new slab: the blocks a slab moved aside got back serve.
-            Err(e) => return self.pop(q, class).ok_or(e),
+            Err(e) => return if self.peek(q, class).is_some() { Ok(()) } else { Err(e) },
         };
         self.classes(q, || self.link_front(&q.head, slab_off));
         self.extend(slab_off, class);
-        Ok(self.pop(q, class).expect("a fresh slab has room"))
+        Ok(())
     }
 
     /// Puts a slab, flagged `FULL` and on no list, on its class's full list.

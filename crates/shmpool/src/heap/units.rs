@@ -14,13 +14,16 @@ use crate::pages::{PagesError, UnitState, UNIT, UNIT_SHIFT};
 const MIN_GROWTH_UNITS: u32 = 16;
 
 impl Inner {
-    /// Takes the page lock. If its holder died holding it, the page-run allocator may be
-    /// half updated: repaired first (`Buddy::repair`).
-    fn page_lock(&self) -> Guard<'_> {
+    /// Takes the page lock. If its holder died holding it, what it protects may be half
+    /// updated: the page-run allocator is repaired (`Buddy::repair`), half-made slabs go
+    /// back, and claims left half made are undone.
+    pub(super) fn page_lock(&self) -> Guard<'_> {
         let guard = self.meta().page_lock.lock(self.lock_holder(), |tag| self.holder_dead(tag));
         if guard.took_over {
             self.buddy().repair();
             self.drop_unmade_slabs();
+            self.repair_claims();
+            self.repair_journals();
         }
         crash::point("page_lock.held");
         guard
@@ -33,11 +36,23 @@ impl Inner {
     /// run is never seen without what `init` writes unless its taker died holding the
     /// lock (whoever takes the lock over then repairs: `page_lock`).
     pub(super) fn alloc_units(&self, units: u32, tag: u8, init: impl Fn(u32)) -> Result<u32, AllocError> {
-        if let Some(head) = self.take_units(units, tag, false, &init)? {
+        self.alloc_run(units, tag, &|_| {}, &init)
+    }
+
+    /// [`Inner::alloc_units`], with `before` told the run's head under the page lock
+    /// before the run is taken (a recorded allocation names it there: `journal.rs`).
+    pub(super) fn alloc_run(
+        &self,
+        units: u32,
+        tag: u8,
+        before: &dyn Fn(u32),
+        init: &dyn Fn(u32),
+    ) -> Result<u32, AllocError> {
+        if let Some(head) = self.take_units(units, tag, false, before, init)? {
             return Ok(head);
         }
         self.recover(); // it takes the page lock itself, to give slabs back
-        Ok(self.take_units(units, tag, true, &init)?.expect("a run, after growth, or an error"))
+        Ok(self.take_units(units, tag, true, before, init)?.expect("a run, after growth, or an error"))
     }
 
     /// A run from the pages, under the page lock; `None` if there is none and `grow` is
@@ -47,19 +62,23 @@ impl Inner {
         units: u32,
         tag: u8,
         grow: bool,
+        before: &dyn Fn(u32),
         init: &dyn Fn(u32),
     ) -> Result<Option<u32>, AllocError> {
         let _lock = self.page_lock();
         let mut buddy = self.buddy();
-        let head = match buddy.alloc(units, tag) {
+        let head = match buddy.next_run(units) {
             Ok(head) => head,
             Err(PagesError::Exhausted { .. }) if !grow => return Ok(None),
             Err(PagesError::Exhausted { .. }) => {
                 self.grow_arena(&mut buddy, units)?;
-                buddy.alloc(units, tag).map_err(|e| AllocError::OutOfMemory(e.to_string()))?
+                buddy.next_run(units).map_err(|e| AllocError::OutOfMemory(e.to_string()))?
             }
             Err(_) => return Err(AllocError::TooLarge(u64::from(units) << UNIT_SHIFT)),
         };
+        before(head);
+        let taken = buddy.alloc(units, tag);
+        debug_assert_eq!(taken, Ok(head), "the run next_run named");
         init(head);
         Ok(Some(head))
     }

@@ -171,15 +171,28 @@ impl<S: UnitStore> Buddy<S> {
         self.free_range(old, new_len - old);
     }
 
-    /// Allocates a run of `units` units tagged `tag`; returns its first unit.
-    pub fn alloc(&mut self, units: u32, tag: u8) -> Result<u32, PagesError> {
+    /// The first unit of the run that [`Buddy::alloc`] would take for `units` units now:
+    /// a caller can record it before the allocation that a crash may cut short.
+    pub fn next_run(&self, units: u32) -> Result<u32, PagesError> {
+        self.next_block(units).map(|(block, _)| block)
+    }
+
+    /// The free block `alloc(units)` splits, and its order.
+    fn next_block(&self, units: u32) -> Result<(u32, usize), PagesError> {
         if units == 0 || units > 1 << (MAX_ORDER - 1) {
             return Err(PagesError::BadLength(units));
         }
         let want = order_for(units);
         let have = (want..MAX_ORDER).find(|&k| self.store.head(k) != NIL);
-        let Some(mut k) = have else { return Err(PagesError::Exhausted { units }) };
-        let block = self.store.head(k);
+        let Some(k) = have else { return Err(PagesError::Exhausted { units }) };
+        Ok((self.store.head(k), k))
+    }
+
+    /// Allocates a run of `units` units tagged `tag`; returns its first unit (the one
+    /// [`Buddy::next_run`] named).
+    pub fn alloc(&mut self, units: u32, tag: u8) -> Result<u32, PagesError> {
+        let (block, mut k) = self.next_block(units)?;
+        let want = order_for(units);
         self.unlink(block, k);
         while k > want {
             k -= 1;

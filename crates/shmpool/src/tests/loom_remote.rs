@@ -1,7 +1,7 @@
 //! The remote-free protocol of a slab, with the functions the heap uses (`heap::remote`):
 //! freers claim a block in the remote bitmap (`fetch_or`) and, when the owner flagged the
 //! slab `FULL`, queue the slab on the owner's delayed stack; the owner collects bitmap
-//! words and takes the delayed stack whole.
+//! words and pops the delayed stack.
 //!
 //! loom checks every interleaving for: each freed block collected exactly once (none
 //! lost, none twice), a remote free into a full slab always noticed, a double free of
@@ -45,7 +45,7 @@ impl Slab {
     fn free(&self, idx: u32) -> bool {
         self.data[idx as usize].store(1, Ordering::Relaxed);
         let claimed = remote::claim(&self.alloc_bits, &self.remote_bits, 1 << idx);
-        if claimed && remote::queue_if_full(&self.state) {
+        if claimed && remote::queue_if_full(&self.state, || 7) {
             remote::push_slab(&self.delayed, &self.delayed_next, 1);
         }
         claimed
@@ -65,8 +65,13 @@ impl Slab {
 
     /// The owner drains its delayed stack: the slab comes off it and is collected.
     fn drain(&self, got: &mut [u32; BLOCKS]) {
-        if remote::take_slabs(&self.delayed) != 0 {
-            assert_eq!(self.delayed_next.load(Ordering::Relaxed), 0, "one slab, pushed once");
+        let top = remote::top(&self.delayed);
+        if top != 0 {
+            assert!(
+                remote::pop_slab(&self.delayed, top, &self.state, &self.delayed_next),
+                "only pushes race"
+            );
+            assert_eq!(remote::top(&self.delayed), 0, "one slab, pushed once");
             remote::unqueue(&self.state);
             self.collect(got);
         }
@@ -259,7 +264,7 @@ fn a_free_racing_the_drain_is_not_stranded() {
         let slab = Arc::new(Slab::new());
         slab.alloc_bits.store(1 << 1, Ordering::Relaxed); // only block 1 is allocated
         remote::mark_full(&slab.state);
-        assert!(remote::queue_if_full(&slab.state));
+        assert!(remote::queue_if_full(&slab.state, || 7));
         remote::push_slab(&slab.delayed, &slab.delayed_next, 1);
         let freer = {
             let s = slab.clone();
@@ -283,5 +288,53 @@ fn a_free_racing_the_drain_is_not_stranded() {
         }
         assert_eq!(got, [0, 1, 0], "the free was collected once");
         assert!(!retired || state == 0, "a given-back slab was queued again");
+    });
+}
+
+/// Two freers queue two full slabs on one owner's delayed stack while the owner pops it a
+/// slab at a time (`pop_slab`, as `drain_delayed` does): each slab comes off exactly once,
+/// with the link its pusher wrote, whatever the interleaving of pushes and pops; a pop
+/// that loses to a push looks again.
+#[test]
+fn pops_racing_pushes_take_each_slab_once() {
+    model(|| {
+        let delayed = Arc::new(AtomicU64::new(0));
+        // Unit u's state and link; both slabs full, neither queued.
+        let units: Arc<[(AtomicU32, AtomicU32); 2]> = Arc::new([
+            (AtomicU32::new(FULL), AtomicU32::new(99)),
+            (AtomicU32::new(FULL), AtomicU32::new(99)),
+        ]);
+        let pushers: Vec<_> = (0..2u32)
+            .map(|u| {
+                let (delayed, units) = (delayed.clone(), units.clone());
+                thread::spawn(move || {
+                    let (state, link) = &units[u as usize];
+                    assert!(remote::queue_if_full(state, || u + 1));
+                    remote::push_slab(&delayed, link, u + 1);
+                })
+            })
+            .collect();
+        let mut popped = [0u32; 2];
+        let pop_all = |popped: &mut [u32; 2]| loop {
+            let top = remote::top(&delayed);
+            if top == 0 {
+                break;
+            }
+            let (state, link) = &units[(top - 1) as usize];
+            if remote::pop_slab(&delayed, top, state, link) {
+                assert_eq!(remote::queued_by(state.load(Ordering::Relaxed)), Some(remote::Pusher::Owner));
+                remote::unqueue(state);
+                popped[(top - 1) as usize] += 1;
+            }
+        };
+        pop_all(&mut popped);
+        for p in pushers {
+            p.join().unwrap();
+        }
+        pop_all(&mut popped);
+        assert_eq!(popped, [1, 1], "each queued slab popped once");
+        for (state, _) in units.iter() {
+            assert_eq!(state.load(Ordering::Relaxed), FULL, "unqueued, tag cleared");
+        }
     });
 }

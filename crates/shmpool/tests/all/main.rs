@@ -6,6 +6,7 @@
 
 mod attach_errors;
 mod conformance;
+mod crash_points;
 mod heap;
 mod heap_stress;
 mod huge;
@@ -32,6 +33,7 @@ fn main() {
     trials.extend(heap::tests());
     trials.extend(heap_stress::tests());
     trials.extend(recovery::tests());
+    trials.extend(crash_points::tests());
     trials.extend(typed::tests());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -297,7 +297,7 @@ fn an_owner_killed_draining_strands_no_slab() {
         while flag != 2u64.to_le_bytes() {
             h.read(go, &mut flag).unwrap();
         }
-        shmpool::crash::arm("drain.taken");
+        shmpool::crash::arm("drain.popped");
         let _ = h.alloc(1 << 20); // a large block: remote frees are taken first
         0
     });
