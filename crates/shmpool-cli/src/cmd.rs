@@ -32,6 +32,15 @@ impl Target {
         }
     }
 
+    /// Opens the segment.
+    pub fn open(&self, access: shmpool::segment::Access) -> Result<Segment, String> {
+        match self {
+            Self::Shm(n) => Segment::open_shm(n.as_str(), access),
+            Self::File(p) => Segment::open_file(p, access),
+        }
+        .map_err(|e| format!("{}: {e}", self.label()))
+    }
+
     fn label(&self) -> String {
         match self {
             Self::Shm(n) => n.to_string(),
@@ -138,11 +147,7 @@ fn owners(heap: &shmpool::heap::Heap) -> String {
 /// Opens the segment's heap, read-only (which recovers nothing) or read-write (which
 /// recovers what dead processes left, as every attach does).
 fn open_heap(target: &Target, access: shmpool::segment::Access) -> Result<shmpool::heap::Heap, String> {
-    let seg = match target {
-        Target::Shm(n) => Segment::open_shm(n.as_str(), access),
-        Target::File(p) => Segment::open_file(p, access),
-    }
-    .map_err(|e| format!("{}: {e}", target.label()))?;
+    let seg = target.open(access)?;
     shmpool::heap::Heap::attach(seg).map_err(|e| format!("{}: {e}", target.label()))
 }
 
@@ -196,11 +201,7 @@ pub fn recover(target: &Target) -> Result<String, String> {
 
 /// The heap's use, if the segment holds one (attached read-only).
 fn heap_stats(target: &Target) -> Option<String> {
-    let seg = match target {
-        Target::Shm(n) => Segment::open_shm(n.as_str(), shmpool::segment::Access::ReadOnly),
-        Target::File(p) => Segment::open_file(p, shmpool::segment::Access::ReadOnly),
-    }
-    .ok()?;
+    let seg = target.open(shmpool::segment::Access::ReadOnly).ok()?;
     let heap = shmpool::heap::Heap::attach(seg).ok()?;
     let s = heap.stats();
     let mut out = String::from("\nheap\n");

@@ -9,6 +9,7 @@ mod child;
 mod cmd;
 mod demo;
 mod procs;
+mod stress;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,32 @@ enum Command {
         /// NAME is a file path.
         #[arg(long)]
         file: bool,
+    },
+    /// Run mixed alloc / free / hand-over traffic on the segment's heap (making it one if
+    /// it holds none) until the time is up; safe to SIGKILL at any instant. With --audit,
+    /// check instead that nothing was lost: exit 0 if free and held bytes add up to the
+    /// heap's capacity, 1 if not.
+    Stress {
+        /// Segment name (or file path with --file).
+        name: String,
+        /// NAME is a file path.
+        #[arg(long)]
+        file: bool,
+        /// How long to run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seed of the traffic.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Worker threads, each with its own thread heap.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        threads: u32,
+        /// Do not run: recover, then account for every block (after the workers are gone).
+        #[arg(long)]
+        audit: bool,
+        /// With --audit: free every block the workers held, and audit again.
+        #[arg(long, requires = "audit")]
+        release: bool,
     },
     /// List the shmpool segments in /dev/shm.
     Ls,
@@ -158,6 +185,19 @@ fn run(command: Command) -> Result<(), Failure> {
             return if clean { Ok(()) } else { Err(Failure::quiet(1)) };
         }
         Command::Recover { name, file } => cmd::recover(&Target::new(&name, file)?)?,
+        Command::Stress { name, file, seconds, seed, threads, audit, release } => {
+            let target = Target::new(&name, file)?;
+            let open = || target.open(shmpool::segment::Access::ReadWrite);
+            if audit {
+                let (report, whole) = stress::audit(open()?, release).map_err(|e| Failure::new(2, e))?;
+                print_out(&format!("{report}\n"))?;
+                return if whole { Ok(()) } else { Err(Failure::quiet(1)) };
+            }
+            if !(seconds >= 0.0 && seconds <= 1e6) {
+                return Err(Failure::new(2, format!("--seconds {seconds}: expected 0 to 1000000")));
+            }
+            stress::run(open, &stress::Plan { seconds, seed, threads })?
+        }
         Command::Ls => cmd::ls()?,
         Command::Rm { name, file, force } => cmd::rm(&Target::new(&name, file)?, force)?,
         Command::Demo { records } => return Ok(demo::run(records)?),

@@ -29,6 +29,15 @@ pub struct CheckReport {
     pub free_units: u64,
     /// Units in the arena.
     pub units: u32,
+    /// Bytes of the blocks allocated and not freed: slab blocks (not counting remote
+    /// frees waiting for their owner) and large blocks.
+    pub allocated_bytes: u64,
+    /// Bytes that allocations can still take: free units, and the free blocks of slabs
+    /// (remote frees waiting for their owner included).
+    pub free_bytes: u64,
+    /// `allocated_bytes + free_bytes`: the arena less slab headers and the tails of
+    /// slabs too short for another block.
+    pub capacity_bytes: u64,
 }
 
 /// Use of one size class.
@@ -232,13 +241,17 @@ impl Inner {
                 UnitState::Run { len, tag: TAG_LARGE } => {
                     self.check_no_remote_state(u)?;
                     report.large_blocks += 1;
+                    report.allocated_bytes += u64::from(len) * UNIT;
                     u += len;
                 }
                 UnitState::Run { len, tag } if layout::tag_class(tag).is_some() => {
                     let (used, pending) = self.check_slab(u, len, tag, &delayed, &on_lists)?;
+                    let g = &GEOMETRY[layout::tag_class(tag).expect("a slab tag")];
                     report.slabs += 1;
                     report.slab_blocks += used;
                     report.pending_remote += pending;
+                    report.allocated_bytes += (used - pending) * g.size;
+                    report.free_bytes += (u64::from(g.capacity) - used + pending) * g.size;
                     u += len;
                 }
                 UnitState::Run { tag, .. } => return fail(format!("unit {u}: run with unknown tag {tag}")),
@@ -249,6 +262,8 @@ impl Inner {
                 other => return fail(format!("unit {u}: {other:?}")),
             }
         }
+        report.free_bytes += report.free_units * UNIT;
+        report.capacity_bytes = report.allocated_bytes + report.free_bytes;
         Ok(report)
     }
 
