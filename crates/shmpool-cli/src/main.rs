@@ -193,7 +193,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 print_out(&format!("{report}\n"))?;
                 return if whole { Ok(()) } else { Err(Failure::quiet(1)) };
             }
-            if !(seconds >= 0.0 && seconds <= 1e6) {
+            if !(0.0..=1e6).contains(&seconds) {
                 return Err(Failure::new(2, format!("--seconds {seconds}: expected 0 to 1000000")));
             }
             stress::run(open, &stress::Plan { seconds, seed, threads })?

@@ -71,7 +71,7 @@ fn survivor_allocates(heap: &Heap, size: u64) -> Duration {
 fn kill_storm_loses_nothing() {
     let name = format!("shmpool-storm-{}", std::process::id());
     let _rm = scopeguard(&name);
-    let seg = shmpool::SegmentOptions::new().max_size(4 << 30).create_shm(&name).unwrap();
+    let seg = shmpool::SegmentOptions::new().max_size(16 << 30).create_shm(&name).unwrap();
     let heap = Heap::create(seg).unwrap();
     let mut rng = 0x5EED_u64;
     let mut seed = 0;
