@@ -457,20 +457,8 @@ impl Inner {
                 remote::unqueue(&ur.state);
             }
         }
-        let mut dead = std::collections::HashMap::new();
-        let strays: Vec<u32> = slabs
-            .iter()
-            .filter(|&&(unit, _)| {
-                match remote::queued_by(self.unit_remote(unit).state.load(Ordering::Relaxed)) {
-                    None => false,
-                    Some(remote::Pusher::Owner) => true,
-                    Some(remote::Pusher::Freer(tag)) => {
-                        *dead.entry(tag).or_insert_with(|| self.holder_dead(tag))
-                    }
-                }
-            })
-            .map(|&(unit, _)| unit)
-            .collect();
+        // The owner died: a slab it was popping is a stray too.
+        let strays: Vec<u32> = self.strays(slabs, true).into_iter().map(|(unit, _)| unit).collect();
         // Pushed since the pops above, by a pusher that has died since? The stack tells:
         // dead pushers push no more.
         let on_stack = self.stack_units(d);
@@ -485,19 +473,7 @@ impl Inner {
     /// the owner pops) tells whether its push came.
     pub(super) fn rescue(&self, d: u32) {
         self.desc(d).rescue.store(0, Ordering::Relaxed);
-        let mut dead = std::collections::HashMap::new();
-        let strays: Vec<(u32, usize)> = self
-            .slabs_of(d)
-            .into_iter()
-            .filter(|&(unit, _)| {
-                match remote::queued_by(self.unit_remote(unit).state.load(Ordering::Relaxed)) {
-                    Some(remote::Pusher::Freer(tag)) => {
-                        *dead.entry(tag).or_insert_with(|| self.holder_dead(tag))
-                    }
-                    _ => false,
-                }
-            })
-            .collect();
+        let strays = self.strays(&self.slabs_of(d), false);
         if strays.is_empty() {
             return;
         }
@@ -505,6 +481,19 @@ impl Inner {
         for (unit, class) in strays.into_iter().filter(|(u, _)| !on_stack.contains(u)) {
             self.drained(d, unit, class);
         }
+    }
+
+    /// The slabs among `slabs` that are `QUEUED` by a pusher that is dead (and, with
+    /// `popping`, those an owner was popping), whether on the stack or not.
+    fn strays(&self, slabs: &[(u32, usize)], popping: bool) -> Vec<(u32, usize)> {
+        let mut dead = std::collections::HashMap::new();
+        let mut stray =
+            |unit: u32| match remote::queued_by(self.unit_remote(unit).state.load(Ordering::Relaxed)) {
+                None => false,
+                Some(remote::Pusher::Owner) => popping,
+                Some(remote::Pusher::Freer(tag)) => *dead.entry(tag).or_insert_with(|| self.holder_dead(tag)),
+            };
+        slabs.iter().copied().filter(|&(unit, _)| stray(unit)).collect()
     }
 
     /// The slabs on `d`'s delayed stack. Only the owner pops, so for the owner (or its
