@@ -35,13 +35,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The layers are listed in `DESIGN.md`; this crate currently provides [`segment`].
+//! The layers are listed in `DESIGN.md`; this crate provides [`segment`], [`offset`], [`heap`],
+//! [`pools`] and [`buffer`].
 //!
 //! # Unsafe code
 //! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
 //! - `segment::mapping` (mmap and munmap) and `segment::access` (the header, checked raw
 //!   reads and writes of the mapping, `Send`/`Sync` of `Segment`);
 //! - `offset` (reinterpreting copied bytes as a `ShmSafe` type);
+//! - `pools::region` (the views of a pool's header and meta array);
 //! - `heap::raw`, whose one primitive views the heap's own structures in the segment, and
 //!   the heap modules that call it (`heap`, `slab`, `store`, `layout`, `lock`), plus
 //!   `heap::tls` (the fork handler). Each names what makes its views sound.
@@ -50,11 +52,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// The derive macros name `::shmpool`, which inside this crate is the crate itself.
+extern crate self as shmpool;
+
+pub mod buffer;
 pub mod crash;
 pub mod heap;
 pub(crate) mod loom;
 pub mod offset;
 pub mod pages;
+pub mod pools;
 pub mod segment;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,107 @@
+//! Pools: the simple strategies, for users who want fixed slots or bulk reset.
+//!
+//! Layer: pools, above the heap (DESIGN.md). Each pool lives in one region of a
+//! segment — at an offset the caller chooses, or in a block of a [`Heap`] — and every
+//! process that maps the segment can use it:
+//!
+//! | type          | blocks                 | allocate            | free                 |
+//! |---------------|------------------------|---------------------|----------------------|
+//! | [`SlotPool`]  | fixed slots, bitmap    | [`Loan`] (RAII), or wait with a timeout | drop the loan; by index anywhere |
+//! | [`FreeList`]  | fixed slots, index stack | one pop           | one push; double frees refused |
+//! | [`BumpArena`] | any size and alignment | one CAS             | all at once, `reset` |
+//!
+//! All three are lock-free, so a process killed at any instant leaves them whole; the
+//! blocks it held stay taken (see each type). The [`Pool`] trait gives them one
+//! interface of offsets: allocate, write, read, free, reset, available bytes.
+//!
+//! A pool is found by other processes at its offset (`open`), or by a name in a heap
+//! (`named`):
+//!
+//! ```
+//! use shmpool::heap::Heap;
+//! use shmpool::pools::{FreeList, Pool};
+//! use shmpool::SegmentOptions;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let heap = Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("doc")?)?;
+//! let list = FreeList::named(&heap, "frames", 4096, 64)?;
+//! let same = FreeList::named(&heap, "frames", 4096, 64)?; // in any process
+//! assert_eq!(list.offset(), same.offset());
+//! let f = list.allocate(4096)?;
+//! same.free(f)?;
+//! # Ok(()) }
+//! ```
+
+mod bitmap;
+mod bump;
+mod error;
+mod freelist;
+mod region;
+mod slot;
+pub(crate) mod stack;
+mod wait;
+
+pub use bump::{BumpArena, BUMP_ALIGN};
+pub use error::{BlockError, PoolError};
+pub use freelist::FreeList;
+pub use region::Host;
+pub use slot::{Loan, SlotPool, MAX_SLOTS};
+
+#[cfg(loom)]
+pub(crate) use bitmap::{claim as bitmap_claim, clear as bitmap_clear, init as bitmap_init};
+
+use crate::heap::Heap;
+
+/// One interface of offsets over the pool kinds (what the Python bindings expose).
+///
+/// Offsets are segment offsets. Bad offsets, ranges that leave their block and frees of
+/// blocks not allocated are refused with a [`BlockError`] and change nothing.
+pub trait Pool {
+    /// Allocates a block of at least `size` bytes; its offset.
+    fn allocate(&self, size: u64) -> Result<u64, BlockError>;
+    /// Frees the block at `off`.
+    fn free(&self, off: u64) -> Result<(), BlockError>;
+    /// Copies `data` to `off`, inside one allocated block.
+    fn write(&self, off: u64, data: &[u8]) -> Result<(), BlockError>;
+    /// Copies the bytes at `off`, inside one allocated block, into `buf`.
+    fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), BlockError>;
+    /// Frees every block at once (for a pool no one is using).
+    fn reset(&self) -> Result<(), BlockError>;
+    /// Bytes that can still be allocated (a snapshot).
+    fn available_bytes(&self) -> u64;
+}
+
+/// The pool named `name` in `heap`: this caller formats a region of `bytes` with
+/// `create` and publishes its offset under the name; if another caller published first,
+/// the region is freed and that pool opened with `open`.
+fn named<P>(
+    heap: &Heap,
+    name: &str,
+    bytes: u64,
+    create: impl FnOnce(u64) -> Result<P, PoolError>,
+    open: impl FnOnce(u64) -> Result<P, PoolError>,
+) -> Result<P, PoolError> {
+    let (mine, at) = in_heap(heap, bytes, create)?;
+    let published = heap.find_or_init::<u64>(name, || at).map(|root| root.read(heap.segment()));
+    match published {
+        Ok(Ok(found)) if found == at => Ok(mine),
+        other => {
+            drop(mine);
+            let _ = heap.free(at);
+            open(other??)
+        }
+    }
+}
+
+/// A pool formatted by `create` in a fresh 64-aligned block of `bytes` of `heap`, and
+/// the block's offset; the block is freed again if `create` fails.
+fn in_heap<P>(
+    heap: &Heap,
+    bytes: u64,
+    create: impl FnOnce(u64) -> Result<P, PoolError>,
+) -> Result<(P, u64), PoolError> {
+    let at = heap.alloc_aligned(bytes, 64)?;
+    create(at).map(|p| (p, at)).inspect_err(|_| {
+        let _ = heap.free(at);
+    })
+}
