@@ -1,107 +1,153 @@
-//! The slot pool's occupancy bitmap: one bit a slot, set while the slot is loaned.
+//! The slot pool's occupancy bitmap: one bit a slot, set while the slot is loaned, and
+//! in each word a flag for the loaners waiting on it.
 //!
-//! Layer: pools. Lock-free: a loan is one CAS that sets the lowest clear bit of a word,
-//! a return one RMW that clears its bit, so a process killed at any instant leaves every
-//! word whole (it loses only the slots it held). Bits past the last slot are set at
-//! format time and never cleared, so no search needs the slot count.
+//! Layer: pools. A word holds 63 slots (bits 0..63) and [`WAITING`] (bit 63). Lock-free:
+//! a loan is one CAS that sets the lowest clear slot bit of a word, a return one RMW
+//! that clears its bit, so a process killed at any instant leaves every word whole (it
+//! loses only the slots it held). Slot bits past the last slot are set at format time
+//! and never cleared, so no search needs the slot count.
 //!
-//! Orderings: every access is SeqCst. A loan's Acquire and a return's Release carry the
-//! slot's bytes from the returner to the next loaner; SeqCst on top is what the waiters
-//! of `SlotPool::loan_timeout` need (`wait.rs`): a returner that sees no waiter announced
-//! had its clear ordered before the announcement, so the waiter's next scan sees the
-//! clear. On x86 a SeqCst CAS or load costs what an AcqRel one does.
+//! `WAITING` keeps waiters and returners on the same word, where every RMW is ordered
+//! (its modification order) without any SeqCst: a waiter that finds a word full sets its
+//! flag with a CAS, and a return clears its bit and the flag in one RMW. Either the
+//! return comes first in the word's order, and the waiter's CAS sees the free bit (and
+//! claims it instead), or the flag comes first, and the return sees it and wakes the
+//! waiters (`wait.rs`). The flag is cleared only by a return that then wakes everyone.
 //!
 //! Modelled in `tests/loom_bitmap.rs`.
 
 use crate::loom::{AtomicU64, Ordering};
 
-/// Bits a word.
-pub(crate) const BITS: u64 = 64;
+/// Slots a word.
+pub(crate) const PER_WORD: u64 = 63;
+/// A loaner sleeps until a slot of this word is returned.
+pub(crate) const WAITING: u64 = 1 << 63;
+/// The slot bits of a word.
+const SLOTS: u64 = !WAITING;
 
-/// Words for `slots` bits.
+/// Words for `slots` slots.
 pub(crate) fn words(slots: u64) -> u64 {
-    slots.div_ceil(BITS)
+    slots.div_ceil(PER_WORD)
 }
 
-/// Sets the bits past `slots` in the last word (formatting; no one else sees the words).
+/// A word's padding: the slot bits past `slots` (set for good).
+fn padding(words: usize, word: usize, slots: u64) -> u64 {
+    let tail = slots % PER_WORD;
+    if word + 1 == words && tail != 0 {
+        SLOTS & !((1 << tail) - 1)
+    } else {
+        0
+    }
+}
+
+/// Clears every slot, sets the padding (formatting; no one else sees the words).
 pub(crate) fn init(words: &[AtomicU64], slots: u64) {
-    for w in words {
-        w.store(0, Ordering::Relaxed);
-    }
-    let tail = slots % BITS;
-    if tail != 0 {
-        words[words.len() - 1].store(!0 << tail, Ordering::Relaxed);
+    for (i, w) in words.iter().enumerate() {
+        w.store(padding(words.len(), i, slots), Ordering::Relaxed);
     }
 }
 
-/// Claims a clear bit, looking at every word once from `start`; its index, or `None` if
-/// each word was full when it was looked at.
+fn split(i: u64) -> (usize, u64) {
+    ((i / PER_WORD) as usize, 1 << (i % PER_WORD))
+}
+
+/// Claims a clear slot bit, looking at every word once from `start`; its index, or
+/// `None` if each word was full when it was looked at.
 #[inline]
 pub(crate) fn claim(words: &[AtomicU64], start: usize) -> Option<u64> {
     let n = words.len();
     for k in 0..n {
         let i = if start + k >= n { start + k - n } else { start + k };
-        if let Some(bit) = claim_in(&words[i]) {
-            return Some(i as u64 * BITS + bit);
+        if let Some(bit) = claim_in(&words[i], false) {
+            return Some(i as u64 * PER_WORD + bit);
         }
     }
     None
 }
 
+/// Claims a clear slot bit of `word`; if there is none and `flag`, sets `WAITING`.
 #[inline(always)]
-fn claim_in(word: &AtomicU64) -> Option<u64> {
-    // SYNC: SeqCst (Acquire part) pairs with the SeqCst (Release part) clear in `clear`;
-    // SeqCst for the waiters (module docs).
-    let mut cur = word.load(Ordering::SeqCst);
-    while cur != !0 {
-        let bit = (!cur).trailing_zeros();
-        // SYNC: as the load above, on success and on failure.
-        match word.compare_exchange_weak(cur, cur | 1 << bit, Ordering::SeqCst, Ordering::SeqCst) {
+fn claim_in(word: &AtomicU64, flag: bool) -> Option<u64> {
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        let bit = (!cur & SLOTS).trailing_zeros();
+        if bit == 64 {
+            if !flag {
+                return None;
+            }
+            // An RMW even if the flag looks set: it reads the word's latest value, where a
+            // plain load could return a full word a return has already cleared.
+            // SYNC: Release pairs with the Acquire part of the `clear` that reads the
+            // flag: what the waiter did before (reading the wake sequence) happens
+            // before the waker bumps it. Acquire, for a slot found free (as below).
+            cur = word.fetch_or(WAITING, Ordering::AcqRel);
+            if (!cur & SLOTS).trailing_zeros() == 64 {
+                return None;
+            }
+            continue;
+        }
+        // SYNC: Acquire pairs with the Release part of `clear`: the last holder's writes
+        // to the slot are seen.
+        match word.compare_exchange_weak(cur, cur | 1 << bit, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return Some(u64::from(bit)),
             Err(now) => cur = now,
         }
     }
-    None
 }
 
-/// Sets bit `i` if it is clear (a loan of that slot); whether it was.
+/// A waiter's pass: claims a clear slot bit, or flags every full word `WAITING`.
+pub(crate) fn claim_or_flag(words: &[AtomicU64]) -> Option<u64> {
+    words.iter().enumerate().find_map(|(i, w)| Some(i as u64 * PER_WORD + claim_in(w, true)?))
+}
+
+/// Sets slot `i`'s bit if it is clear (a loan of that slot); whether it was.
 pub(crate) fn claim_at(words: &[AtomicU64], i: u64) -> bool {
-    let bit = 1 << (i % BITS);
-    // SYNC: as in `claim_in`.
-    words[(i / BITS) as usize].fetch_or(bit, Ordering::SeqCst) & bit == 0
+    let (w, bit) = split(i);
+    // SYNC: Acquire, as in `claim_in`.
+    words[w].fetch_or(bit, Ordering::Acquire) & bit == 0
 }
 
-/// Clears bit `i`; whether it was set (false: the slot was not loaned, and nothing
-/// changed).
+/// What a return found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cleared {
+    /// The slot was loaned (false: nothing was returned).
+    pub(crate) was_loaned: bool,
+    /// Waiters had flagged the word: the caller must wake them.
+    pub(crate) waiters: bool,
+}
+
+/// Clears slot `i`'s bit and the word's `WAITING` flag.
 #[inline]
-pub(crate) fn clear(words: &[AtomicU64], i: u64) -> bool {
-    let bit = 1 << (i % BITS);
-    // SYNC: SeqCst (Release part) pairs with the Acquire part of the next claim of the
-    // word: the slot's bytes written before the return are visible to the next loaner.
-    words[(i / BITS) as usize].fetch_and(!bit, Ordering::SeqCst) & bit != 0
+pub(crate) fn clear(words: &[AtomicU64], i: u64) -> Cleared {
+    let (w, bit) = split(i);
+    // SYNC: Release pairs with the Acquire of the next claim of the word: the slot's
+    // bytes written before the return are seen by the next loaner. Acquire pairs with
+    // the Release of a waiter's flag (see `claim_in`).
+    let prev = words[w].fetch_and(!(bit | WAITING), Ordering::AcqRel);
+    Cleared { was_loaned: prev & bit != 0, waiters: prev & WAITING != 0 }
 }
 
-/// Whether bit `i` is set.
+/// Whether slot `i` is loaned (a snapshot, for validating a handed-over index).
 pub(crate) fn is_set(words: &[AtomicU64], i: u64) -> bool {
-    // SYNC: SeqCst like every access of the words (module docs); a snapshot, for
-    // validating an index handed over by another process.
-    words[(i / BITS) as usize].load(Ordering::SeqCst) & 1 << (i % BITS) != 0
+    let (w, bit) = split(i);
+    words[w].load(Ordering::Relaxed) & bit != 0
 }
 
-/// Set bits, the padding past `slots` excluded (a snapshot: words are read one by one).
+/// Loaned slots (a snapshot: words are read one by one).
 pub(crate) fn count(words: &[AtomicU64], slots: u64) -> u64 {
-    let set: u64 = words.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum();
-    set - (words.len() as u64 * BITS - slots)
+    let set: u64 = words.iter().map(|w| u64::from((w.load(Ordering::Relaxed) & SLOTS).count_ones())).sum();
+    set - (words.len() as u64 * PER_WORD - slots)
 }
 
-/// Clears every slot's bit at once (reset; the caller knows no loan is in use).
-pub(crate) fn clear_all(words: &[AtomicU64], slots: u64) {
-    let tail = slots % BITS;
+/// Clears every slot at once (reset; the caller knows no loan is in use). Whether
+/// waiters had flagged a word.
+pub(crate) fn clear_all(words: &[AtomicU64], slots: u64) -> bool {
+    let mut waiters = false;
     for (i, w) in words.iter().enumerate() {
-        let keep = if i + 1 == words.len() && tail != 0 { !0 << tail } else { 0 };
-        // SYNC: SeqCst, as in `clear`.
-        w.store(keep, Ordering::SeqCst);
+        // SYNC: AcqRel, as in `clear`.
+        waiters |= w.swap(padding(words.len(), i, slots), Ordering::AcqRel) & WAITING != 0;
     }
+    waiters
 }
 
 #[cfg(all(test, not(loom)))]
@@ -116,7 +162,7 @@ mod tests {
 
     #[test]
     fn claims_every_slot_once_then_none() {
-        for slots in [1, 63, 64, 65, 130] {
+        for slots in [1, 62, 63, 64, 127, 130] {
             let w = map(slots);
             let mut got: Vec<u64> = (0..slots).map(|k| claim(&w, k as usize % w.len()).unwrap()).collect();
             assert_eq!(claim(&w, 0), None, "{slots} slots");
@@ -127,16 +173,25 @@ mod tests {
     }
 
     #[test]
-    fn clear_reports_whether_the_bit_was_set() {
+    fn a_return_reports_the_slot_and_the_waiters() {
         let w = map(70);
         let i = claim(&w, 1).unwrap();
-        assert_eq!(i, 64);
+        assert_eq!(i, 63);
         assert!(is_set(&w, i));
-        assert!(clear(&w, i));
-        assert!(!clear(&w, i), "a second return is refused");
+        let c = clear(&w, i);
+        assert!(c.was_loaned && !c.waiters);
+        assert!(!clear(&w, i).was_loaned, "a second return is refused");
         assert!(claim_at(&w, 69));
         assert!(!claim_at(&w, 69));
-        clear_all(&w, 70);
+        // Fill everything; a waiter's pass flags both words.
+        while claim(&w, 0).is_some() {}
+        assert_eq!(claim_or_flag(&w), None);
+        assert!(w.iter().all(|x| x.load(Ordering::Relaxed) & WAITING != 0));
+        assert_eq!(count(&w, 70), 70, "the flag is not a slot");
+        let c = clear(&w, 5);
+        assert!(c.was_loaned && c.waiters);
+        assert_eq!(claim_or_flag(&w), Some(5), "the pass claims a returned slot");
+        assert!(clear_all(&w, 70), "word 1 is still flagged");
         assert_eq!(count(&w, 70), 0);
     }
 }

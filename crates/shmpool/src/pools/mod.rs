@@ -32,23 +32,20 @@
 //! # Ok(()) }
 //! ```
 
-mod bitmap;
+pub(crate) mod bitmap;
 mod bump;
 mod error;
 mod freelist;
 mod region;
 mod slot;
 pub(crate) mod stack;
-mod wait;
+pub(crate) mod wait;
 
 pub use bump::{BumpArena, BUMP_ALIGN};
 pub use error::{BlockError, PoolError};
 pub use freelist::FreeList;
 pub use region::Host;
 pub use slot::{Loan, SlotPool, MAX_SLOTS};
-
-#[cfg(loom)]
-pub(crate) use bitmap::{claim as bitmap_claim, clear as bitmap_clear, init as bitmap_init};
 
 use crate::heap::Heap;
 

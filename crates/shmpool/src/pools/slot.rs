@@ -2,7 +2,7 @@
 //! loaned as RAII [`Loan`]s.
 //!
 //! Layer: pools. The region is a [`Header`](super::region::Header), one bitmap word per
-//! 64 slots (`bitmap.rs`), then the slots. A loan sets its slot's bit, a return clears
+//! 63 slots (`bitmap.rs`), then the slots. A loan sets its slot's bit, a return clears
 //! it; a return wakes the waiters of [`SlotPool::loan_timeout`] (`wait.rs`). The bitmap is
 //! the only state, so a process killed at any instant leaves the pool whole; the slots it
 //! held stay loaned (its index handover can name them to a survivor, which returns them
@@ -152,7 +152,7 @@ impl SlotPool {
     pub fn try_loan(&self) -> Option<Loan<'_>> {
         let start = self.hint.load(Ordering::Relaxed);
         let index = bitmap::claim(self.words(), start)?;
-        let word = (index / bitmap::BITS) as usize;
+        let word = (index / bitmap::PER_WORD) as usize;
         if word != start {
             self.hint.store(word, Ordering::Relaxed);
         }
@@ -181,9 +181,9 @@ impl SlotPool {
     fn wait_slow(&self, deadline: Option<Instant>) -> Option<Loan<'_>> {
         let word = &self.region.header().wake;
         loop {
-            let seen = wait::prepare(word);
-            if let Some(l) = self.try_loan() {
-                return Some(l);
+            let seen = wait::seq(word);
+            if let Some(i) = bitmap::claim_or_flag(self.words()) {
+                return Some(Loan { pool: self, index: i as u32 });
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
@@ -207,11 +207,21 @@ impl SlotPool {
     /// another process). A slot not loaned is refused and nothing changes.
     pub fn release(&self, index: u32) -> Result<(), BlockError> {
         let i = self.check_index(index)?;
-        if !bitmap::clear(self.words(), i) {
+        if !self.give_back(i) {
             return Err(BlockError::NotAllocated(self.slot_offset(index)?));
         }
-        wait::notify(&self.region.header().wake);
         Ok(())
+    }
+
+    /// Clears slot `i`'s bit, waking the waiters that flagged its word; whether the slot
+    /// was loaned.
+    #[inline]
+    fn give_back(&self, i: u64) -> bool {
+        let c = bitmap::clear(self.words(), i);
+        if c.waiters {
+            wait::wake(&self.region.header().wake);
+        }
+        c.was_loaned
     }
 
     /// Loans slot `index` if it is free (a loan by index, for callers that place data).
@@ -249,8 +259,9 @@ impl SlotPool {
     /// Returns every slot at once. Loans still held become dangling: only for a pool
     /// no one is using (their later returns are refused or return a slot loaned anew).
     pub fn reset(&self) {
-        bitmap::clear_all(self.words(), self.slots);
-        wait::notify(&self.region.header().wake);
+        if bitmap::clear_all(self.words(), self.slots) {
+            wait::wake(&self.region.header().wake);
+        }
     }
 
     /// The loaned slot holding `off..off + len`.
@@ -339,9 +350,8 @@ impl Loan<'_> {
 
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
-        let returned = bitmap::clear(self.pool.words(), u64::from(self.index));
+        let returned = self.pool.give_back(u64::from(self.index));
         debug_assert!(returned, "a loan's slot is loaned until the loan ends (reset while loaned?)");
-        wait::notify(&self.pool.region.header().wake);
     }
 }
 

@@ -1,33 +1,26 @@
-//! Sleeping until a pool has room: an eventcount on one shared `u32`, waited on with a
+//! Sleeping until a pool has room: a wake sequence on one shared `u32`, waited on with a
 //! futex (futex(2), not `FUTEX_PRIVATE`: sleepers and wakers are in any process).
 //!
-//! Layer: pools. The word is `seq << 1 | WAITING`:
+//! Layer: pools. The protocol (the pool's own words carry the waiters' announcement;
+//! for the slot pool, `bitmap::WAITING`):
+//! 1. the waiter reads the sequence ([`seq`]);
+//! 2. it looks for room, announcing itself (with Release) where there is none;
+//! 3. it sleeps while the sequence is unchanged ([`sleep`]).
 //!
-//! | bit 0 (`WAITING`) | bits 1..                                   |
-//! |-------------------|--------------------------------------------|
-//! | a sleeper may be  | bumped by every wake, so a sleeper whose   |
-//! | asleep            | expected word changed does not go to sleep |
-//!
-//! A waiter announces itself (`prepare`, SeqCst RMW), looks for room again, and sleeps
-//! only while the word is unchanged. A freer makes room first and then looks at the word
-//! (`notify`, SeqCst load): if no waiter was announced, the SeqCst total order puts the
-//! room made before the announcement, so the waiter's second look finds it; if one was,
-//! the freer bumps the word and wakes every sleeper. Waking all is what keeps a wake from
-//! being lost to a sleeper that took no room (two frees, two sleepers, one wake each
-//! would otherwise leave one asleep); waits are the rare path.
-//!
-//! A process killed while waiting leaves `WAITING` set: the next free wakes no one, and
-//! clears it. Nothing is held, so nothing wedges.
+//! A freer that finds the announcement (with Acquire, in the same RMW that makes room)
+//! bumps the sequence and wakes every sleeper ([`wake`]). The waiter's read (1) happens
+//! before the bump, so either its futex wait sees the bumped word and returns at once, or
+//! it is asleep and woken. Waking all keeps a wake from being lost to a sleeper that took
+//! no room (two frees and two sleepers would otherwise leave one asleep); waits are the
+//! rare path. A waiter killed at any step holds nothing: its announcement costs the next
+//! freer one wake.
 
 use crate::loom::{AtomicU32, Ordering};
 use std::time::Instant;
 
-const WAITING: u32 = 1;
-
-/// Announces a waiter; returns the word to sleep on.
-pub(crate) fn prepare(word: &AtomicU32) -> u32 {
-    // SYNC: SeqCst pairs with the SeqCst load in `notify` (module docs).
-    word.fetch_or(WAITING, Ordering::SeqCst) | WAITING
+/// The sequence to sleep on, read before looking for room.
+pub(crate) fn seq(word: &AtomicU32) -> u32 {
+    word.load(Ordering::Relaxed)
 }
 
 /// Sleeps while the word is `seen`, until woken or `deadline`. Spurious returns happen;
@@ -43,21 +36,13 @@ pub(crate) fn sleep(word: &AtomicU32, seen: u32, deadline: Option<Instant>) {
     futex_wait(word, seen, timeout);
 }
 
-/// Tells waiters that room was made (call after making it).
-#[inline]
-pub(crate) fn notify(word: &AtomicU32) {
-    // SYNC: SeqCst pairs with the SeqCst RMW in `prepare` (module docs).
-    let w = word.load(Ordering::SeqCst);
-    if w & WAITING != 0 {
-        wake_all(word, w);
-    }
-}
-
+/// Bumps the sequence and wakes every sleeper (after room was made where a waiter had
+/// announced itself).
 #[cold]
-fn wake_all(word: &AtomicU32, w: u32) {
-    // `w + 1` clears WAITING and carries into the sequence. A failed CAS means another
-    // freer bumped it (and wakes) or a waiter re-announced; waking anyway is harmless.
-    let _ = word.compare_exchange(w, w.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
+pub(crate) fn wake(word: &AtomicU32) {
+    // Relaxed: ordered after the waiter's read of the sequence by the Release/Acquire
+    // pair on the announcement (module docs).
+    word.fetch_add(1, Ordering::Relaxed);
     futex_wake(word);
 }
 
@@ -77,10 +62,29 @@ fn futex_wake(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
 }
 
+/// The futex for loom: the kernel checks the word and queues the sleeper atomically
+/// with respect to wakes, which a mutex around the check and a condition variable
+/// reproduce (one word a model: the model's pool). A lost wake-up is then a deadlock
+/// that loom reports. Deadlines are not modelled.
 #[cfg(loom)]
-fn futex_wait(_: &AtomicU32, _: u32, _: Option<std::time::Duration>) {
-    loom::thread::yield_now();
+mod futex_model {
+    use loom::sync::{Condvar, Mutex};
+    loom::lazy_static! {
+        pub(super) static ref QUEUE: Mutex<()> = Mutex::new(());
+        pub(super) static ref SLEEPERS: Condvar = Condvar::new();
+    }
 }
 
 #[cfg(loom)]
-fn futex_wake(_: &AtomicU32) {}
+fn futex_wait(word: &AtomicU32, seen: u32, _: Option<std::time::Duration>) {
+    let queued = futex_model::QUEUE.lock().unwrap();
+    if word.load(Ordering::Relaxed) == seen {
+        drop(futex_model::SLEEPERS.wait(queued).unwrap());
+    }
+}
+
+#[cfg(loom)]
+fn futex_wake(_: &AtomicU32) {
+    let _queued = futex_model::QUEUE.lock().unwrap();
+    futex_model::SLEEPERS.notify_all();
+}
