@@ -59,12 +59,11 @@ impl BumpArena {
 
     /// Opens the arena another handle (in any process) created at `at`.
     pub fn open(host: impl Into<Host>, at: u64) -> Result<Self, PoolError> {
-        let region = Region::open(host.into(), at, Kind::Bump)?;
-        let geo = region.geometry();
-        if Self::plan(geo.count).ok() != Some(geo) {
-            return Err(PoolError::Corrupted { at, why: "the arena's geometry does not match its layout" });
-        }
-        Ok(Self { region, capacity: geo.count })
+        let region = Region::open(host.into(), at, Kind::Bump, |unit, count| {
+            Self::plan(count).ok().filter(|g| g.unit == unit)
+        })?;
+        let capacity = region.geometry().count;
+        Ok(Self { region, capacity })
     }
 
     /// Creates an arena in a block of `heap`.

@@ -66,14 +66,9 @@ impl FreeList {
 
     /// Opens the free list another handle (in any process) created at `at`.
     pub fn open(host: impl Into<Host>, at: u64) -> Result<Self, PoolError> {
-        let region = Region::open(host.into(), at, Kind::FreeList)?;
+        let region =
+            Region::open(host.into(), at, Kind::FreeList, |unit, count| Self::plan(unit, count).ok())?;
         let geo = region.geometry();
-        if Self::plan(geo.unit, geo.count).ok() != Some(geo) {
-            return Err(PoolError::Corrupted {
-                at,
-                why: "the free list's geometry does not match its layout",
-            });
-        }
         Ok(Self { region, slot: geo.unit, slots: geo.count })
     }
 

@@ -211,8 +211,14 @@ impl Region {
         Ok(r)
     }
 
-    /// Opens the pool of `kind` at `at`, checking its header against the segment.
-    pub(crate) fn open(host: Host, at: u64, kind: Kind) -> Result<Region, PoolError> {
+    /// Opens the pool of `kind` at `at`, checking its header against the segment and
+    /// its geometry with `planned` (what the kind would lay out for its unit and count).
+    pub(crate) fn open(
+        host: Host,
+        at: u64,
+        kind: Kind,
+        planned: impl FnOnce(u64, u64) -> Option<Geometry>,
+    ) -> Result<Region, PoolError> {
         let head = Self::map(&host, at, HEADER, false)?;
         // SAFETY: 64 committed bytes at a 64-aligned offset (checked by `map`), viewed as
         // atomics only; `host` keeps them mapped while the reference is used.
@@ -234,11 +240,8 @@ impl Region {
             count: h.count.load(Ordering::Relaxed),
             data: h.data.load(Ordering::Relaxed),
         };
-        let fits = geo.data.is_multiple_of(64)
-            && geo.data >= HEADER
-            && geo.unit.checked_mul(geo.count).and_then(|b| b.checked_add(geo.data)).is_some();
-        if !fits {
-            return Err(PoolError::Corrupted { at, why: "the header's geometry overflows" });
+        if planned(geo.unit, geo.count) != Some(geo) {
+            return Err(PoolError::Corrupted { at, why: "the geometry does not match its layout" });
         }
         let base = Self::map(&host, at, geo.bytes(), false)?;
         Ok(Region { host, at, geo, base })

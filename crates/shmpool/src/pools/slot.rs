@@ -79,12 +79,7 @@ impl SlotPool {
 
     /// Opens the pool another handle (in any process) created at `at`.
     pub fn open(host: impl Into<Host>, at: u64) -> Result<Self, PoolError> {
-        let region = Region::open(host.into(), at, Kind::Slots)?;
-        let geo = region.geometry();
-        let plan = Self::plan(geo.unit, geo.count).map_err(|_| corrupted(at))?;
-        if plan != geo {
-            return Err(corrupted(at));
-        }
+        let region = Region::open(host.into(), at, Kind::Slots, |unit, count| Self::plan(unit, count).ok())?;
         Ok(Self::over(region))
     }
 
@@ -275,10 +270,6 @@ impl SlotPool {
         }
         Ok(i)
     }
-}
-
-fn corrupted(at: u64) -> PoolError {
-    PoolError::Corrupted { at, why: "the slot geometry does not match its layout" }
 }
 
 /// A loaned slot; returned to the pool when dropped.

@@ -13,15 +13,17 @@ use shmpool::{Segment, SegmentOptions};
 const SIZE: u64 = 64 << 10;
 const MAX: u64 = 64 << 20;
 
-struct Fixture {
-    seg: Segment,
-    reopen: Option<Box<dyn Fn() -> Segment>>,
-    _guards: (Option<ShmGuard>, Option<TempDir>),
+/// A fresh segment of one backend, with what keeps its name or file alive. Other suites
+/// (pools, buffers) run on the same fixtures.
+pub struct Fixture {
+    pub seg: Segment,
+    pub reopen: Option<Box<dyn Fn() -> Segment>>,
+    pub _guards: (Option<ShmGuard>, Option<TempDir>),
     /// For huge pages: the pool reservation, and whether huge pages must be in use.
-    huge: Option<HugePool>,
+    pub huge: Option<HugePool>,
 }
 
-fn opts() -> SegmentOptions {
+pub fn opts() -> SegmentOptions {
     SegmentOptions::new().size(SIZE).max_size(MAX)
 }
 
@@ -33,17 +35,17 @@ fn dup_reopen(seg: &Segment) -> Box<dyn Fn() -> Segment> {
     })
 }
 
-fn heap() -> Fixture {
+pub fn heap() -> Fixture {
     Fixture { seg: opts().create_heap().unwrap(), reopen: None, _guards: (None, None), huge: None }
 }
 
-fn memfd() -> Fixture {
+pub fn memfd() -> Fixture {
     let seg = opts().create_memfd("conformance").unwrap();
     let reopen = Some(dup_reopen(&seg));
     Fixture { seg, reopen, _guards: (None, None), huge: None }
 }
 
-fn shm() -> Fixture {
+pub fn shm() -> Fixture {
     let name = unique_name("conf");
     let seg = opts().create_shm(&name).unwrap();
     let n = name.clone();
@@ -53,7 +55,7 @@ fn shm() -> Fixture {
 }
 
 /// POSIX shm with `Commit::Lazy`: grown by `ftruncate` alone, pages on first touch.
-fn shm_lazy() -> Fixture {
+pub fn shm_lazy() -> Fixture {
     let name = unique_name("lazy");
     let seg = opts().commit(Commit::Lazy).create_shm(&name).unwrap();
     let n = name.clone();
@@ -65,14 +67,14 @@ fn shm_lazy() -> Fixture {
 /// Huge pages: the pool is provisioned for the checks (4 pages: up to the 4 MiB growth
 /// check) where this process may; elsewhere the checks run on the fallback, and
 /// `create_reports_layout` asserts that the fallback is the one the pool predicts.
-fn huge() -> Fixture {
+pub fn huge() -> Fixture {
     let pool = HugePool::reserve(4);
     let seg = opts().create_huge("conformance", HugePageSize::Size2M).unwrap();
     let reopen = Some(dup_reopen(&seg));
     Fixture { seg, reopen, _guards: (None, None), huge: Some(pool) }
 }
 
-fn file() -> Fixture {
+pub fn file() -> Fixture {
     let dir = TempDir::new("conf");
     let path = dir.path("segment");
     let seg = opts().create_file(&path).unwrap();

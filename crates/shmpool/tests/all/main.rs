@@ -5,6 +5,7 @@
 //! tests (see `support::peer`).
 
 mod attach_errors;
+mod buffer;
 mod conformance;
 mod crash_points;
 mod heap;
@@ -12,6 +13,7 @@ mod heap_stress;
 mod huge;
 mod multiproc;
 mod pages;
+mod pools;
 mod recovery;
 mod support;
 mod typed;
@@ -35,5 +37,7 @@ fn main() {
     trials.extend(recovery::tests());
     trials.extend(crash_points::tests());
     trials.extend(typed::tests());
+    trials.extend(pools::tests());
+    trials.extend(buffer::tests());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -180,6 +180,7 @@ pub mod peer {
             "attach-name" => super::super::multiproc::peer_attach_name,
             "recv-fd" => super::super::multiproc::peer_recv_fd,
             "grow-reader" => super::super::multiproc::peer_grow_reader,
+            "buffer-peer" => super::super::buffer::peer_buffer,
             other => {
                 eprintln!("unknown peer role {other}");
                 return Some(2);
