@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A named heap for the run, unlinked when dropped.
-struct Shared {
+pub(super) struct Shared {
     name: String,
-    heap: Heap,
+    pub(super) heap: Heap,
     ctl: u64,
 }
 
 impl Shared {
-    fn new(tag: &str) -> Result<Self, String> {
+    pub(super) fn new(tag: &str) -> Result<Self, String> {
         let name = format!("shmpool-bench-{tag}-{}", std::process::id());
         let seg = SegmentOptions::new().max_size(4 << 30).create_shm(&name).map_err(|e| e.to_string())?;
         let heap = Heap::create(seg).map_err(|e| e.to_string())?;
@@ -36,7 +36,7 @@ impl Shared {
     }
 
     /// A fresh attach by name, as an unrelated process would do.
-    fn attach(&self) -> Heap {
+    pub(super) fn attach(&self) -> Heap {
         let seg = Segment::open_shm(&self.name, Access::ReadWrite).expect("attach by name");
         Heap::attach(seg).expect("a heap")
     }
@@ -66,6 +66,19 @@ const TIMES: u64 = 16; // start, end pairs of each process, 8 words apart
 
 /// W1 in `procs` processes at once; returns aggregate pairs per microsecond (Mpairs/s).
 fn w3_once(sh: &Shared, procs: u64, n: u64) -> Result<f64, String> {
+    at_once(sh, procs, n, &super::single::w1_pairs)
+}
+
+/// `body(heap, k)` (k operations on the heap or a pool in it) in `procs` processes at
+/// once, each attached by name: an untimed warm-up of n/4, then n timed. Returns the
+/// aggregate operations per microsecond (millions per second): all of them over the
+/// span from the first start to the last end.
+pub(super) fn at_once(
+    sh: &Shared,
+    procs: u64,
+    n: u64,
+    body: &(dyn Fn(&Heap, u64) + Sync),
+) -> Result<f64, String> {
     for i in 0..TIMES + 16 * procs {
         sh.word(i).store(0, Ordering::Relaxed);
     }
@@ -73,20 +86,11 @@ fn w3_once(sh: &Shared, procs: u64, n: u64) -> Result<f64, String> {
         .map(|p| {
             fork(|| {
                 let heap = sh.attach();
-                let base = heap.segment().backend().base().as_ptr();
-                let pairs = |k: u64| {
-                    for i in 0..k {
-                        let o = heap.alloc(64).expect("alloc");
-                        // SAFETY: a live 64-byte block inside the mapping.
-                        unsafe { base.add(o as usize).cast::<u64>().write_volatile(i) };
-                        heap.free(o).expect("free");
-                    }
-                };
-                pairs(n / 4);
+                body(&heap, n / 4);
                 sh.word(READY).fetch_add(1, Ordering::AcqRel);
                 spin_until(|| sh.word(GO).load(Ordering::Acquire) != 0);
                 let start = mono_ns();
-                pairs(n);
+                body(&heap, n);
                 sh.word(TIMES + 16 * p).store(start, Ordering::Relaxed);
                 sh.word(TIMES + 16 * p + 8).store(mono_ns(), Ordering::Release);
                 0

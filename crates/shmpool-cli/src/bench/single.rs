@@ -9,28 +9,28 @@ use shmpool::SegmentOptions;
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 
-fn fresh_heap(max: u64) -> Result<Heap, String> {
+pub(super) fn fresh_heap(max: u64) -> Result<Heap, String> {
     let seg = SegmentOptions::new().max_size(max).create_memfd("bench").map_err(|e| e.to_string())?;
     Heap::create(seg).map_err(|e| e.to_string())
 }
 
 /// Writes `v` into the block at `off` through the mapping, as a zero-copy user would.
 #[inline(always)]
-fn poke(base: *mut u8, off: u64, v: u64) {
+pub(super) fn poke(base: *mut u8, off: u64, v: u64) {
     // SAFETY: `off` is a live block of at least 8 bytes, 16-aligned, inside the mapping.
     unsafe { base.add(off as usize).cast::<u64>().write_volatile(v) }
 }
 
 /// How a workload's figure is named: time per unit of work, and the rate (millions/s).
-struct Metric {
-    unit: &'static str,
-    rate: &'static str,
+pub(super) struct Metric {
+    pub(super) unit: &'static str,
+    pub(super) rate: &'static str,
 }
 
-const PAIRS: Metric = Metric { unit: "ns_per_pair", rate: "mpairs_s" };
+pub(super) const PAIRS: Metric = Metric { unit: "ns_per_pair", rate: "mpairs_s" };
 const OPS: Metric = Metric { unit: "ns_per_op", rate: "mops_s" };
 
-fn line(who: &str, w: &str, m: &Metric, s: Spread, reps: usize, extra: &str) -> String {
+pub(super) fn line(who: &str, w: &str, m: &Metric, s: Spread, reps: usize, extra: &str) -> String {
     format!(
         "{who} {w} {}={:.1} {}={:.1} min={:.1} max={:.1} reps={reps}{extra}",
         m.unit,
@@ -44,15 +44,8 @@ fn line(who: &str, w: &str, m: &Metric, s: Spread, reps: usize, extra: &str) -> 
 
 pub fn w1(plan: &Plan) -> Result<Vec<String>, String> {
     let heap = fresh_heap(1 << 30)?;
-    let base = heap.segment().backend().base().as_ptr();
     let n = plan.n;
-    let pairs = |k: u64| {
-        for i in 0..k {
-            let o = heap.alloc(64).expect("alloc");
-            poke(base, o, i);
-            heap.free(o).expect("free");
-        }
-    };
+    let pairs = |k: u64| w1_pairs(&heap, k);
     let layout = Layout::from_size_align(64, 16).expect("layout");
     let mi = |k: u64| {
         for i in 0..k {
@@ -74,6 +67,16 @@ pub fn w1(plan: &Plan) -> Result<Vec<String>, String> {
         line("shmpool", "W1", &PAIRS, ours, plan.reps, &ratio),
         line("mimalloc", "W1", &PAIRS, theirs, plan.reps, ""),
     ])
+}
+
+/// W1's loop: `k` pairs of `alloc(64)`, a write of one u64, `free`.
+pub(super) fn w1_pairs(heap: &Heap, k: u64) {
+    let base = heap.segment().backend().base().as_ptr();
+    for i in 0..k {
+        let o = heap.alloc(64).expect("alloc");
+        poke(base, o, i);
+        heap.free(o).expect("free");
+    }
 }
 
 /// SplitMix64, as BENCH.md specifies it.

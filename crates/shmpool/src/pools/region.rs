@@ -106,7 +106,7 @@ impl Kind {
 /// | `unit`     | slot bytes         | 1                | slot bytes          |
 /// | `count`    | slots              | capacity bytes   | slots               |
 /// | `data`     | data offset − at   | data offset − at | data offset − at    |
-/// | `state`    | —                  | bytes used       | stack head          |
+/// | `state`    | handles opened     | bytes used       | stack head          |
 /// | `free`     | —                  | —                | free slots          |
 /// | `wake`     | waiters eventcount | —                | —                   |
 ///
@@ -219,6 +219,10 @@ impl Region {
         kind: Kind,
         planned: impl FnOnce(u64, u64) -> Option<Geometry>,
     ) -> Result<Region, PoolError> {
+        // Every pool operation but a count writes the pool's words.
+        if !host.segment().is_writable() {
+            return Err(PoolError::ReadOnly);
+        }
         let head = Self::map(&host, at, HEADER, false)?;
         // SAFETY: 64 committed bytes at a 64-aligned offset (checked by `map`), viewed as
         // atomics only; `host` keeps them mapped while the reference is used.

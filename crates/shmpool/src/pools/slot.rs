@@ -30,7 +30,8 @@ use super::region::{Geometry, Host, Kind, Region};
 use super::{bitmap, wait, BlockError, Pool, PoolError};
 use crate::heap::Heap;
 use crate::loom::AtomicU64;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use crate::loom::Ordering;
+use core::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 /// Fixed-size slots in shared memory, loaned and returned from any process.
@@ -45,6 +46,9 @@ pub struct SlotPool {
 
 /// The slot bytes are a multiple of this, so every slot is 8-aligned.
 const SLOT_ALIGN: u64 = 8;
+
+/// Bitmap words in a cache line.
+const WORDS_A_LINE: u64 = 8;
 
 /// The most slots a pool holds (indices are `u32`).
 pub const MAX_SLOTS: u64 = u32::MAX as u64;
@@ -109,7 +113,14 @@ impl SlotPool {
 
     fn over(region: Region) -> Self {
         let geo = region.geometry();
-        Self { region, slot: geo.unit, slots: geo.count, hint: AtomicUsize::new(0) }
+        // Handles (processes) start their searches on different cache lines of the
+        // bitmap where it has several, so that loaners in different processes do not
+        // take turns with one line.
+        // The header's `state` counts the handles ever opened, to deal the lines out.
+        let lines = bitmap::words(geo.count).div_ceil(WORDS_A_LINE);
+        let nth = region.header().state.fetch_add(1, Ordering::Relaxed);
+        let start = (nth % lines * WORDS_A_LINE) as usize;
+        Self { region, slot: geo.unit, slots: geo.count, hint: AtomicUsize::new(start) }
     }
 
     /// Where the pool is in its segment: what [`SlotPool::open`] takes.
@@ -145,11 +156,11 @@ impl SlotPool {
     /// Loans a free slot, or `None` if every slot was loaned when looked at.
     #[inline]
     pub fn try_loan(&self) -> Option<Loan<'_>> {
-        let start = self.hint.load(Ordering::Relaxed);
+        let start = self.hint.load(core::sync::atomic::Ordering::Relaxed);
         let index = bitmap::claim(self.words(), start)?;
         let word = (index / bitmap::PER_WORD) as usize;
         if word != start {
-            self.hint.store(word, Ordering::Relaxed);
+            self.hint.store(word, core::sync::atomic::Ordering::Relaxed);
         }
         Some(Loan { pool: self, index: index as u32 })
     }

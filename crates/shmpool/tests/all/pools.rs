@@ -238,13 +238,17 @@ fn open_validates_the_region() {
     // A header whose slot count no longer matches its layout.
     seg.atomic_u64(at + 24).unwrap().store(1 << 40, Ordering::Relaxed);
     assert!(matches!(FreeList::open(seg.clone(), at), Err(PoolError::Corrupted { .. })));
-    // A pool that reaches past the committed bytes of another mapping is refused.
+    // A pool made in a growth is seen by a mapping made before it.
+    let early = Segment::open_shm(&name, Access::ReadWrite).unwrap();
     let far = seg.committed() + 4096;
     let big = BumpArena::create(seg.clone(), 8192, far).unwrap();
-    let ro = Segment::open_shm(&name, Access::ReadOnly).unwrap();
-    assert!(BumpArena::open(ro, big.offset()).is_ok(), "committed after the growth");
-    let ro = Segment::open_shm(&name, Access::ReadOnly).unwrap();
-    assert!(matches!(SlotPool::create(ro, at, 8, 8), Err(PoolError::ReadOnly)));
+    assert_eq!(BumpArena::open(early, big.offset()).unwrap().capacity(), far);
+    // A pool past the committed bytes is refused, and so is a read-only mapping.
+    let end = seg.committed();
+    assert!(matches!(FreeList::open(seg.clone(), end), Err(PoolError::Access(_))));
+    let ro = || Segment::open_shm(&name, Access::ReadOnly).unwrap();
+    assert!(matches!(SlotPool::create(ro(), at, 8, 8), Err(PoolError::ReadOnly)));
+    assert!(matches!(BumpArena::open(ro(), big.offset()), Err(PoolError::ReadOnly)));
 }
 
 /// Offsets that are not blocks, ranges that leave their block and frees of free blocks
@@ -589,21 +593,27 @@ fn fixed_slots_match_a_model(p: &dyn Pool, slots: u64, slot: u64, ops: Vec<Op>) 
 }
 
 fn random_slot_pool_ops_match_a_model() {
-    let h = heap(64 << 20);
-    run_proptest(|ops| {
-        let pool = SlotPool::create_in(&h, 16, 70).unwrap();
-        fixed_slots_match_a_model(&pool, 70, 16, ops)?;
-        let _ = h.free(pool.offset());
-        Ok(())
+    random_fixed_slot_ops(|h| {
+        let p = SlotPool::create_in(h, 16, 70).unwrap();
+        (p.offset(), Box::new(p))
     });
 }
 
 fn random_free_list_ops_match_a_model() {
+    random_fixed_slot_ops(|h| {
+        let p = FreeList::create_in(h, 16, 70).unwrap();
+        (p.offset(), Box::new(p))
+    });
+}
+
+/// Random operations on fresh pools of 70 slots of 16 bytes that `make` places in a heap.
+fn random_fixed_slot_ops(make: fn(&Heap) -> (u64, Box<dyn Pool>)) {
     let h = heap(64 << 20);
     run_proptest(|ops| {
-        let list = FreeList::create_in(&h, 16, 70).unwrap();
-        fixed_slots_match_a_model(&list, 70, 16, ops)?;
-        let _ = h.free(list.offset());
+        let (at, pool) = make(&h);
+        fixed_slots_match_a_model(&*pool, 70, 16, ops)?;
+        drop(pool);
+        let _ = h.free(at);
         Ok(())
     });
 }
