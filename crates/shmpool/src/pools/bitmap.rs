@@ -47,19 +47,32 @@ pub(crate) fn init(words: &[AtomicU64], slots: u64) {
     }
 }
 
-fn split(i: u64) -> (usize, u64) {
-    ((i / PER_WORD) as usize, 1 << (i % PER_WORD))
+/// A slot's place: its word and bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub(crate) word: u32,
+    pub(crate) bit: u32,
 }
 
-/// Claims a clear slot bit, looking at every word once from `start`; its index, or
+impl Place {
+    pub(crate) fn of(i: u64) -> Place {
+        Place { word: (i / PER_WORD) as u32, bit: (i % PER_WORD) as u32 }
+    }
+
+    pub(crate) fn index(self) -> u64 {
+        u64::from(self.word) * PER_WORD + u64::from(self.bit)
+    }
+}
+
+/// Claims a clear slot bit, looking at every word once from `start`; its place, or
 /// `None` if each word was full when it was looked at.
 #[inline]
-pub(crate) fn claim(words: &[AtomicU64], start: usize) -> Option<u64> {
+pub(crate) fn claim(words: &[AtomicU64], start: usize) -> Option<Place> {
     let n = words.len();
     for k in 0..n {
         let i = if start + k >= n { start + k - n } else { start + k };
         if let Some(bit) = claim_in(&words[i], false) {
-            return Some(i as u64 * PER_WORD + bit);
+            return Some(Place { word: i as u32, bit: bit as u32 });
         }
     }
     None
@@ -102,9 +115,10 @@ pub(crate) fn claim_or_flag(words: &[AtomicU64]) -> Option<u64> {
 
 /// Sets slot `i`'s bit if it is clear (a loan of that slot); whether it was.
 pub(crate) fn claim_at(words: &[AtomicU64], i: u64) -> bool {
-    let (w, bit) = split(i);
+    let p = Place::of(i);
+    let bit = 1 << p.bit;
     // SYNC: Acquire, as in `claim_in`.
-    words[w].fetch_or(bit, Ordering::Acquire) & bit == 0
+    words[p.word as usize].fetch_or(bit, Ordering::Acquire) & bit == 0
 }
 
 /// What a return found.
@@ -116,10 +130,10 @@ pub(crate) struct Cleared {
     pub(crate) waiters: bool,
 }
 
-/// Clears slot `i`'s bit and the word's `WAITING` flag.
-#[inline]
-pub(crate) fn clear(words: &[AtomicU64], i: u64) -> Cleared {
-    let (w, bit) = split(i);
+/// Clears the bit at `p` and its word's `WAITING` flag.
+#[inline(always)]
+pub(crate) fn clear_at(words: &[AtomicU64], p: Place) -> Cleared {
+    let (w, bit) = (p.word as usize, 1u64 << p.bit);
     // SYNC: Release pairs with the Acquire of the next claim of the word: the slot's
     // bytes written before the return are seen by the next loaner. Acquire pairs with
     // the Release of a waiter's flag (see `claim_in`).
@@ -129,8 +143,8 @@ pub(crate) fn clear(words: &[AtomicU64], i: u64) -> Cleared {
 
 /// Whether slot `i` is loaned (a snapshot, for validating a handed-over index).
 pub(crate) fn is_set(words: &[AtomicU64], i: u64) -> bool {
-    let (w, bit) = split(i);
-    words[w].load(Ordering::Relaxed) & bit != 0
+    let p = Place::of(i);
+    words[p.word as usize].load(Ordering::Relaxed) & 1 << p.bit != 0
 }
 
 /// Loaned slots (a snapshot: words are read one by one).
@@ -164,7 +178,8 @@ mod tests {
     fn claims_every_slot_once_then_none() {
         for slots in [1, 62, 63, 64, 127, 130] {
             let w = map(slots);
-            let mut got: Vec<u64> = (0..slots).map(|k| claim(&w, k as usize % w.len()).unwrap()).collect();
+            let mut got: Vec<u64> =
+                (0..slots).map(|k| claim(&w, k as usize % w.len()).unwrap().index()).collect();
             assert_eq!(claim(&w, 0), None, "{slots} slots");
             got.sort_unstable();
             assert_eq!(got, (0..slots).collect::<Vec<_>>());
@@ -175,12 +190,12 @@ mod tests {
     #[test]
     fn a_return_reports_the_slot_and_the_waiters() {
         let w = map(70);
-        let i = claim(&w, 1).unwrap();
+        let i = claim(&w, 1).unwrap().index();
         assert_eq!(i, 63);
         assert!(is_set(&w, i));
-        let c = clear(&w, i);
+        let c = clear_at(&w, Place::of(i));
         assert!(c.was_loaned && !c.waiters);
-        assert!(!clear(&w, i).was_loaned, "a second return is refused");
+        assert!(!clear_at(&w, Place::of(i)).was_loaned, "a second return is refused");
         assert!(claim_at(&w, 69));
         assert!(!claim_at(&w, 69));
         // Fill everything; a waiter's pass flags both words.
@@ -188,7 +203,7 @@ mod tests {
         assert_eq!(claim_or_flag(&w), None);
         assert!(w.iter().all(|x| x.load(Ordering::Relaxed) & WAITING != 0));
         assert_eq!(count(&w, 70), 70, "the flag is not a slot");
-        let c = clear(&w, 5);
+        let c = clear_at(&w, Place::of(5));
         assert!(c.was_loaned && c.waiters);
         assert_eq!(claim_or_flag(&w), Some(5), "the pass claims a returned slot");
         assert!(clear_all(&w, 70), "word 1 is still flagged");

@@ -26,8 +26,9 @@
 //! # Ok(()) }
 //! ```
 
+use super::bitmap::{self, Place};
 use super::region::{Geometry, Host, Kind, Region};
-use super::{bitmap, wait, BlockError, Pool, PoolError};
+use super::{wait, BlockError, Pool, PoolError};
 use crate::heap::Heap;
 use crate::loom::AtomicU64;
 use crate::loom::Ordering;
@@ -40,6 +41,8 @@ pub struct SlotPool {
     region: Region,
     slot: u64,
     slots: u64,
+    /// Bitmap words.
+    words: usize,
     /// The word this handle's next search starts at: where its last loan was found.
     hint: AtomicUsize,
 }
@@ -120,7 +123,8 @@ impl SlotPool {
         let lines = bitmap::words(geo.count).div_ceil(WORDS_A_LINE);
         let nth = region.header().state.fetch_add(1, Ordering::Relaxed);
         let start = (nth % lines * WORDS_A_LINE) as usize;
-        Self { region, slot: geo.unit, slots: geo.count, hint: AtomicUsize::new(start) }
+        let words = bitmap::words(geo.count) as usize;
+        Self { region, slot: geo.unit, slots: geo.count, words, hint: AtomicUsize::new(start) }
     }
 
     /// Where the pool is in its segment: what [`SlotPool::open`] takes.
@@ -150,19 +154,18 @@ impl SlotPool {
 
     #[inline(always)]
     fn words(&self) -> &[AtomicU64] {
-        self.region.meta(bitmap::words(self.slots) as usize)
+        self.region.meta(self.words)
     }
 
     /// Loans a free slot, or `None` if every slot was loaned when looked at.
     #[inline]
     pub fn try_loan(&self) -> Option<Loan<'_>> {
         let start = self.hint.load(core::sync::atomic::Ordering::Relaxed);
-        let index = bitmap::claim(self.words(), start)?;
-        let word = (index / bitmap::PER_WORD) as usize;
-        if word != start {
-            self.hint.store(word, core::sync::atomic::Ordering::Relaxed);
+        let place = bitmap::claim(self.words(), start)?;
+        if place.word as usize != start {
+            self.hint.store(place.word as usize, core::sync::atomic::Ordering::Relaxed);
         }
-        Some(Loan { pool: self, index: index as u32 })
+        Some(Loan { pool: self, place })
     }
 
     /// Loans a slot, sleeping until one is returned if none is free.
@@ -189,7 +192,7 @@ impl SlotPool {
         loop {
             let seen = wait::seq(word);
             if let Some(i) = bitmap::claim_or_flag(self.words()) {
-                return Some(Loan { pool: self, index: i as u32 });
+                return Some(Loan { pool: self, place: Place::of(i) });
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
@@ -206,24 +209,24 @@ impl SlotPool {
         if !bitmap::is_set(self.words(), i) {
             return Err(BlockError::NotAllocated(self.slot_offset(index)?));
         }
-        Ok(Loan { pool: self, index })
+        Ok(Loan { pool: self, place: Place::of(i) })
     }
 
     /// Returns slot `index` (a loan given up with [`Loan::into_index`], here or in
     /// another process). A slot not loaned is refused and nothing changes.
     pub fn release(&self, index: u32) -> Result<(), BlockError> {
         let i = self.check_index(index)?;
-        if !self.give_back(i) {
+        if !self.give_back(Place::of(i)) {
             return Err(BlockError::NotAllocated(self.slot_offset(index)?));
         }
         Ok(())
     }
 
-    /// Clears slot `i`'s bit, waking the waiters that flagged its word; whether the slot
+    /// Clears the slot's bit, waking the waiters that flagged its word; whether the slot
     /// was loaned.
-    #[inline]
-    fn give_back(&self, i: u64) -> bool {
-        let c = bitmap::clear(self.words(), i);
+    #[inline(always)]
+    fn give_back(&self, p: Place) -> bool {
+        let c = bitmap::clear_at(self.words(), p);
         if c.waiters {
             wait::wake(&self.region.header().wake);
         }
@@ -236,7 +239,7 @@ impl SlotPool {
         if !bitmap::claim_at(self.words(), i) {
             return Err(BlockError::Exhausted);
         }
-        Ok(Loan { pool: self, index })
+        Ok(Loan { pool: self, place: Place::of(i) })
     }
 
     fn check_index(&self, index: u32) -> Result<u64, BlockError> {
@@ -288,18 +291,19 @@ impl SlotPool {
 #[must_use = "a loan dropped at once returns its slot"]
 pub struct Loan<'a> {
     pool: &'a SlotPool,
-    index: u32,
+    place: Place,
 }
 
 impl Loan<'_> {
     /// The slot's index in the pool.
     pub fn index(&self) -> u32 {
-        self.index
+        self.place.index() as u32
     }
 
     /// The slot's offset in the segment.
+    #[inline]
     pub fn offset(&self) -> u64 {
-        self.pool.region.data() + u64::from(self.index) * self.pool.slot
+        self.pool.region.data() + self.place.index() * self.pool.slot
     }
 
     /// Bytes of the slot.
@@ -344,15 +348,16 @@ impl Loan<'_> {
     /// Gives the loan up without returning the slot: the index is what another process
     /// (or thread) passes to [`SlotPool::adopt`] or [`SlotPool::release`].
     pub fn into_index(self) -> u32 {
-        let i = self.index;
+        let i = self.index();
         core::mem::forget(self);
         i
     }
 }
 
 impl Drop for Loan<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let returned = self.pool.give_back(u64::from(self.index));
+        let returned = self.pool.give_back(self.place);
         debug_assert!(returned, "a loan's slot is loaned until the loan ends (reset while loaned?)");
     }
 }

@@ -48,7 +48,7 @@ impl Pool {
 
     /// `SlotPool::give_back`.
     fn give_back(&self, i: u64) {
-        let c = bitmap::clear(&self.words, i);
+        let c = bitmap::clear_at(&self.words, bitmap::Place::of(i));
         assert!(c.was_loaned, "a held slot is loaned");
         if c.waiters {
             wait::wake(&self.wake);
@@ -81,14 +81,14 @@ fn a_slot_is_held_by_one_thread_at_a_time() {
             .map(|_| {
                 let p = pool.clone();
                 thread::spawn(move || {
-                    if let Some(i) = bitmap::claim(&p.words, 0) {
+                    if let Some(i) = bitmap::claim(&p.words, 0).map(|p| p.index()) {
                         p.touch(i);
                         p.give_back(i);
                     }
                 })
             })
             .collect();
-        let mine = bitmap::claim(&pool.words, 0);
+        let mine = bitmap::claim(&pool.words, 0).map(|p| p.index());
         if let Some(i) = mine {
             pool.touch(i);
             pool.give_back(i);
@@ -110,7 +110,7 @@ fn exhaustion_means_every_slot_is_held() {
         let holders: Vec<_> = (0..2)
             .map(|_| {
                 let p = pool.clone();
-                thread::spawn(move || bitmap::claim(&p.words, 0).expect("two slots for two holders"))
+                thread::spawn(move || bitmap::claim(&p.words, 0).expect("two slots for two holders").index())
             })
             .collect();
         let mut got: Vec<u64> = holders.into_iter().map(|t| t.join().unwrap()).collect();
@@ -126,8 +126,8 @@ fn exhaustion_means_every_slot_is_held() {
 fn a_waiter_is_woken_by_a_return() {
     model(|| {
         let pool = Arc::new(Pool::new());
-        let a = bitmap::claim(&pool.words, 0).unwrap();
-        let b = bitmap::claim(&pool.words, 0).unwrap();
+        let a = bitmap::claim(&pool.words, 0).unwrap().index();
+        let b = bitmap::claim(&pool.words, 0).unwrap().index();
         let p = pool.clone();
         let waiter = thread::spawn(move || {
             let i = p.loan_waiting();
