@@ -100,7 +100,9 @@ pub enum BufferError {
 /// A buffer's compact, plain-data form: what crosses a channel, a socket or a slot in the
 /// segment, and turns back into a [`Buffer`] with [`Buffer::from_handle`] in any process
 /// that has the heap. A handle made by [`Buffer::share`] or [`Buffer::into_handle`] owns
-/// one reference: turn it back exactly once.
+/// one reference: turn it back exactly once. (It is plain data, so nothing stops a copy
+/// being turned back twice; the second buffer would free the block early. A handle of a
+/// block already freed is refused by its stamp.)
 #[derive(ShmSafe, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct MemoryHandle {
@@ -214,7 +216,7 @@ impl Buffer {
     /// A pointer to the bytes in this process, for zero-copy use. Other processes may
     /// write them concurrently: how access is shared is the users' protocol.
     pub fn as_ptr(&self) -> core::ptr::NonNull<u8> {
-        self.heap.segment().ptr_at(self.offset, self.len.max(1)).expect("a live buffer's block is mapped")
+        self.heap.segment().ptr_at(self.offset, self.len).expect("a live buffer's block is mapped")
     }
 
     /// A buffer of the bytes `range` of this one, sharing its block (O(1)).

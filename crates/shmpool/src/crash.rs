@@ -27,6 +27,14 @@
 //! - `recover.rebuilding`: a dead process's thread heap claimed by a recoverer, not yet
 //!   rebuilt;
 //! - `root.init`: a named root's value allocated and written, the root not yet published.
+//!
+//! And in the pools ([`POOL_POINTS`]):
+//! - `slots.returned`: a slot-pool return cleared its slot's bit and its word's waiters'
+//!   flag, the waiters not yet woken;
+//! - `freelist.popped`: a free-list allocation moved the head past its slot, the slot's
+//!   link not yet marked taken;
+//! - `freelist.claimed`: a free-list free claimed its slot's link, the slot not yet on
+//!   the stack.
 
 /// Every crash point, for tests that go through them all.
 pub const POINTS: &[&str] = &[
@@ -45,6 +53,9 @@ pub const POINTS: &[&str] = &[
     "recover.rebuilding",
     "root.init",
 ];
+
+/// The crash points of the pools (`pools`), each with a test of its own.
+pub const POOL_POINTS: &[&str] = &["slots.returned", "freelist.popped", "freelist.claimed"];
 
 #[cfg(feature = "crash-points")]
 mod armed {
@@ -69,7 +80,8 @@ mod armed {
     }
 
     fn set(name: &str, pause: Option<Duration>) {
-        assert!(super::POINTS.contains(&name), "no crash point is named {name:?}");
+        let known = super::POINTS.contains(&name) || super::POOL_POINTS.contains(&name);
+        assert!(known, "no crash point is named {name:?}");
         *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some((name.to_owned(), pause));
         ANY.store(true, Ordering::SeqCst);
     }
@@ -83,7 +95,10 @@ mod armed {
 
     #[cold]
     fn hit(name: &str) {
-        debug_assert!(super::POINTS.contains(&name), "crash point {name} is not in POINTS");
+        debug_assert!(
+            super::POINTS.contains(&name) || super::POOL_POINTS.contains(&name),
+            "crash point {name} is not in POINTS or POOL_POINTS"
+        );
         let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         match armed.as_ref() {
             Some((n, None)) if n == name => {

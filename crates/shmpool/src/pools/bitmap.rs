@@ -40,6 +40,14 @@ fn padding(words: usize, word: usize, slots: u64) -> u64 {
     }
 }
 
+/// Whether the padding bits are set (a bitmap read from a segment that may be corrupted:
+/// clear ones would hand out slots past the last).
+pub(crate) fn padding_intact(words: &[AtomicU64], slots: u64) -> bool {
+    let last = words.len() - 1;
+    let pad = padding(words.len(), last, slots);
+    words[last].load(Ordering::Relaxed) & pad == pad
+}
+
 /// Clears every slot, sets the padding (formatting; no one else sees the words).
 pub(crate) fn init(words: &[AtomicU64], slots: u64) {
     for (i, w) in words.iter().enumerate() {
@@ -150,7 +158,7 @@ pub(crate) fn is_set(words: &[AtomicU64], i: u64) -> bool {
 /// Loaned slots (a snapshot: words are read one by one).
 pub(crate) fn count(words: &[AtomicU64], slots: u64) -> u64 {
     let set: u64 = words.iter().map(|w| u64::from((w.load(Ordering::Relaxed) & SLOTS).count_ones())).sum();
-    set - (words.len() as u64 * PER_WORD - slots)
+    set.saturating_sub(words.len() as u64 * PER_WORD - slots).min(slots)
 }
 
 /// Clears every slot at once (reset; the caller knows no loan is in use). Whether

@@ -98,9 +98,10 @@ impl BumpArena {
         self.capacity
     }
 
-    /// Bytes used (alignment padding included).
+    /// Bytes used (alignment padding included). A count past the capacity (a corrupted
+    /// segment) reads as a full arena.
     pub fn used_bytes(&self) -> u64 {
-        self.region.header().state.load(Ordering::Relaxed)
+        self.region.header().state.load(Ordering::Relaxed).min(self.capacity)
     }
 
     /// Bytes not used yet: the most one allocation of alignment 1 can take now.
@@ -123,14 +124,15 @@ impl BumpArena {
         let mut cur = used.load(Ordering::Relaxed);
         loop {
             // Aligned as a segment offset: every mapping's base is MAP_ALIGN-aligned.
-            let start = (data + cur).next_multiple_of(align);
+            let start = (data + cur.min(self.capacity)).next_multiple_of(align);
             let end = start + size - data;
             if end > self.capacity {
                 return Err(BlockError::Exhausted);
             }
-            // Relaxed: the arena's bytes are not handed from one allocator to another,
-            // only to whoever the allocator gives the offset to (which synchronises).
-            match used.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
+            // SYNC: Acquire pairs with the Release store of `reset` (carried by the
+            // release sequence of the CASes after it): the old blocks' last uses, which
+            // the users ordered before the reset, happen before the new block's.
+            match used.compare_exchange_weak(cur, end, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(start),
                 Err(now) => cur = now,
             }
@@ -140,9 +142,10 @@ impl BumpArena {
     /// Frees every block at once. Offsets handed out before become dangling: only for
     /// an arena whose blocks are no longer used.
     pub fn reset(&self) {
-        // Relaxed, as in `alloc`: ordering the old blocks' last uses before the reset is
-        // the users' protocol, not the arena's.
-        self.region.header().state.store(0, Ordering::Relaxed);
+        // SYNC: Release pairs with the Acquire of every later `alloc`: what happened
+        // before the reset (the old blocks' last uses, ordered before it by the users)
+        // happens before the reused bytes are handed out.
+        self.region.header().state.store(0, Ordering::Release);
     }
 
     /// `off..off + len` lies in the used part of the arena.

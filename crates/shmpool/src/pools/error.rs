@@ -77,6 +77,9 @@ pub enum BlockError {
     /// range runs past its block.
     #[error("offset {0} is not a block of the pool (or the range leaves its block)")]
     BadOffset(u64),
+    /// The slot index is past the pool's last slot.
+    #[error("slot index {0} is out of range")]
+    BadIndex(u32),
     /// The block at the offset is not allocated: a double free, or a free (or access) of
     /// a block never handed out.
     #[error("offset {0} is not an allocated block (double free?)")]

@@ -87,6 +87,11 @@ impl SlotPool {
     /// Opens the pool another handle (in any process) created at `at`.
     pub fn open(host: impl Into<Host>, at: u64) -> Result<Self, PoolError> {
         let region = Region::open(host.into(), at, Kind::Slots, |unit, count| Self::plan(unit, count).ok())?;
+        let geo = region.geometry();
+        let words = region.meta::<AtomicU64>(bitmap::words(geo.count) as usize);
+        if !bitmap::padding_intact(words, geo.count) {
+            return Err(PoolError::Corrupted { at, why: "the bitmap's padding bits are clear" });
+        }
         Ok(Self::over(region))
     }
 
@@ -228,6 +233,7 @@ impl SlotPool {
     fn give_back(&self, p: Place) -> bool {
         let c = bitmap::clear_at(self.words(), p);
         if c.waiters {
+            crate::crash::point("slots.returned");
             wait::wake(&self.region.header().wake);
         }
         c.was_loaned
@@ -245,7 +251,7 @@ impl SlotPool {
     fn check_index(&self, index: u32) -> Result<u64, BlockError> {
         let i = u64::from(index);
         if i >= self.slots {
-            return Err(BlockError::BadOffset(self.region.data() + i * self.slot));
+            return Err(BlockError::BadIndex(index));
         }
         Ok(i)
     }
@@ -265,8 +271,9 @@ impl SlotPool {
         Ok((i as u32, rel % self.slot))
     }
 
-    /// Returns every slot at once. Loans still held become dangling: only for a pool
-    /// no one is using (their later returns are refused or return a slot loaned anew).
+    /// Returns every slot at once: only for a pool no one is using. A loan still held
+    /// must not be dropped after it (it would return a slot that may be loaned anew;
+    /// debug builds panic if it is not loaned): give it up with [`Loan::into_index`].
     pub fn reset(&self) {
         if bitmap::clear_all(self.words(), self.slots) {
             wait::wake(&self.region.header().wake);

@@ -10,10 +10,14 @@
 //! - `links[i]`: for a free slot, the index below it (or `NIL`); for a slot handed out,
 //!   [`TAKEN`]. A free claims `TAKEN` with a CAS first, so freeing a slot that is not
 //!   allocated (a double free) is refused and changes nothing.
-//! - `free`: free slots, kept Relaxed beside the stack (exact when no one is mid-call).
+//! - `free`: free slots, kept beside the stack: a push adds one before its slot is on
+//!   the stack, a pop takes one away after its slot is off, so the count is never below
+//!   the slots on the stack (it is above while a push or pop is midway, and stays above
+//!   by one for each process killed midway).
 //!
-//! Every change is one CAS, so a process killed at any instant leaves the stack whole;
-//! it loses at most the slot it was popping or pushing.
+//! Every change of the stack is one CAS of the head, so a process killed at any instant
+//! leaves the stack whole; it loses at most the slot it was popping or pushing. A head
+//! naming no slot (a corrupted segment) reads as an empty stack.
 //!
 //! Modelled in `tests/loom_stack.rs`.
 
@@ -63,12 +67,11 @@ impl Stack<'_> {
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             let t = top(h);
-            if t == NIL {
-                return None;
-            }
+            // NIL, or (in a corrupted segment) no slot at all.
+            let link = self.links.get(t as usize)?;
             // A stale read if `t` was popped meanwhile; the head's tag changed, so the
             // CAS below fails and the value is dropped.
-            let below = self.links[t as usize].load(Ordering::Relaxed);
+            let below = link.load(Ordering::Relaxed);
             // SYNC: Acquire (success and failure), as the load above.
             match self.head.compare_exchange_weak(
                 h,
@@ -77,7 +80,8 @@ impl Stack<'_> {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.links[t as usize].store(TAKEN, Ordering::Relaxed);
+                    crate::crash::point("freelist.popped");
+                    link.store(TAKEN, Ordering::Relaxed);
                     self.free.fetch_sub(1, Ordering::Relaxed);
                     return Some(t);
                 }
@@ -97,14 +101,15 @@ impl Stack<'_> {
         {
             return false;
         }
+        // Before the slot is on the stack, so no pop of it takes one away first: this
+        // add happens before that pop (the head's Release/Acquire).
+        self.free.fetch_add(1, Ordering::Relaxed);
+        crate::crash::point("freelist.claimed");
         loop {
             // SYNC: Release pairs with the Acquire in `pop`: the link stored before it,
             // and the holder's writes to the slot, are seen by the next popper.
             match self.head.compare_exchange_weak(h, next_head(h, i), Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => {
-                    self.free.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
+                Ok(_) => return true,
                 Err(now) => {
                     h = now;
                     self.links[i as usize].store(top(h), Ordering::Relaxed);
@@ -118,9 +123,9 @@ impl Stack<'_> {
         self.links[i as usize].load(Ordering::Relaxed) == TAKEN
     }
 
-    /// Free slots (a snapshot).
+    /// Free slots (a snapshot; see the module docs for when it runs above).
     pub(crate) fn free(&self) -> u64 {
-        self.free.load(Ordering::Relaxed)
+        self.free.load(Ordering::Relaxed).min(self.links.len() as u64)
     }
 }
 

@@ -13,27 +13,33 @@
 //! it is asleep and woken. Waking all keeps a wake from being lost to a sleeper that took
 //! no room (two frees and two sleepers would otherwise leave one asleep); waits are the
 //! rare path. A waiter killed at any step holds nothing: its announcement costs the next
-//! freer one wake.
+//! freer one wake. A freer killed after making room but before waking leaves the
+//! sleepers unwoken; each sleep lasts at most [`POLL`], so they find the room then.
 
 use crate::loom::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest one sleep lasts before the waiter looks again: a freer killed between
+/// making room (which clears the announcement) and waking leaves its sleepers to find
+/// the room by themselves, this much later at most.
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// The sequence to sleep on, read before looking for room.
 pub(crate) fn seq(word: &AtomicU32) -> u32 {
     word.load(Ordering::Relaxed)
 }
 
-/// Sleeps while the word is `seen`, until woken or `deadline`. Spurious returns happen;
-/// the caller looks for room again either way.
+/// Sleeps while the word is `seen`, until woken, [`POLL`] has passed, or `deadline`.
+/// Spurious returns happen; the caller looks for room again either way.
 pub(crate) fn sleep(word: &AtomicU32, seen: u32, deadline: Option<Instant>) {
     let timeout = match deadline {
-        None => None,
+        None => POLL,
         Some(d) => match d.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Some(left),
+            Some(left) if !left.is_zero() => left.min(POLL),
             _ => return,
         },
     };
-    futex_wait(word, seen, timeout);
+    futex_wait(word, seen, Some(timeout));
 }
 
 /// Bumps the sequence and wakes every sleeper (after room was made where a waiter had

@@ -31,12 +31,17 @@ unsafe impl Send for Pool {}
 
 impl Pool {
     fn new() -> Self {
+        Self::new_with(SLOTS)
+    }
+
+    /// A pool of `slots` (at most `SLOTS`) slots.
+    fn new_with(slots: u64) -> Self {
         let p = Self {
             words: [AtomicU64::new(0)],
             wake: AtomicU32::new(0),
             slots: [UnsafeCell::new(0), UnsafeCell::new(0)],
         };
-        bitmap::init(&p.words, SLOTS);
+        bitmap::init(&p.words, slots);
         p
     }
 
@@ -139,6 +144,32 @@ fn a_waiter_is_woken_by_a_return() {
         pool.touch(b);
         pool.give_back(b);
         waiter.join().unwrap();
+        assert_eq!(pool.total(), 3);
+    });
+}
+
+/// Two waiters sleep on a pool of one slot; the holder returns it, and each waiter
+/// returns it after use: both are served, whichever is woken first.
+#[test]
+fn two_waiters_are_both_served() {
+    model(|| {
+        let pool = Arc::new(Pool::new_with(1));
+        let held = bitmap::claim(&pool.words, 0).unwrap().index();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let p = pool.clone();
+                thread::spawn(move || {
+                    let i = p.loan_waiting();
+                    p.touch(i);
+                    p.give_back(i);
+                })
+            })
+            .collect();
+        pool.touch(held);
+        pool.give_back(held);
+        for w in waiters {
+            w.join().unwrap();
+        }
         assert_eq!(pool.total(), 3);
     });
 }

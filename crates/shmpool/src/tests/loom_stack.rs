@@ -58,8 +58,10 @@ impl List {
     }
 }
 
-/// One thread pops and pushes back one slot; another pops two and pushes them back in
-/// the other order (the ABA pattern for the first thread's pop).
+/// One thread pops and pushes back one slot. Another pops two and pushes the first back
+/// while it still holds the second: the first thread's pop may have read the first slot
+/// on top with the second below it, and without the head's tag its CAS would then put
+/// the held second slot on top (ABA).
 #[test]
 fn pops_and_pushes_never_share_or_lose_a_slot() {
     model(|| {
@@ -69,11 +71,11 @@ fn pops_and_pushes_never_share_or_lose_a_slot() {
             let a = l.stack().pop().expect("three slots");
             l.touch(a);
             let b = l.stack().pop();
+            assert!(l.stack().push(a));
             if let Some(b) = b {
                 l.touch(b);
                 assert!(l.stack().push(b));
             }
-            assert!(l.stack().push(a));
         });
         if let Some(i) = list.stack().pop() {
             list.touch(i);

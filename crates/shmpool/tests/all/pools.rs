@@ -65,6 +65,9 @@ pub fn tests() -> Vec<Trial> {
             "pools::bump_blocks_of_many_processes_are_disjoint",
             bump_blocks_of_many_processes_are_disjoint,
         ),
+        trial("pools::crash::slots.returned", a_returner_killed_before_waking_leaves_no_waiter_asleep),
+        trial("pools::crash::freelist.popped", a_free_list_survives_an_allocator_killed_mid_pop),
+        trial("pools::crash::freelist.claimed", a_free_list_survives_a_freer_killed_mid_push),
         trial("pools::random_slot_pool_ops_match_a_model", random_slot_pool_ops_match_a_model),
         trial("pools::random_free_list_ops_match_a_model", random_free_list_ops_match_a_model),
         trial("pools::random_bump_ops_match_a_model", random_bump_ops_match_a_model),
@@ -279,7 +282,7 @@ fn bad_offsets_and_double_frees_are_refused() {
         p.reset().unwrap();
         assert_eq!(p.available_bytes(), 4 * 64, "{all:?} freed by reset");
     }
-    assert_eq!(slots.release(4), Err(BlockError::BadOffset(slots.slot_offset(3).unwrap() + 64)));
+    assert_eq!(slots.release(4), Err(BlockError::BadIndex(4)));
     assert!(matches!(slots.adopt(2), Err(BlockError::NotAllocated(_))), "adopting a free slot");
 }
 
@@ -512,6 +515,83 @@ fn bump_blocks_of_many_processes_are_disjoint() {
         arena.read(o, &mut got).unwrap();
         assert_eq!(got, pattern(o, size as usize, p));
     }
+}
+
+/// The crash point `slots.returned`: a returner dies after clearing its slot's bit and
+/// the waiters' flag, before waking them. A waiter with no deadline still gets the slot
+/// (its sleeps are bounded), and the pool is whole.
+fn a_returner_killed_before_waking_leaves_no_waiter_asleep() {
+    let sh = Shared::new("pool-crash-ret");
+    let pool = SlotPool::named(&sh.heap, "pool", 8, 1).unwrap();
+    // The bitmap's one word, right after the pool's 64-byte header.
+    let word = sh.heap.segment().atomic_u64(pool.offset() + 64).unwrap();
+    let returner = fork(|| {
+        let heap = sh.attach();
+        let pool = SlotPool::named(&heap, "pool", 8, 1).unwrap();
+        let loan = pool.try_loan().unwrap();
+        let word = heap.segment().atomic_u64(pool.offset() + 64).unwrap();
+        wait_until("the waiter flagged the word", || word.load(Ordering::Acquire) >> 63 != 0);
+        shmpool::crash::arm("slots.returned");
+        drop(loan);
+        0
+    });
+    wait_until("the returner's loan", || word.load(Ordering::Acquire) & 1 != 0);
+    let waiter = fork(|| {
+        let heap = sh.attach();
+        let pool = SlotPool::named(&heap, "pool", 8, 1).unwrap();
+        let got = pool.loan().index();
+        i32::from(got != 0)
+    });
+    assert_eq!(returner.wait_status(), 128 + libc::SIGKILL, "killed at the point");
+    assert_eq!(waiter.wait(), 0, "the waiter got the slot");
+    assert_eq!(pool.available(), 1);
+}
+
+/// The crash point `freelist.popped`: an allocator dies with the slot off the stack but
+/// not yet marked taken. Its one slot is lost; every other allocates and frees, and a
+/// free of the lost slot is refused.
+fn a_free_list_survives_an_allocator_killed_mid_pop() {
+    let h = heap(64 << 20);
+    let list = FreeList::create_in(&h, 16, 8).unwrap();
+    let lost = list.alloc().unwrap();
+    list.free(lost).unwrap(); // on top: the child's allocation takes it
+    let child = fork(|| {
+        shmpool::crash::arm("freelist.popped");
+        let _ = list.alloc();
+        0
+    });
+    assert_eq!(child.wait_status(), 128 + libc::SIGKILL);
+    free_list_works_without(&list, lost);
+}
+
+/// The crash point `freelist.claimed`: a freer dies with its slot's link claimed but the
+/// slot not yet on the stack. The slot is lost (a second free of it is refused); the
+/// others allocate and free.
+fn a_free_list_survives_a_freer_killed_mid_push() {
+    let h = heap(64 << 20);
+    let list = FreeList::create_in(&h, 16, 8).unwrap();
+    let lost = list.alloc().unwrap();
+    let child = fork(|| {
+        shmpool::crash::arm("freelist.claimed");
+        let _ = list.free(lost);
+        0
+    });
+    assert_eq!(child.wait_status(), 128 + libc::SIGKILL);
+    free_list_works_without(&list, lost);
+}
+
+/// Every slot but `lost` allocates, each once; they all free; `lost` is never handed
+/// out, and its free is refused.
+fn free_list_works_without(list: &FreeList, lost: u64) {
+    for _ in 0..3 {
+        let got: BTreeSet<u64> = std::iter::from_fn(|| list.alloc().ok()).collect();
+        assert_eq!(got.len() as u64, list.capacity() - 1);
+        assert!(!got.contains(&lost));
+        for o in got {
+            list.free(o).unwrap();
+        }
+    }
+    assert_eq!(list.free(lost), Err(BlockError::NotAllocated(lost)));
 }
 
 #[derive(Debug, Clone)]
