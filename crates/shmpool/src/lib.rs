@@ -36,14 +36,15 @@
 //! ```
 //!
 //! The layers are listed in `DESIGN.md`; this crate provides [`segment`], [`offset`], [`heap`],
-//! [`pools`] and [`buffer`].
+//! [`pools`], [`buffer`] and [`sync`].
 //!
 //! # Unsafe code
 //! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
 //! - `segment::mapping` (mmap and munmap) and `segment::access` (the header, checked raw
 //!   reads and writes of the mapping, `Send`/`Sync` of `Segment`);
 //! - `offset` (reinterpreting copied bytes as a `ShmSafe` type);
-//! - `pools::region` (the views of a pool's header and meta array);
+//! - `pools::region` (the views of a pool's header and meta array) and `sync::mutex` (the
+//!   guarded value);
 //! - `heap::raw`, whose one primitive views the heap's own structures in the segment, and
 //!   the heap modules that call it (`heap`, `slab`, `store`, `layout`, `lock`), plus
 //!   `heap::tls` (the fork handler). Each names what makes its views sound.
@@ -63,6 +64,7 @@ pub mod offset;
 pub mod pages;
 pub mod pools;
 pub mod segment;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 

@@ -55,23 +55,47 @@ impl LockWord {
     /// Takes the lock as `holder` (a non-zero tag below 2^31). `dead(tag)` says whether the
     /// holder a tag names is gone for good; it is asked only while waiting.
     pub(crate) fn lock(&self, holder: u32, dead: impl Fn(u32) -> bool) -> Guard<'_> {
+        self.lock_until(holder, dead, None).expect("no deadline")
+    }
+
+    /// [`LockWord::lock`], giving up at `deadline` (`None` once it passed).
+    #[inline]
+    pub(crate) fn lock_until(
+        &self,
+        holder: u32,
+        dead: impl Fn(u32) -> bool,
+        deadline: Option<Instant>,
+    ) -> Option<Guard<'_>> {
         debug_assert!(holder != 0 && holder & WAITERS == 0);
         // SYNC: Acquire pairs with the Release in `Guard::drop`: the previous holder's
         // updates are visible to the new one.
         if self.word.compare_exchange(0, holder, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            return Guard { lock: self, took_over: false };
+            return Some(Guard { lock: self, took_over: false });
         }
-        self.lock_slow(holder, dead)
+        self.lock_slow(holder, dead, deadline)
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    pub(crate) fn try_lock(&self, holder: u32) -> Option<Guard<'_>> {
+        // SYNC: Acquire, as in `lock_until`.
+        let won = self.word.compare_exchange(0, holder, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        // Lazily: a guard made and dropped would unlock the holder's lock.
+        won.then(|| Guard { lock: self, took_over: false })
     }
 
     #[cold]
-    fn lock_slow(&self, holder: u32, dead: impl Fn(u32) -> bool) -> Guard<'_> {
+    fn lock_slow(
+        &self,
+        holder: u32,
+        dead: impl Fn(u32) -> bool,
+        deadline: Option<Instant>,
+    ) -> Option<Guard<'_>> {
         let mut next_look = Instant::now() + POLL;
         for _ in 0..SPINS {
             core::hint::spin_loop();
             // SYNC: Acquire, as in `lock`.
             if self.word.compare_exchange(0, holder, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                return Guard { lock: self, took_over: false };
+                return Some(Guard { lock: self, took_over: false });
             }
         }
         loop {
@@ -82,7 +106,7 @@ impl LockWord {
                 let won =
                     self.word.compare_exchange(0, holder | WAITERS, Ordering::Acquire, Ordering::Relaxed);
                 if won.is_ok() {
-                    return Guard { lock: self, took_over: false };
+                    return Some(Guard { lock: self, took_over: false });
                 }
                 continue;
             }
@@ -95,7 +119,10 @@ impl LockWord {
             {
                 continue;
             }
-            self.wait(cur | WAITERS);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            self.wait(cur | WAITERS, deadline);
             // Every POLL, whatever woke the wait (a signal may, again and again).
             if Instant::now() >= next_look && {
                 next_look = Instant::now() + POLL;
@@ -112,17 +139,19 @@ impl LockWord {
                     Ordering::Relaxed,
                 );
                 if took.is_ok() {
-                    return Guard { lock: self, took_over: true };
+                    return Some(Guard { lock: self, took_over: true });
                 }
             }
         }
     }
 
-    /// Sleeps while the word is `expected` (futex(2) `FUTEX_WAIT`), at most [`POLL`].
+    /// Sleeps while the word is `expected` (futex(2) `FUTEX_WAIT`), at most [`POLL`] and
+    /// not past `deadline`.
     #[cfg(not(loom))]
-    fn wait(&self, expected: u32) {
+    fn wait(&self, expected: u32, deadline: Option<Instant>) {
         use rustix::thread::futex;
-        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: POLL.as_nanos() as i64 };
+        let left = deadline.map_or(POLL, |d| d.saturating_duration_since(Instant::now()).min(POLL));
+        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos() as i64 };
         let _ = futex::wait(&self.word, futex::Flags::empty(), expected, Some(&timeout));
     }
 
@@ -133,7 +162,7 @@ impl LockWord {
     }
 
     #[cfg(loom)]
-    fn wait(&self, expected: u32) {
+    fn wait(&self, expected: u32, _deadline: Option<Instant>) {
         self.park.wait(&self.word, expected);
     }
 

@@ -63,7 +63,7 @@ pub(crate) mod remote;
 mod roots;
 mod slab;
 mod store;
-mod tls;
+pub(crate) mod tls;
 mod typed;
 mod units;
 

@@ -36,7 +36,7 @@ pub(crate) mod bitmap;
 mod bump;
 mod error;
 mod freelist;
-mod region;
+pub(crate) mod region;
 mod slot;
 pub(crate) mod stack;
 pub(crate) mod wait;
@@ -71,7 +71,7 @@ pub trait Pool {
 /// The pool named `name` in `heap`: this caller formats a region of `bytes` with
 /// `create` and publishes its offset under the name; if another caller published first,
 /// the region is freed and that pool opened with `open`.
-fn named<P>(
+pub(crate) fn named<P>(
     heap: &Heap,
     name: &str,
     bytes: u64,
@@ -92,7 +92,7 @@ fn named<P>(
 
 /// A pool formatted by `create` in a fresh 64-aligned block of `bytes` of `heap`, and
 /// the block's offset; the block is freed again if `create` fails.
-fn in_heap<P>(
+pub(crate) fn in_heap<P>(
     heap: &Heap,
     bytes: u64,
     create: impl FnOnce(u64) -> Result<P, PoolError>,

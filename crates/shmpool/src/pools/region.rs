@@ -86,6 +86,10 @@ pub(crate) enum Kind {
     Slots = 1,
     Bump = 2,
     FreeList = 3,
+    Mutex = 4,
+    Semaphore = 5,
+    Event = 6,
+    Cells = 7,
 }
 
 impl Kind {
@@ -94,6 +98,14 @@ impl Kind {
             1 => "SlotPool",
             2 => "BumpArena",
             3 => "FreeList",
+            4 => "Mutex",
+            5 => "Semaphore",
+            6 => "Event",
+            7 => "SharedCells",
+            8 => "SPSC channel",
+            9 => "MPMC channel",
+            10 => "one-shot message",
+            11 => "swappable segment",
             _ => "pool of an unknown kind",
         }
     }
@@ -283,16 +295,43 @@ impl Region {
     /// The meta array as `n` atomics of type `A` (which the kind's `plan` sized).
     #[inline(always)]
     pub(crate) fn meta<A: Atom>(&self, n: usize) -> &[A] {
-        debug_assert!(HEADER + (n * core::mem::size_of::<A>()) as u64 <= self.geo.data);
-        // SAFETY: the meta array lies between the header and the data, inside the
-        // committed region (`map` checked `geo.bytes()`; `open` checked `data` covers
-        // at least the header, and each kind checks its meta size against `data`);
-        // 8-aligned (64-aligned region + 64); atomics only.
-        unsafe { core::slice::from_raw_parts(self.base.as_ptr().add(HEADER as usize).cast::<A>(), n) }
+        self.meta_at(0, n)
+    }
+
+    /// `n` atomics of type `A` at byte `at` of the meta array (8-aligned, inside the
+    /// meta bytes the kind's `plan` sized).
+    #[inline(always)]
+    pub(crate) fn meta_at<A: Atom>(&self, at: u64, n: usize) -> &[A] {
+        debug_assert!(at.is_multiple_of(8));
+        debug_assert!(HEADER + at + (n * core::mem::size_of::<A>()) as u64 <= self.geo.data);
+        // SAFETY: the range lies between the header and the data, inside the committed
+        // region (`map` checked `geo.bytes()`; `open` checked the geometry is the one the
+        // kind plans, whose meta bytes cover it); 8-aligned (a 64-aligned region + 64 +
+        // a multiple of 8), and `A` is at most 8-aligned; atomics only (`Atom`).
+        unsafe {
+            let p = self.base.as_ptr().add((HEADER + at) as usize).cast::<A>();
+            core::slice::from_raw_parts(p, n)
+        }
+    }
+
+    /// The data as `n` atomics of type `A` (the kind's unit is `A`'s size).
+    pub(crate) fn data_atoms<A: Atom>(&self, n: usize) -> &[A] {
+        debug_assert!((n * core::mem::size_of::<A>()) as u64 <= self.geo.unit * self.geo.count);
+        // SAFETY: the data lies inside the committed region (`map`), 64-aligned, and
+        // `n` atoms fit in its `unit · count` bytes; atomics only (`Atom`).
+        unsafe { core::slice::from_raw_parts(self.data_ptr().as_ptr().cast::<A>(), n) }
+    }
+
+    /// The data's first byte in this process.
+    pub(crate) fn data_ptr(&self) -> NonNull<u8> {
+        // SAFETY: `data` lies inside the region, which `map` checked is mapped.
+        unsafe { self.base.add(self.geo.data as usize) }
     }
 }
 
-/// Atomic types a meta array may hold.
+/// Types a meta array may hold: made of atomics only, at most 8-aligned, any bit pattern
+/// valid (`heap::raw::Shared`).
 pub(crate) trait Atom {}
 impl Atom for AtomicU64 {}
 impl Atom for AtomicU32 {}
+impl Atom for crate::heap::lock::LockWord {}

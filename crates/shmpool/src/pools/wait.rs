@@ -52,6 +52,12 @@ pub(crate) fn wake(word: &AtomicU32) {
     futex_wake(word);
 }
 
+/// Wakes every sleeper on `word` (whose own change the caller has made).
+#[cold]
+pub(crate) fn wake_sleepers(word: &AtomicU32) {
+    futex_wake(word);
+}
+
 #[cfg(not(loom))]
 fn futex_wait(word: &AtomicU32, seen: u32, timeout: Option<std::time::Duration>) {
     use rustix::thread::futex;

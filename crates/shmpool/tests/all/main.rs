@@ -16,6 +16,7 @@ mod pages;
 mod pools;
 mod recovery;
 mod support;
+mod sync;
 mod typed;
 
 fn main() {
@@ -39,5 +40,6 @@ fn main() {
     trials.extend(typed::tests());
     trials.extend(pools::tests());
     trials.extend(buffer::tests());
+    trials.extend(sync::tests());
     libtest_mimic::run(&args, trials).exit();
 }
