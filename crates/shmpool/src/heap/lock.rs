@@ -29,7 +29,8 @@ const SPINS: usize = if cfg!(loom) { 1 } else { 100 };
 
 /// A waiter looks at the holder's liveness this often while the lock stays taken: a
 /// dead holder delays the others by about this much.
-pub(crate) const POLL: Duration = Duration::from_millis(10);
+/// (Zero under loom, where time does not pass: a waiter looks at every wake.)
+pub(crate) const POLL: Duration = if cfg!(loom) { Duration::ZERO } else { Duration::from_millis(10) };
 
 /// The lock word.
 #[repr(C)]
@@ -187,6 +188,14 @@ impl LockWord {
     pub(crate) fn new() -> Self {
         Self { word: AtomicU32::new(0), park: futex_model::Park::default() }
     }
+
+    /// A free lock whose sleeps time out at once (a waiter looks at the holder after
+    /// every sleep), for models in which a holder dies.
+    pub(crate) fn new_timing_out() -> Self {
+        let mut park = futex_model::Park::default();
+        park.times_out = true;
+        Self { word: AtomicU32::new(0), park }
+    }
 }
 
 /// A futex for loom: the kernel checks the word and queues the waiter atomically with
@@ -201,10 +210,16 @@ mod futex_model {
     pub(super) struct Park {
         queue: Mutex<()>,
         sleepers: Condvar,
+        /// Sleeps time out (at once): for models where a holder dies and wakes no one.
+        pub(super) times_out: bool,
     }
 
     impl Park {
         pub(super) fn wait(&self, word: &AtomicU32, expected: u32) {
+            if self.times_out {
+                loom::thread::yield_now();
+                return;
+            }
             let queued = self.queue.lock().unwrap();
             if word.load(Ordering::Relaxed) == expected {
                 drop(self.sleepers.wait(queued).unwrap());

@@ -80,12 +80,7 @@ impl Event {
 
     /// Sets the event and wakes every waiter.
     pub fn set(&self) {
-        // SYNC: Release pairs with the Acquire of the waiters' loads: what the setter did
-        // before happens before what they do after. Acquire pairs with the Release of a
-        // waiter's flag (`WAITING` and `SET` meet in this one word).
-        if self.word().swap(SET, Ordering::AcqRel) & WAITING != 0 {
-            wait::wake_sleepers(self.word());
-        }
+        set(self.word());
     }
 
     /// Clears the event (waiters from now on wait for the next `set`).
@@ -104,22 +99,37 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let word = self.word();
-        loop {
-            if self.is_set() {
-                return true;
-            }
-            // An RMW, to read the latest value and announce this waiter.
-            // SYNC: AcqRel: Acquire pairs with `set`'s Release; Release (the flag) pairs
-            // with `set`'s Acquire.
-            let cur = word.fetch_or(WAITING, Ordering::AcqRel);
-            if cur & SET != 0 {
-                return true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return false;
-            }
-            wait::sleep(word, cur | WAITING, deadline);
+        wait_until(self.word(), deadline)
+    }
+}
+
+/// Sets the event word and wakes every waiter if one was announced.
+pub(crate) fn set(word: &AtomicU32) {
+    // SYNC: Release pairs with the Acquire of the waiters' loads: what the setter did
+    // before happens before what they do after. Acquire pairs with the Release of a
+    // waiter's flag (`WAITING` and `SET` meet in this one word).
+    if word.swap(SET, Ordering::AcqRel) & WAITING != 0 {
+        wait::wake_sleepers(word);
+    }
+}
+
+/// Waits until the event word is set, or `deadline`; whether it was set.
+pub(crate) fn wait_until(word: &AtomicU32, deadline: Option<Instant>) -> bool {
+    loop {
+        // SYNC: Acquire pairs with the Release swap of `set`.
+        if word.load(Ordering::Acquire) & SET != 0 {
+            return true;
         }
+        // An RMW, to read the latest value and announce this waiter.
+        // SYNC: AcqRel: Acquire pairs with `set`'s Release; Release (the flag) pairs
+        // with `set`'s Acquire.
+        let cur = word.fetch_or(WAITING, Ordering::AcqRel);
+        if cur & SET != 0 {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        wait::sleep(word, cur | WAITING, deadline);
     }
 }

@@ -14,7 +14,7 @@
 //! | [`SharedCells`]  | `u64` cells, fixed operations     | nothing held             |
 
 mod cells;
-mod event;
+pub(crate) mod event;
 mod mutex;
 pub(crate) mod owner;
 pub(crate) mod semaphore;

@@ -141,25 +141,34 @@ impl Semaphore {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let word = self.word();
-        loop {
-            match try_take(word, true) {
-                Ok(()) => return true,
-                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => return false,
-                Err(seen) => wait::sleep(word, seen, deadline),
-            }
-        }
+        take_until(self.word(), deadline)
     }
 
     /// Adds `n` units, waking the waiters.
     pub fn post(&self, n: u32) -> Result<(), SyncError> {
-        match give(self.word(), n) {
-            None => Err(SyncError::Overflow),
-            Some(true) => {
-                wait::wake_sleepers(self.word());
-                Ok(())
-            }
-            Some(false) => Ok(()),
+        post(self.word(), n)
+    }
+}
+
+/// Takes a unit of the semaphore word, waiting until `deadline`; whether it got one.
+pub(crate) fn take_until(word: &AtomicU32, deadline: Option<Instant>) -> bool {
+    loop {
+        match try_take(word, true) {
+            Ok(()) => return true,
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => return false,
+            Err(seen) => wait::sleep(word, seen, deadline),
         }
+    }
+}
+
+/// Adds `n` units to the semaphore word, waking its waiters.
+pub(crate) fn post(word: &AtomicU32, n: u32) -> Result<(), SyncError> {
+    match give(word, n) {
+        None => Err(SyncError::Overflow),
+        Some(true) => {
+            wait::wake_sleepers(word);
+            Ok(())
+        }
+        Some(false) => Ok(()),
     }
 }

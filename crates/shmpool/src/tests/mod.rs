@@ -9,6 +9,8 @@ mod loom_pages;
 mod loom_remote;
 #[cfg(loom)]
 mod loom_stack;
+#[cfg(loom)]
+mod loom_sync;
 
 /// Explores every interleaving with up to three preemptions (tokio's models use 2–3;
 /// unbounded, three threads take hours).
