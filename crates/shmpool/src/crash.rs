@@ -35,6 +35,10 @@
 //!   link not yet marked taken;
 //! - `freelist.claimed`: a free-list free claimed its slot's link, the slot not yet on
 //!   the stack.
+//!
+//! And in the channels ([`CHANNEL_POINTS`]):
+//! - `mpmc.writing`: an MPMC sender claimed its slot, the value not yet published;
+//! - `mpmc.reading`: an MPMC receiver claimed its slot, the value not yet read and freed.
 
 /// Every crash point, for tests that go through them all.
 pub const POINTS: &[&str] = &[
@@ -56,6 +60,14 @@ pub const POINTS: &[&str] = &[
 
 /// The crash points of the pools (`pools`), each with a test of its own.
 pub const POOL_POINTS: &[&str] = &["slots.returned", "freelist.popped", "freelist.claimed"];
+
+/// The crash points of the channels (`channel`), each with a test of its own.
+pub const CHANNEL_POINTS: &[&str] = &["mpmc.writing", "mpmc.reading"];
+
+#[cfg(feature = "crash-points")]
+fn known(name: &str) -> bool {
+    POINTS.contains(&name) || POOL_POINTS.contains(&name) || CHANNEL_POINTS.contains(&name)
+}
 
 #[cfg(feature = "crash-points")]
 mod armed {
@@ -80,8 +92,7 @@ mod armed {
     }
 
     fn set(name: &str, pause: Option<Duration>) {
-        let known = super::POINTS.contains(&name) || super::POOL_POINTS.contains(&name);
-        assert!(known, "no crash point is named {name:?}");
+        assert!(super::known(name), "no crash point is named {name:?}");
         *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some((name.to_owned(), pause));
         ANY.store(true, Ordering::SeqCst);
     }
@@ -95,10 +106,7 @@ mod armed {
 
     #[cold]
     fn hit(name: &str) {
-        debug_assert!(
-            super::POINTS.contains(&name) || super::POOL_POINTS.contains(&name),
-            "crash point {name} is not in POINTS or POOL_POINTS"
-        );
+        debug_assert!(super::known(name), "crash point {name} is in no list of points");
         let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         match armed.as_ref() {
             Some((n, None)) if n == name => {

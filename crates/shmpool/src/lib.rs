@@ -36,7 +36,7 @@
 //! ```
 //!
 //! The layers are listed in `DESIGN.md`; this crate provides [`segment`], [`offset`], [`heap`],
-//! [`pools`], [`buffer`] and [`sync`].
+//! [`pools`], [`buffer`], [`sync`] and [`channel`].
 //!
 //! # Unsafe code
 //! The crate denies `unsafe_code`; the modules that opt back in are the audit list:
@@ -44,7 +44,7 @@
 //!   reads and writes of the mapping, `Send`/`Sync` of `Segment`);
 //! - `offset` (reinterpreting copied bytes as a `ShmSafe` type);
 //! - `pools::region` (the views of a pool's header and meta array) and `sync::mutex` (the
-//!   guarded value);
+//!   guarded value), and `channel::{spsc, mpmc, oneshot}` (the values in their slots);
 //! - `heap::raw`, whose one primitive views the heap's own structures in the segment, and
 //!   the heap modules that call it (`heap`, `slab`, `store`, `layout`, `lock`), plus
 //!   `heap::tls` (the fork handler). Each names what makes its views sound.
@@ -57,6 +57,7 @@
 extern crate self as shmpool;
 
 pub mod buffer;
+pub mod channel;
 pub mod crash;
 pub mod heap;
 pub(crate) mod loom;

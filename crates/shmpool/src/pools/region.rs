@@ -90,6 +90,9 @@ pub(crate) enum Kind {
     Semaphore = 5,
     Event = 6,
     Cells = 7,
+    Spsc = 8,
+    Mpmc = 9,
+    Oneshot = 10,
 }
 
 impl Kind {

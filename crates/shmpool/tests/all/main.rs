@@ -6,6 +6,7 @@
 
 mod attach_errors;
 mod buffer;
+mod channel;
 mod conformance;
 mod crash_points;
 mod heap;
@@ -41,5 +42,6 @@ fn main() {
     trials.extend(pools::tests());
     trials.extend(buffer::tests());
     trials.extend(sync::tests());
+    trials.extend(channel::tests());
     libtest_mimic::run(&args, trials).exit();
 }
