@@ -1,10 +1,12 @@
 //! `shmpool bench`: the workloads of BENCH.md (W1–W5), printed one line each, with the
 //! same W1 and W2 loops on mimalloc in the same run as the in-process reference; the
-//! time to recover a killed process's heap; and the pools beside W1 (`pools`).
+//! time to recover a killed process's heap; and the pools beside W1 (`pools`); channels beside a bare ring and
+//! the mutex beside a pthread mutex (`channels`).
 //!
 //! Every figure is the median of `reps` timed repetitions after a warm-up; min and max
 //! are printed beside it. Compare ratios taken within one run: the machine is shared.
 
+mod channels;
 mod multi;
 mod pools;
 mod single;
@@ -107,6 +109,11 @@ pub fn run(plan: &Plan) -> Result<(), String> {
     }
     if plan.wants("recovery") {
         out(multi::recovery(plan)?)?;
+    }
+    if plan.wants("channels") {
+        for line in channels::lines(plan)? {
+            out(line)?;
+        }
     }
     if plan.wants("pools") {
         for line in pools::lines(plan)? {

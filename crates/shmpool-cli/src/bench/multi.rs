@@ -12,7 +12,7 @@ use shmpool::{Segment, SegmentOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(120);
+pub(super) const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A named heap for the run, unlinked when dropped.
 pub(super) struct Shared {
@@ -31,7 +31,7 @@ impl Shared {
     }
 
     /// Control word `i` (each on its own cache line for i < 64... callers space them).
-    fn word(&self, i: u64) -> &AtomicU64 {
+    pub(super) fn word(&self, i: u64) -> &AtomicU64 {
         self.heap.segment().atomic_u64(self.ctl + 8 * i).expect("control block")
     }
 
@@ -48,12 +48,12 @@ impl Drop for Shared {
     }
 }
 
-fn mono_ns() -> u64 {
+pub(super) fn mono_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-fn spin_until(cond: impl Fn() -> bool) {
+pub(super) fn spin_until(cond: impl Fn() -> bool) {
     while !cond() {
         std::hint::spin_loop();
         std::thread::yield_now();

@@ -18,7 +18,7 @@
 //! a receiver gets [`RecvError::Disconnected`] once the ring is empty, instead of
 //! waiting forever; likewise a sender when every receiver is gone.
 
-mod mpmc;
+pub(crate) mod mpmc;
 mod oneshot;
 pub(crate) mod peers;
 pub(crate) mod spsc;
@@ -83,8 +83,37 @@ pub enum RecvError {
     Disconnected,
 }
 
-/// Spins before a blocking operation sleeps.
-const SPINS: u32 = if cfg!(loom) { 0 } else { 200 };
+/// How long a blocking operation spins before it sleeps: longer than a round trip
+/// between cores (a few hundred ns) by far, shorter than a futex wake-up (tens of µs),
+/// so a peer that answers promptly is met spinning, and two peers do not fall into
+/// waking each other from sleep on every message.
+const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(if cfg!(loom) { 0 } else { 50 });
+
+/// A blocking operation's spin before it sleeps ([`SPIN_FOR`]).
+#[derive(Default)]
+struct Spin {
+    tries: u32,
+    since: Option<std::time::Instant>,
+}
+
+impl Spin {
+    /// Spins once more, or `false` once the spin is over.
+    fn again(&mut self) -> bool {
+        self.tries += 1;
+        // The clock is read every 32 tries: about every microsecond.
+        if self.tries.is_multiple_of(32) {
+            let since = *self.since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= SPIN_FOR {
+                return false;
+            }
+        }
+        if cfg!(loom) {
+            return false;
+        }
+        core::hint::spin_loop();
+        true
+    }
+}
 
 /// `value`'s size and alignment, checked when a channel is opened for a `T`.
 fn shape<T>() -> u64 {

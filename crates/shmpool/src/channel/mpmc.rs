@@ -29,7 +29,7 @@
 #![allow(unsafe_code)]
 
 use super::peers::{Peers, Role, Tag, WORDS};
-use super::{shape, ChannelError, RecvError, SendError, TryRecvError, TrySendError, SPINS};
+use super::{shape, ChannelError, RecvError, SendError, Spin, TryRecvError, TrySendError};
 use crate::heap::Heap;
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::offset::ShmSafe;
@@ -45,8 +45,8 @@ pub(crate) const EMPTY: u64 = 0;
 pub(crate) const WRITING: u64 = 1;
 pub(crate) const FULL: u64 = 2;
 pub(crate) const READING: u64 = 3;
-const RX: u64 = 1 << 21;
-const TX: u64 = 1 << 20;
+pub(crate) const RX: u64 = 1 << 21;
+pub(crate) const TX: u64 = 1 << 20;
 const TAG: u64 = (1 << 20) - 1;
 
 pub(crate) fn pos(w: u64) -> u64 {
@@ -159,7 +159,7 @@ impl<'a, S: Fn(u64) -> &'a AtomicU64> Core<'a, S> {
 
     /// Flags the slot a waiter found `busy` (with `flag`: `RX` or `TX`) if its word is
     /// unchanged; false if it changed (look again).
-    fn flag(&self, busy: Busy, flag: u64) -> bool {
+    pub(crate) fn flag(&self, busy: Busy, flag: u64) -> bool {
         // SYNC: Release pairs with the Acquire of the swap that reads the flag: the
         // waiter's read of the wake sequence happens before the waker bumps it.
         self.at(busy.pos)
@@ -442,7 +442,7 @@ impl<T: ShmSafe + Copy> MpmcSender<'_, T> {
     }
 
     fn send_until(&self, mut value: T, deadline: Option<Instant>) -> Result<(), SendError<T>> {
-        let mut spins = 0;
+        let mut spin = Spin::default();
         loop {
             let busy = match self.try_once(value) {
                 Ok(()) => return Ok(()),
@@ -451,9 +451,7 @@ impl<T: ShmSafe + Copy> MpmcSender<'_, T> {
                     busy
                 }
             };
-            if spins < SPINS {
-                spins += 1;
-                core::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             if self.ch.gone(Role::Receiver, true) {
@@ -516,15 +514,13 @@ impl<T: ShmSafe + Copy> MpmcReceiver<'_, T> {
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T, RecvError> {
-        let mut spins = 0;
+        let mut spin = Spin::default();
         loop {
             let busy = match self.try_once() {
                 Ok(v) => return Ok(v),
                 Err(busy) => busy,
             };
-            if spins < SPINS {
-                spins += 1;
-                core::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             if self.ch.gone(Role::Sender, true) && state(busy.word) != WRITING {

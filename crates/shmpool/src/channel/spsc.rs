@@ -21,7 +21,7 @@
 #![allow(unsafe_code)]
 
 use super::peers::{Peers, Role, Tag, TAG_BITS, WORDS};
-use super::{shape, ChannelError, RecvError, SendError, TryRecvError, TrySendError, SPINS};
+use super::{shape, ChannelError, RecvError, SendError, Spin, TryRecvError, TrySendError};
 use crate::heap::Heap;
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::offset::ShmSafe;
@@ -345,16 +345,14 @@ impl<T: ShmSafe + Copy> Sender<'_, T> {
     }
 
     fn send_until(&mut self, mut value: T, deadline: Option<Instant>) -> Result<(), SendError<T>> {
-        let mut spins = 0;
+        let mut spin = Spin::default();
         loop {
             match self.try_send(value) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Disconnected(v)) => return Err(SendError::Disconnected(v)),
                 Err(TrySendError::Full(v)) => value = v,
             }
-            if spins < SPINS {
-                spins += 1;
-                core::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             if self.ch.gone(Role::Receiver, true) {
@@ -415,16 +413,14 @@ impl<T: ShmSafe + Copy> Receiver<'_, T> {
     }
 
     fn recv_until(&mut self, deadline: Option<Instant>) -> Result<T, RecvError> {
-        let mut spins = 0;
+        let mut spin = Spin::default();
         loop {
             match self.try_recv() {
                 Ok(v) => return Ok(v),
                 Err(TryRecvError::Disconnected) => return Err(RecvError::Disconnected),
                 Err(TryRecvError::Empty) => {}
             }
-            if spins < SPINS {
-                spins += 1;
-                core::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             if self.ch.gone(Role::Sender, true) && self.try_recv_empty() {

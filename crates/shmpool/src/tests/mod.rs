@@ -2,6 +2,8 @@
 #[cfg(loom)]
 mod loom_bitmap;
 #[cfg(loom)]
+mod loom_channel;
+#[cfg(loom)]
 mod loom_committed;
 #[cfg(loom)]
 mod loom_pages;
