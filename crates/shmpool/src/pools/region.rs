@@ -93,6 +93,7 @@ pub(crate) enum Kind {
     Spsc = 8,
     Mpmc = 9,
     Oneshot = 10,
+    Swap = 11,
 }
 
 impl Kind {

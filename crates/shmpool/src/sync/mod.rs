@@ -12,17 +12,20 @@
 //! | [`Semaphore`]    | count + waiting flag              | its units stay taken     |
 //! | [`Event`]        | set + waiting flag                | nothing held             |
 //! | [`SharedCells`]  | `u64` cells, fixed operations     | nothing held             |
+//! | [`Swappable`]    | current generation, reader pins   | its pins are ignored     |
 
 mod cells;
 pub(crate) mod event;
 mod mutex;
 pub(crate) mod owner;
 pub(crate) mod semaphore;
+pub(crate) mod swap;
 
 pub use cells::{CellError, SharedCells, MAX_CELLS};
 pub use event::Event;
 pub use mutex::{Mutex, MutexGuard};
 pub use semaphore::{Semaphore, MAX_COUNT};
+pub use swap::{SwapError, SwapReader, Swappable, Version, READERS, VERSIONS};
 
 /// Why a lock was not taken cleanly.
 #[derive(Debug, thiserror::Error)]

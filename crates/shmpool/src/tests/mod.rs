@@ -12,6 +12,8 @@ mod loom_remote;
 #[cfg(loom)]
 mod loom_stack;
 #[cfg(loom)]
+mod loom_swap;
+#[cfg(loom)]
 mod loom_sync;
 
 /// Explores every interleaving with up to three preemptions (tokio's models use 2–3;

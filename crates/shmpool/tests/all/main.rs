@@ -17,6 +17,7 @@ mod pages;
 mod pools;
 mod recovery;
 mod support;
+mod swap;
 mod sync;
 mod typed;
 
@@ -43,5 +44,6 @@ fn main() {
     trials.extend(buffer::tests());
     trials.extend(sync::tests());
     trials.extend(channel::tests());
+    trials.extend(swap::tests());
     libtest_mimic::run(&args, trials).exit();
 }
