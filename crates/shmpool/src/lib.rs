@@ -56,6 +56,7 @@
 // The derive macros name `::shmpool`, which inside this crate is the crate itself.
 extern crate self as shmpool;
 
+pub(crate) mod asym;
 pub mod buffer;
 pub mod channel;
 pub mod crash;

@@ -1,7 +1,7 @@
 //! Channels and the mutex beside their references, in the same run: one-way latency
 //! (half a round trip; p50 and p99) and throughput of SPSC and MPMC channels between
-//! two processes, with 64 B and 4 KiB messages, next to a bare ring of integers (plain
-//! stores and spinning, no futex); and `sync::Mutex` lock+unlock, uncontended and with
+//! two processes, with 8 B (one integer, as the ring), 64 B and 4 KiB messages, next to
+//! a bare ring of integers (plain stores and spinning, no futex); and `sync::Mutex` lock+unlock, uncontended and with
 //! two processes contending, next to a process-shared pthread mutex.
 #![allow(unsafe_code)]
 
@@ -70,7 +70,7 @@ impl<const W: usize> Link for SpscLink<'_, W> {
         self.0.send(Msg::new(i)).expect("send");
     }
     fn recv(&mut self) -> u64 {
-        self.1.recv().expect("recv").seq()
+        self.1.recv().unwrap_or_else(|e| panic!("recv: {e:?}")).seq()
     }
 }
 
@@ -84,7 +84,7 @@ impl<const W: usize> Link for MpmcLink<'_, W> {
         self.0.send(Msg::new(i)).expect("send");
     }
     fn recv(&mut self) -> u64 {
-        self.1.recv().expect("recv").seq()
+        self.1.recv().unwrap_or_else(|e| panic!("recv: {e:?}")).seq()
     }
 }
 
@@ -231,8 +231,10 @@ fn once<const W: usize>(sh: &Shared, kind: Kind, n: u64) -> Result<(f64, f64, f6
 fn latency_lines(plan: &Plan, sh: &Shared) -> Result<Vec<String>, String> {
     let n = (plan.handoffs / 10).max(1000);
     type Run = fn(&Shared, Kind, u64) -> Result<(f64, f64, f64), String>;
-    let cases: [(&str, Kind, Run); 5] = [
+    let cases: [(&str, Kind, Run); 7] = [
         ("chan-ring", Kind::Ring, once::<1>),
+        ("chan-spsc-8B", Kind::Spsc, once::<1>),
+        ("chan-mpmc-8B", Kind::Mpmc, once::<1>),
         ("chan-spsc-64B", Kind::Spsc, once::<8>),
         ("chan-spsc-4KiB", Kind::Spsc, once::<512>),
         ("chan-mpmc-64B", Kind::Mpmc, once::<8>),

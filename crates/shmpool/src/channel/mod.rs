@@ -94,16 +94,21 @@ const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(if cfg!(l
 struct Spin {
     tries: u32,
     since: Option<std::time::Instant>,
+    over: bool,
 }
 
 impl Spin {
     /// Spins once more, or `false` once the spin is over.
     fn again(&mut self) -> bool {
+        if self.over {
+            return false;
+        }
         self.tries += 1;
         // The clock is read every 32 tries: about every microsecond.
         if self.tries.is_multiple_of(32) {
             let since = *self.since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= SPIN_FOR {
+                self.over = true;
                 return false;
             }
         }
@@ -113,6 +118,46 @@ impl Spin {
         core::hint::spin_loop();
         true
     }
+}
+
+/// What an end knew of the other side when it was made: whether one was attached, and
+/// how many had joined. Disconnection is reported only for another side this end has
+/// seen (attached then, or joined since): an end made before its peer waits for it.
+#[derive(Debug, Clone, Copy)]
+struct Since {
+    attached: bool,
+    joins: u32,
+}
+
+/// The joins counter word of a channel: senders in the low half, receivers in the high.
+fn joins(word: &crate::loom::AtomicU64, role: peers::Role) -> u32 {
+    let w = word.load(crate::loom::Ordering::Relaxed);
+    match role {
+        peers::Role::Sender => w as u32,
+        peers::Role::Receiver => (w >> 32) as u32,
+    }
+}
+
+/// Counts a join of `role`.
+fn joined(word: &crate::loom::AtomicU64, role: peers::Role) {
+    let unit = match role {
+        peers::Role::Sender => 1,
+        peers::Role::Receiver => 1 << 32,
+    };
+    word.fetch_add(unit, crate::loom::Ordering::Relaxed);
+}
+
+/// Whether the other side (`other`) is gone for an end made at `since`: it was seen,
+/// and no handle of it is registered now, or (when `look`) none registered still runs.
+fn gone(
+    peers: peers::Peers<'_>,
+    joins_word: &crate::loom::AtomicU64,
+    other: peers::Role,
+    since: Since,
+    look: bool,
+) -> bool {
+    let seen = since.attached || joins(joins_word, other) != since.joins;
+    seen && (!peers.registered(other) || (look && !peers.live(other)))
 }
 
 /// `value`'s size and alignment, checked when a channel is opened for a `T`.

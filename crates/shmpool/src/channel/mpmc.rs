@@ -29,7 +29,7 @@
 #![allow(unsafe_code)]
 
 use super::peers::{Peers, Role, Tag, WORDS};
-use super::{shape, ChannelError, RecvError, SendError, Spin, TryRecvError, TrySendError};
+use super::{shape, ChannelError, RecvError, SendError, Since, Spin, TryRecvError, TrySendError};
 use crate::heap::Heap;
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::offset::ShmSafe;
@@ -49,8 +49,22 @@ pub(crate) const RX: u64 = 1 << 21;
 pub(crate) const TX: u64 = 1 << 20;
 const TAG: u64 = (1 << 20) - 1;
 
+/// Positions are kept modulo 2^40 in a slot's word; compared as laps apart.
+const POS_MASK: u64 = (1 << 40) - 1;
+
 pub(crate) fn pos(w: u64) -> u64 {
     w >> POS_SHIFT
+}
+
+/// How slot position `p` (40 bits) stands to the counter `t`: 0 at it, positive ahead
+/// of it, negative behind (positions never drift apart by 2^39).
+fn lead(p: u64, t: u64) -> i64 {
+    let d = p.wrapping_sub(t) & POS_MASK;
+    if d < 1 << 39 {
+        d as i64
+    } else {
+        d as i64 - (1 << 40)
+    }
 }
 
 pub(crate) fn state(w: u64) -> u64 {
@@ -58,7 +72,7 @@ pub(crate) fn state(w: u64) -> u64 {
 }
 
 pub(crate) fn word(pos: u64, state: u64, tag: Tag) -> u64 {
-    pos << POS_SHIFT | state << STATE_SHIFT | u64::from(tag)
+    (pos & POS_MASK) << POS_SHIFT | state << STATE_SHIFT | u64::from(tag)
 }
 
 fn tag(w: u64) -> Tag {
@@ -99,17 +113,18 @@ impl<'a, S: Fn(u64) -> &'a AtomicU64> Core<'a, S> {
             // SYNC: Acquire pairs with the Release swap of `freed`: the last receiver of
             // this slot read its value before.
             let w = slot.load(Ordering::Acquire);
-            match pos(w) {
-                p if p == t && state(w) == EMPTY => {
+            match lead(pos(w), t) {
+                0 if state(w) == EMPTY => {
                     let claimed = word(t, WRITING, tag) | (w & (RX | TX));
-                    // SYNC: Acquire, as the load.
-                    if slot.compare_exchange(w, claimed, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    // SYNC: Acquire, as the load; Release pairs with a repairer's Acquire
+                    // load of the word: this claimer's registration is seen with its tag.
+                    if slot.compare_exchange(w, claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                         Self::advance(self.tail, t);
                         return Ok(t);
                     }
                 }
                 // Claimed at this lap by another sender, or used already: the hint lags.
-                p if p >= t => Self::advance(self.tail, t),
+                d if d >= 0 => Self::advance(self.tail, t),
                 // Still holds the previous lap's value: full.
                 _ => return Err(Busy { pos: t, word: w }),
             }
@@ -132,17 +147,17 @@ impl<'a, S: Fn(u64) -> &'a AtomicU64> Core<'a, S> {
             let slot = self.at(h);
             // SYNC: Acquire pairs with the Release swap of `published`.
             let w = slot.load(Ordering::Acquire);
-            match (pos(w), state(w)) {
-                (p, FULL) if p == h => {
+            match (lead(pos(w), h), state(w)) {
+                (0, FULL) => {
                     let claimed = word(h, READING, tag) | (w & (RX | TX));
-                    // SYNC: Acquire, as the load.
-                    if slot.compare_exchange(w, claimed, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    // SYNC: AcqRel, as in `claim_send`.
+                    if slot.compare_exchange(w, claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                         Self::advance(self.head, h);
                         return Ok(h);
                     }
                 }
-                (p, READING) if p == h => Self::advance(self.head, h),
-                (p, _) if p > h => Self::advance(self.head, h),
+                (0, READING) => Self::advance(self.head, h),
+                (d, _) if d > 0 => Self::advance(self.head, h),
                 // Empty, or a sender is still writing: nothing yet.
                 _ => return Err(Busy { pos: h, word: w }),
             }
@@ -186,8 +201,8 @@ const TAIL: u64 = 64;
 const RX_WAKE: u64 = 128;
 const TX_WAKE: u64 = 192;
 const SHAPE: u64 = 200;
-/// Bit 0: a sender has been attached; bit 1: a receiver.
-const EVER: u64 = 208;
+/// Joins of each side (`super::joins`).
+const JOINS: u64 = 208;
 const PEERS: u64 = 256;
 const META: u64 = PEERS + 8 * WORDS as u64;
 
@@ -341,33 +356,36 @@ impl<T: ShmSafe + Copy> Mpmc<T> {
         Peers(self.region.meta_at::<AtomicU64>(PEERS, WORDS))
     }
 
-    fn ever(&self) -> &AtomicU64 {
-        &self.region.meta_at::<AtomicU64>(EVER, 1)[0]
+    fn joins(&self) -> &AtomicU64 {
+        &self.region.meta_at::<AtomicU64>(JOINS, 1)[0]
     }
 
-    fn join(&self, role: Role) -> Result<Tag, ChannelError> {
+    /// Registers a new end of `role`, and what it knows of the other side.
+    fn join(&self, role: Role) -> Result<(Tag, Since), ChannelError> {
+        let other = if role == Role::Sender { Role::Receiver } else { Role::Sender };
         let tag = self.peers().join(role)?;
-        self.ever().fetch_or(if role == Role::Sender { 1 } else { 2 }, Ordering::Relaxed);
-        Ok(tag)
+        super::joined(self.joins(), role);
+        Ok((
+            tag,
+            Since { attached: self.peers().registered(other), joins: super::joins(self.joins(), other) },
+        ))
     }
 
     /// A sending end (any number, in any processes).
     pub fn sender(&self) -> Result<MpmcSender<'_, T>, ChannelError> {
-        Ok(MpmcSender { ch: self, tag: self.join(Role::Sender)? })
+        let (tag, since) = self.join(Role::Sender)?;
+        Ok(MpmcSender { ch: self, tag, since })
     }
 
     /// A receiving end (any number, in any processes).
     pub fn receiver(&self) -> Result<MpmcReceiver<'_, T>, ChannelError> {
-        Ok(MpmcReceiver { ch: self, tag: self.join(Role::Receiver)? })
+        let (tag, since) = self.join(Role::Receiver)?;
+        Ok(MpmcReceiver { ch: self, tag, since })
     }
 
-    /// Whether every end of `other` is gone (see `Spsc`).
-    fn gone(&self, other: Role, look: bool) -> bool {
-        let bit = if other == Role::Sender { 1 } else { 2 };
-        if self.ever().load(Ordering::Relaxed) & bit == 0 {
-            return false;
-        }
-        !self.peers().registered(other) || (look && !self.peers().live(other))
+    /// Whether every end of `other` is gone for an end made at `since` (see `Spsc`).
+    fn gone(&self, other: Role, since: Since, look: bool) -> bool {
+        super::gone(self.peers(), self.joins(), other, since, look)
     }
 
     /// One bounded sleep of a waiter that found `busy`: repairs a slot whose claimer
@@ -377,18 +395,30 @@ impl<T: ShmSafe + Copy> Mpmc<T> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
-        let core = self.core();
-        if core.repair(busy, |t| self.peers().dead(t)) {
-            // Whoever waited on the slot, on either side, may go on.
-            self.wake_flagged(RX | TX);
+        if self.repair(busy) {
             return true;
         }
+        let core = self.core();
         let word = self.wake_word(wake_at);
         let seen = wait::seq(word);
         if core.flag(busy, flag) {
             wait::sleep(word, seen, deadline);
         }
         true
+    }
+
+    /// Frees the slot `busy` names if its claimer died midway (waking whoever waits on
+    /// it); whether it did. Only a claimed slot costs a look at the process table.
+    #[cold]
+    fn repair(&self, busy: Busy) -> bool {
+        if !matches!(state(busy.word), WRITING | READING) {
+            return false;
+        }
+        let repaired = self.core().repair(busy, |t| self.peers().dead(t));
+        if repaired {
+            self.wake_flagged(RX | TX);
+        }
+        repaired
     }
 
     fn leave(&self, tag: Tag, role: Role) {
@@ -401,6 +431,7 @@ impl<T: ShmSafe + Copy> Mpmc<T> {
 pub struct MpmcSender<'a, T: ShmSafe + Copy> {
     ch: &'a Mpmc<T>,
     tag: Tag,
+    since: Since,
 }
 
 impl<T: ShmSafe + Copy> MpmcSender<'_, T> {
@@ -421,12 +452,16 @@ impl<T: ShmSafe + Copy> MpmcSender<'_, T> {
         }
     }
 
-    /// Sends `value` if there is room.
+    /// Sends `value` if there is room. (A slot a dead receiver was reading is freed
+    /// first.)
     #[inline]
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
         match self.try_once(value) {
             Ok(()) => Ok(()),
-            Err((v, _)) if self.ch.gone(Role::Receiver, false) => Err(TrySendError::Disconnected(v)),
+            Err((v, busy)) if self.ch.repair(busy) => self.try_send(v),
+            Err((v, _)) if self.ch.gone(Role::Receiver, self.since, false) => {
+                Err(TrySendError::Disconnected(v))
+            }
             Err((v, _)) => Err(TrySendError::Full(v)),
         }
     }
@@ -454,7 +489,7 @@ impl<T: ShmSafe + Copy> MpmcSender<'_, T> {
             if spin.again() {
                 continue;
             }
-            if self.ch.gone(Role::Receiver, true) {
+            if self.ch.gone(Role::Receiver, self.since, true) {
                 return Err(SendError::Disconnected(value));
             }
             if !self.ch.wait(busy, TX, TX_WAKE, deadline) {
@@ -474,6 +509,7 @@ impl<T: ShmSafe + Copy> Drop for MpmcSender<'_, T> {
 pub struct MpmcReceiver<'a, T: ShmSafe + Copy> {
     ch: &'a Mpmc<T>,
     tag: Tag,
+    since: Since,
 }
 
 impl<T: ShmSafe + Copy> MpmcReceiver<'_, T> {
@@ -491,12 +527,14 @@ impl<T: ShmSafe + Copy> MpmcReceiver<'_, T> {
         Ok(value)
     }
 
-    /// Takes the next value if there is one.
+    /// Takes the next value if there is one. (A slot a dead sender was writing is freed
+    /// first.)
     #[inline]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         match self.try_once() {
             Ok(v) => Ok(v),
-            Err(_) if self.ch.gone(Role::Sender, false) => {
+            Err(busy) if self.ch.repair(busy) => self.try_recv(),
+            Err(_) if self.ch.gone(Role::Sender, self.since, false) => {
                 self.try_once().map_err(|_| TryRecvError::Disconnected)
             }
             Err(_) => Err(TryRecvError::Empty),
@@ -523,7 +561,7 @@ impl<T: ShmSafe + Copy> MpmcReceiver<'_, T> {
             if spin.again() {
                 continue;
             }
-            if self.ch.gone(Role::Sender, true) && state(busy.word) != WRITING {
+            if self.ch.gone(Role::Sender, self.since, true) && state(busy.word) != WRITING {
                 return self.try_once().map_err(|_| RecvError::Disconnected);
             }
             if !self.ch.wait(busy, RX, RX_WAKE, deadline) {

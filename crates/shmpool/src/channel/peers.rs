@@ -5,9 +5,13 @@
 //!
 //! | word     | meaning                                                        |
 //! |----------|----------------------------------------------------------------|
-//! | `ident`  | `generation << 32 | pid`; 0: never used                       |
-//! | `start`  | the process's start time (0 while the claim is being made)     |
+//! | `ident`  | `generation << 32 | CLAIMING? | pid`; 0: never used           |
+//! | `start`  | the process's start time (stale while `CLAIMING` is set)      |
 //! | `counts` | `senders << 32 | receivers` the process holds                 |
+//!
+//! A handle inherited by a forked child names its parent: drop it only in the parent.
+//! Generations are 16 bits: after 65,536 claims of one entry a dead claimer's tag may
+//! look alive again, and its slot then waits for the next process table check.
 //!
 //! A process joins once per handle: it finds its own entry (pid and start time match)
 //! or claims one that is unused or whose process is gone, with a CAS of `ident` that
@@ -62,13 +66,39 @@ fn tag_of(i: usize, ident: u64) -> Tag {
     (((ident >> 32) as u32) << INDEX_BITS | i as u32) & ((1 << TAG_BITS) - 1)
 }
 
-/// Whether the process of an entry (`pid`, `start`) runs; while its claim is being made
-/// (`start` 0), whether the pid exists.
-fn runs(pid: u32, start: u64) -> bool {
-    if start == 0 {
+/// Set in `ident` while a claim is being made: `start` is still the previous holder's.
+const CLAIMING: u64 = 1 << 31;
+
+/// Whether the process of an entry (`ident`, `start`) runs; while its claim is being
+/// made, whether its pid exists.
+pub(crate) fn runs(ident: u64, start: u64) -> bool {
+    let pid = (ident as u32) & !(CLAIMING as u32);
+    if ident & CLAIMING != 0 || start == 0 {
         return std::path::Path::new(&format!("/proc/{pid}")).exists();
     }
     process_alive(pid, start)
+}
+
+/// Claims entry `ident` (whose current value is `id`) for this process: the CAS marks it
+/// `CLAIMING`, the start time goes in and `reset` runs, then the mark comes off. The new
+/// ident, or `None` if another claimer won.
+pub(crate) fn claim_with(
+    ident: &AtomicU64,
+    start_word: &AtomicU64,
+    id: u64,
+    pid: u32,
+    start: u64,
+    reset: impl FnOnce(),
+) -> Option<u64> {
+    let new = ((id >> 32) + 1) << 32 | u64::from(pid);
+    // SYNC: Acquire: the entry's previous owner is gone; nothing of it is read.
+    ident.compare_exchange(id, new | CLAIMING, Ordering::Acquire, Ordering::Relaxed).ok()?;
+    start_word.store(start, Ordering::Relaxed);
+    reset();
+    // SYNC: Release pairs with the Acquire loads of `ident`: a claim seen finished has
+    // its start time in place.
+    ident.store(new, Ordering::Release);
+    Some(new)
 }
 
 impl Peers<'_> {
@@ -91,21 +121,21 @@ impl Peers<'_> {
         for i in 0..PEERS {
             // SYNC: Acquire pairs with the Release store of `start` in a claim.
             let id = self.ident(i).load(Ordering::Acquire);
-            if id as u32 == pid && self.start(i).load(Ordering::Acquire) == start {
+            if id as u32 == pid && self.start(i).load(Ordering::Relaxed) == start {
                 self.counts(i).fetch_add(role.unit(), Ordering::Relaxed);
                 return Ok(tag_of(i, id));
             }
         }
         for i in 0..PEERS {
             let id = self.ident(i).load(Ordering::Acquire);
-            let free = id == 0 || !runs(id as u32, self.start(i).load(Ordering::Acquire));
-            let new = ((id >> 32) + 1) << 32 | u64::from(pid);
-            // SYNC: Acquire: the entry's previous owner is gone; nothing of it is read.
-            if free && self.ident(i).compare_exchange(id, new, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                self.counts(i).store(role.unit(), Ordering::Relaxed);
-                // SYNC: Release pairs with the Acquire loads above: a start seen means the
-                // counts were reset before.
-                self.start(i).store(start, Ordering::Release);
+            let free = id == 0 || !runs(id, self.start(i).load(Ordering::Relaxed));
+            if !free {
+                continue;
+            }
+            // The counts are reset before the claim shows finished.
+            if let Some(new) = claim_with(self.ident(i), self.start(i), id, pid, start, || {
+                self.counts(i).store(role.unit(), Ordering::Relaxed)
+            }) {
                 return Ok(tag_of(i, new));
             }
         }
@@ -115,12 +145,15 @@ impl Peers<'_> {
     /// Ends a handle's registration.
     pub(crate) fn leave(&self, tag: Tag, role: Role) {
         let i = (tag & (PEERS as u32 - 1)) as usize;
-        self.counts(i).fetch_sub(role.unit(), Ordering::Relaxed);
+        // SYNC: Release pairs with the Acquire of `registered`: what this end published
+        // before it left is seen by whoever finds it gone.
+        self.counts(i).fetch_sub(role.unit(), Ordering::Release);
     }
 
     /// Whether any process holds a handle of `role` (it may have died since).
     pub(crate) fn registered(&self, role: Role) -> bool {
-        (0..PEERS).any(|i| role.count(self.counts(i).load(Ordering::Relaxed)) > 0)
+        // SYNC: Acquire pairs with the Release of `leave`.
+        (0..PEERS).any(|i| role.count(self.counts(i).load(Ordering::Acquire)) > 0)
     }
 
     /// Whether a running process holds a handle of `role`.
@@ -128,7 +161,7 @@ impl Peers<'_> {
         (0..PEERS).any(|i| {
             let id = self.ident(i).load(Ordering::Acquire);
             role.count(self.counts(i).load(Ordering::Relaxed)) > 0
-                && runs(id as u32, self.start(i).load(Ordering::Acquire))
+                && runs(id, self.start(i).load(Ordering::Relaxed))
         })
     }
 
@@ -137,6 +170,6 @@ impl Peers<'_> {
     pub(crate) fn dead(&self, tag: Tag) -> bool {
         let i = (tag & (PEERS as u32 - 1)) as usize;
         let id = self.ident(i).load(Ordering::Acquire);
-        tag_of(i, id) != tag || !runs(id as u32, self.start(i).load(Ordering::Acquire))
+        tag_of(i, id) != tag || !runs(id, self.start(i).load(Ordering::Relaxed))
     }
 }

@@ -5,15 +5,17 @@
 //! count is a 31-bit wrapping counter in its own futex word on its own cache line; bit
 //! 31 of a word is set by the *other* end while it waits on that word:
 //!
-//! | word   | written by                 | bit 31 (`WAITING`)                |
-//! |--------|----------------------------|-----------------------------------|
-//! | `tail` | the sender (swap, Release) | set by a receiver waiting for data |
-//! | `head` | the receiver (swap, Release) | set by a sender waiting for room |
+//! | word   | written by (plain stores)  | bit 31 (`WAITING`)                 |
+//! |--------|----------------------------|------------------------------------|
+//! | `tail` | the sender                 | the sender waits for room          |
+//! | `head` | the receiver               | the receiver waits for a value     |
 //!
-//! An end publishes with one swap that also clears the other end's flag, and wakes it if
-//! the flag was set; the waiter sets the flag with a CAS of the very value it then
-//! sleeps on, so a publication either fails that CAS (and the waiter looks again) or
-//! sees the flag. A process killed at any instant leaves both words whole: an
+//! An end publishes its count with a Release store, then looks at the other end's
+//! flag and wakes it if set; a waiter sets its own flag, then looks at the other end's
+//! count and sleeps on it. Both are a store then a load of the other word (Dekker),
+//! which needs a full fence on both sides: the hot side (every send and receive) has a
+//! compiler fence only, and the waiter, about to sleep, runs membarrier(2) for both
+//! (`asym.rs`), so either the waiter sees the new count or the publisher sees the flag. A process killed at any instant leaves both words whole: an
 //! unpublished slot is simply not there. Each end is claimed by one handle at a time
 //! (a dead holder's end can be claimed again).
 //!
@@ -21,7 +23,8 @@
 #![allow(unsafe_code)]
 
 use super::peers::{Peers, Role, Tag, TAG_BITS, WORDS};
-use super::{shape, ChannelError, RecvError, SendError, Spin, TryRecvError, TrySendError};
+use super::{shape, ChannelError, RecvError, SendError, Since, Spin, TryRecvError, TrySendError};
+use crate::asym;
 use crate::heap::Heap;
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::offset::ShmSafe;
@@ -42,8 +45,11 @@ const HEAD: u64 = 64;
 const SHAPE: u64 = 128;
 const ROLE_TX: u64 = 136;
 const ROLE_RX: u64 = 144;
-/// Bit 0: a sender has been attached; bit 1: a receiver.
-const EVER: u64 = 152;
+/// Joins of each side (`super::joins`).
+const JOINS: u64 = 152;
+/// Non-zero once a process holding an end could not register for membarrier: every
+/// end then fences fully on its hot path (`asym.rs`).
+const SYMMETRIC: u64 = 160;
 const PEERS: u64 = 192;
 const META: u64 = PEERS + 8 * WORDS as u64;
 
@@ -53,6 +59,8 @@ pub(crate) struct Ends<'a> {
     pub(crate) tail: &'a AtomicU32,
     pub(crate) head: &'a AtomicU32,
     pub(crate) cap: u32,
+    /// The hot side may use a compiler fence (`asym`).
+    pub(crate) asym: bool,
 }
 
 impl Ends<'_> {
@@ -62,7 +70,7 @@ impl Ends<'_> {
         if tail.wrapping_sub(*head) & COUNT < self.cap {
             return true;
         }
-        // SYNC: Acquire pairs with the receiver's Release swap in `consumed`: it read
+        // SYNC: Acquire pairs with the receiver's Release store in `consumed`: it read
         // the slot before freeing it.
         *head = self.head.load(Ordering::Acquire) & COUNT;
         tail.wrapping_sub(*head) & COUNT < self.cap
@@ -72,8 +80,11 @@ impl Ends<'_> {
     #[inline(always)]
     pub(crate) fn published(&self, tail: u32) -> bool {
         // SYNC: Release pairs with the receiver's Acquire in `has_item`: the slot's
-        // bytes are written before the count says so.
-        self.tail.swap(tail.wrapping_add(1) & COUNT, Ordering::Release) & WAITING != 0
+        // bytes are written before the count says so. (It also clears the sender's own
+        // waiting flag.)
+        self.tail.store(tail.wrapping_add(1) & COUNT, Ordering::Release);
+        asym::light(self.asym);
+        self.head.load(Ordering::Relaxed) & WAITING != 0
     }
 
     /// Whether the slot at count `head` holds a value, refreshing the receiver's copy of
@@ -83,7 +94,7 @@ impl Ends<'_> {
         if *tail != head {
             return true;
         }
-        // SYNC: Acquire pairs with the sender's Release swap in `published`.
+        // SYNC: Acquire pairs with the sender's Release store in `published`.
         *tail = self.tail.load(Ordering::Acquire) & COUNT;
         *tail != head
     }
@@ -92,21 +103,44 @@ impl Ends<'_> {
     #[inline(always)]
     pub(crate) fn consumed(&self, head: u32) -> bool {
         // SYNC: Release pairs with the sender's Acquire in `has_room`.
-        self.head.swap(head.wrapping_add(1) & COUNT, Ordering::Release) & WAITING != 0
+        self.head.store(head.wrapping_add(1) & COUNT, Ordering::Release);
+        asym::light(self.asym);
+        self.tail.load(Ordering::Relaxed) & WAITING != 0
+    }
+
+    /// The receiver's wait for the slot at count `head`: flags its own word, fences
+    /// (the rare side of `asym`), and sleeps on the sender's word while it still says
+    /// empty. The flag is cleared again before returning.
+    pub(crate) fn wait_for_item(&self, head: u32, deadline: Option<Instant>) {
+        wait_on(self.head, head, self.tail, |t| t == head, self.asym, deadline);
+    }
+
+    /// The sender's wait for room at count `tail`, likewise.
+    pub(crate) fn wait_for_room(&self, tail: u32, deadline: Option<Instant>) {
+        let cap = self.cap;
+        wait_on(self.tail, tail, self.head, |h| tail.wrapping_sub(h) & COUNT >= cap, self.asym, deadline);
     }
 }
 
-/// Flags `word` as waited on while its count is still `seen`; the value to sleep on,
-/// or `None` if the count moved (look again).
-pub(crate) fn announce(word: &AtomicU32, seen: u32) -> Option<u32> {
-    let cur = word.load(Ordering::Relaxed);
-    if cur & COUNT != seen {
-        return None;
+/// Flags `mine` (holding count `at`) as waiting, then sleeps on `theirs` while
+/// `blocked(their count)`; clears the flag after.
+fn wait_on(
+    mine: &AtomicU32,
+    at: u32,
+    theirs: &AtomicU32,
+    blocked: impl Fn(u32) -> bool,
+    asymmetric: bool,
+    deadline: Option<Instant>,
+) {
+    // Relaxed: the word is this end's own; the fence below orders it before the load.
+    mine.store(at | WAITING, Ordering::Relaxed);
+    asym::heavy(asymmetric);
+    // SYNC: Acquire pairs with the other end's Release store of its count.
+    let seen = theirs.load(Ordering::Acquire);
+    if blocked(seen & COUNT) {
+        wait::sleep(theirs, seen, deadline);
     }
-    let flagged = cur | WAITING;
-    // Relaxed: the flag carries no data; the other end's swap reads it (an RMW on this
-    // word, ordered after this CAS or making it fail).
-    word.compare_exchange(cur, flagged, Ordering::Relaxed, Ordering::Relaxed).ok().map(|_| flagged)
+    mine.store(at, Ordering::Relaxed);
 }
 
 /// A ring of `T` with one sender and one receiver, in shared memory.
@@ -201,7 +235,7 @@ impl<T: ShmSafe + Copy> Spsc<T> {
 
     /// Values in the ring now (a snapshot).
     pub fn len(&self) -> u32 {
-        let e = self.ends();
+        let e = self.ends(false);
         let (t, h) = (e.tail.load(Ordering::Acquire) & COUNT, e.head.load(Ordering::Acquire) & COUNT);
         t.wrapping_sub(h) & COUNT
     }
@@ -219,8 +253,20 @@ impl<T: ShmSafe + Copy> Spsc<T> {
         &self.region.meta_at::<AtomicU64>(at, 1)[0]
     }
 
-    fn ends(&self) -> Ends<'_> {
-        Ends { tail: self.word32(TAIL), head: self.word32(HEAD), cap: self.cap }
+    /// The count words; `registered`: this process may use the asymmetric barrier.
+    fn ends(&self, registered: bool) -> Ends<'_> {
+        let asym = registered && self.word64(SYMMETRIC).load(Ordering::Relaxed) == 0;
+        Ends { tail: self.word32(TAIL), head: self.word32(HEAD), cap: self.cap, asym }
+    }
+
+    /// Registers this process for the asymmetric barrier, or switches the ring to full
+    /// fences for every end if it cannot.
+    fn register(&self) -> bool {
+        let ok = asym::register();
+        if !ok {
+            self.word64(SYMMETRIC).store(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     fn peers(&self) -> Peers<'_> {
@@ -247,37 +293,41 @@ impl<T: ShmSafe + Copy> Spsc<T> {
             self.peers().leave(tag, role);
             return Err(ChannelError::Taken(name));
         }
-        let bit = if role == Role::Sender { 1 } else { 2 };
-        self.word64(EVER).fetch_or(bit, Ordering::Relaxed);
+        super::joined(self.word64(JOINS), role);
         Ok(tag)
+    }
+
+    /// What a new end of `role` knows of the other side.
+    fn since(&self, role: Role) -> Since {
+        let other = if role == Role::Sender { Role::Receiver } else { Role::Sender };
+        Since { attached: self.peers().registered(other), joins: super::joins(self.word64(JOINS), other) }
     }
 
     /// The sending end: one at a time (a dead holder's end can be taken again).
     pub fn sender(&self) -> Result<Sender<'_, T>, ChannelError> {
         let tag = self.claim(Role::Sender, ROLE_TX, "sending")?;
-        let e = self.ends();
+        let since = self.since(Role::Sender);
+        let registered = self.register();
+        let e = self.ends(false);
         let tail = e.tail.load(Ordering::Acquire) & COUNT;
         let head = e.head.load(Ordering::Acquire) & COUNT;
-        Ok(Sender { ch: self, tag, tail, head })
+        Ok(Sender { ch: self, tag, tail, head, registered, since })
     }
 
     /// The receiving end: one at a time (a dead holder's end can be taken again).
     pub fn receiver(&self) -> Result<Receiver<'_, T>, ChannelError> {
         let tag = self.claim(Role::Receiver, ROLE_RX, "receiving")?;
-        let e = self.ends();
+        let since = self.since(Role::Receiver);
+        let registered = self.register();
+        let e = self.ends(false);
         let head = e.head.load(Ordering::Acquire) & COUNT;
         let tail = e.tail.load(Ordering::Acquire) & COUNT;
-        Ok(Receiver { ch: self, tag, head, tail })
+        Ok(Receiver { ch: self, tag, head, tail, registered, since })
     }
 
-    /// Whether the other end of `role` is gone: it was attached once and no handle of
-    /// it is registered now, or (when `look`) none that is registered still runs.
-    fn gone(&self, other: Role, look: bool) -> bool {
-        let bit = if other == Role::Sender { 1 } else { 2 };
-        if self.word64(EVER).load(Ordering::Relaxed) & bit == 0 {
-            return false;
-        }
-        !self.peers().registered(other) || (look && !self.peers().live(other))
+    /// Whether the other end (`other`) is gone for an end made at `since`.
+    fn gone(&self, other: Role, since: Since, look: bool) -> bool {
+        super::gone(self.peers(), self.word64(JOINS), other, since, look)
     }
 
     fn release_end(&self, tag: Tag, role: Role, role_at: u64, wake_at: u64) {
@@ -291,18 +341,6 @@ impl<T: ShmSafe + Copy> Spsc<T> {
 
 const _: () = assert!(TAG_BITS < 32);
 
-/// Sleeps on `word` (flagged while its count is `seen`) until woken, `deadline`, or the
-/// bounded sleep ends; false once `deadline` has passed.
-fn sleep_on(word: &AtomicU32, seen: u32, deadline: Option<Instant>) -> bool {
-    if deadline.is_some_and(|d| Instant::now() >= d) {
-        return false;
-    }
-    if let Some(flagged) = announce(word, seen) {
-        wait::sleep(word, flagged, deadline);
-    }
-    true
-}
-
 /// The sending end of an [`Spsc`].
 pub struct Sender<'a, T: ShmSafe + Copy> {
     ch: &'a Spsc<T>,
@@ -311,15 +349,19 @@ pub struct Sender<'a, T: ShmSafe + Copy> {
     tail: u32,
     /// The receiver's count, as last read.
     head: u32,
+    /// This process registered for the asymmetric barrier.
+    registered: bool,
+    /// What this end knew of the other when it was made.
+    since: Since,
 }
 
 impl<T: ShmSafe + Copy> Sender<'_, T> {
     /// Sends `value` if there is room.
     #[inline]
     pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
-        let e = self.ch.ends();
+        let e = self.ch.ends(self.registered);
         if !e.has_room(self.tail, &mut self.head) {
-            if self.ch.gone(Role::Receiver, false) {
+            if self.ch.gone(Role::Receiver, self.since, false) {
                 return Err(TrySendError::Disconnected(value));
             }
             return Err(TrySendError::Full(value));
@@ -355,12 +397,13 @@ impl<T: ShmSafe + Copy> Sender<'_, T> {
             if spin.again() {
                 continue;
             }
-            if self.ch.gone(Role::Receiver, true) {
+            if self.ch.gone(Role::Receiver, self.since, true) {
                 return Err(SendError::Disconnected(value));
             }
-            if !sleep_on(self.ch.ends().head, self.head, deadline) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(SendError::Timeout(value));
             }
+            self.ch.ends(self.registered).wait_for_room(self.tail, deadline);
         }
     }
 }
@@ -379,15 +422,19 @@ pub struct Receiver<'a, T: ShmSafe + Copy> {
     head: u32,
     /// The sender's count, as last read.
     tail: u32,
+    /// This process registered for the asymmetric barrier.
+    registered: bool,
+    /// What this end knew of the other when it was made.
+    since: Since,
 }
 
 impl<T: ShmSafe + Copy> Receiver<'_, T> {
     /// Takes the next value if there is one.
     #[inline]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let e = self.ch.ends();
+        let e = self.ch.ends(self.registered);
         if !e.has_item(self.head, &mut self.tail) {
-            if self.ch.gone(Role::Sender, false) && !e.has_item(self.head, &mut self.tail) {
+            if self.ch.gone(Role::Sender, self.since, false) && !e.has_item(self.head, &mut self.tail) {
                 return Err(TryRecvError::Disconnected);
             }
             return Err(TryRecvError::Empty);
@@ -423,17 +470,18 @@ impl<T: ShmSafe + Copy> Receiver<'_, T> {
             if spin.again() {
                 continue;
             }
-            if self.ch.gone(Role::Sender, true) && self.try_recv_empty() {
+            if self.ch.gone(Role::Sender, self.since, true) && self.try_recv_empty() {
                 return Err(RecvError::Disconnected);
             }
-            if !sleep_on(self.ch.ends().tail, self.head, deadline) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(RecvError::Timeout);
             }
+            self.ch.ends(self.registered).wait_for_item(self.head, deadline);
         }
     }
 
     fn try_recv_empty(&mut self) -> bool {
-        !self.ch.ends().has_item(self.head, &mut self.tail)
+        !self.ch.ends(self.registered).has_item(self.head, &mut self.tail)
     }
 }
 

@@ -114,14 +114,26 @@ pub struct ThreadHeapInfo {
 
 /// Whether process `pid`, started at `start` (clock ticks since boot), still runs.
 pub fn process_alive(pid: u32, start: u64) -> bool {
-    running_since(pid) == Some(start)
+    match running_since(pid) {
+        Some(s) => s == start || s == UNKNOWN,
+        None => false,
+    }
 }
+
+/// What `running_since` says when `/proc` cannot be read for a reason other than the
+/// process being gone (not mounted, hidden by `hidepid`, out of descriptors): nothing is
+/// known, so the process counts as running.
+pub(super) const UNKNOWN: u64 = u64::MAX;
 
 /// The start time of process `pid` (proc(5) `/proc/PID/stat` field 22), if it runs.
 /// A zombie has exited and only waits for its parent to reap it; but the process's
 /// state is its main thread's, which may have exited while other threads run on.
 pub(super) fn running_since(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => return Some(UNKNOWN),
+    };
     let fields = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or("");
     let start = fields.split_whitespace().nth(19).and_then(|f| f.parse::<u64>().ok())?;
     let zombie = fields.starts_with('Z') && !any_thread_runs(pid);

@@ -209,7 +209,8 @@ fn holder_alive(pid: u32, start: u64) -> bool {
             None => false,
         };
     }
-    super::check::running_since(pid).is_some_and(|now| start == 0 || now == start)
+    super::check::running_since(pid)
+        .is_some_and(|now| start == 0 || now == start || now == super::check::UNKNOWN)
 }
 
 /// What [`Heap::recover`] did.

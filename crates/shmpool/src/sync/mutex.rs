@@ -89,7 +89,7 @@ impl<T: ShmSafe> Mutex<T> {
 
     /// Bytes a mutex of `T` occupies.
     pub fn footprint() -> Result<u64, PoolError> {
-        Ok(Self::plan()?.data + size_of::<T>() as u64)
+        Ok(Self::plan()?.bytes())
     }
 
     /// Formats a free mutex holding `value` at `at` (64-aligned) of `host`'s segment.
@@ -184,7 +184,7 @@ impl<T: ShmSafe> Mutex<T> {
             // Under the lock: the next holders see it (the lock's Release/Acquire).
             self.meta(INCONSISTENT).store(1, Ordering::Relaxed);
         }
-        let guard = MutexGuard { mutex: self, _lock: lock };
+        let guard = MutexGuard { mutex: self, _lock: lock, _not_send: PhantomData };
         if self.meta(INCONSISTENT).load(Ordering::Relaxed) != 0 {
             return Err(LockError::OwnerDied(guard));
         }
@@ -197,10 +197,21 @@ impl<T: ShmSafe> Mutex<T> {
     }
 }
 
-/// The held mutex: derefs to the `T`; unlocks when dropped.
+/// The held mutex: derefs to the `T`; unlocks when dropped. It stays on the thread that
+/// locked (not `Send`): the lock names that thread, and a waiter would take it over if
+/// the thread ended while another held the guard.
 pub struct MutexGuard<'a, T: ShmSafe> {
     mutex: &'a Mutex<T>,
     _lock: Guard<'a>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: ShmSafe> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // Before the unlock (the field drops after this): a stale identity could make a
+        // later holder with this tid look dead.
+        self.mutex.meta(HOLDER).store(0, Ordering::Relaxed);
+    }
 }
 
 impl<T: ShmSafe> MutexGuard<'_, T> {

@@ -53,9 +53,15 @@ fn read_me() -> Me {
 }
 
 /// The start time of thread `tid` and whether it has exited (zombie or dead), from
-/// proc(5) `/proc/TID/stat`; `None` if there is no such thread.
+/// proc(5) `/proc/TID/stat`; `None` if there is no such thread. A `/proc` that cannot be
+/// read for another reason (not mounted, hidden, out of descriptors) says nothing, and
+/// the thread counts as running (start `u64::MAX`, matched by any holder's).
 fn stat_start(tid: u32) -> Option<(u64, bool)> {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    let stat = match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => return Some((u64::MAX, false)),
+    };
     let fields = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start())?;
     let start = fields.split_whitespace().nth(19)?.parse().ok()?;
     Some((start, matches!(fields.chars().next(), Some('Z' | 'X'))))
@@ -69,6 +75,7 @@ pub(crate) fn holder_dead(tid: u32, info: &AtomicU64) -> bool {
         None => true,
         Some((_, true)) => true,
         // Written by this holder: its start time must match.
+        Some((u64::MAX, false)) => false,
         Some((start, false)) if (info >> START_BITS) as u32 == tid => start & START_MASK != info & START_MASK,
         // Not written yet (or a previous holder's): the tid runs, so assume it is ours.
         Some(_) => false,

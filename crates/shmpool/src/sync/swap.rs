@@ -26,8 +26,9 @@
 #![allow(unsafe_code)]
 
 use super::owner;
+use crate::channel::peers::{claim_with, runs};
 use crate::heap::lock::LockWord;
-use crate::heap::{process_alive, tls, Heap};
+use crate::heap::{tls, Heap};
 use crate::loom::{fence, AtomicU64, Ordering};
 use crate::pools::region::{Geometry, Kind, Region};
 use crate::pools::PoolError;
@@ -119,7 +120,12 @@ impl Swappable {
 
     /// Opens the swappable segment at `at` of `heap` (made in any process).
     pub fn open(heap: &Heap, at: u64) -> Result<Self, PoolError> {
-        Ok(Self { region: Region::open(heap.into(), at, Kind::Swap, Self::planned)?, heap: heap.clone() })
+        let s =
+            Self { region: Region::open(heap.into(), at, Kind::Swap, Self::planned)?, heap: heap.clone() };
+        if !(1..=VERSIONS as u64 / 2).contains(&s.keep()) {
+            return Err(PoolError::Corrupted { at, why: "keeps no version, or more than half the entries" });
+        }
+        Ok(s)
     }
 
     /// The swappable segment named `name` in `heap`, created by the first caller.
@@ -193,10 +199,18 @@ impl Swappable {
         let lock = &self.region.meta_at::<LockWord>(LOCK, 1)[0];
         let guard = lock.lock(me.tid, |t| owner::holder_dead(t, holder));
         holder.store(me.info(), Ordering::Relaxed);
+        if guard.took_over {
+            // The dead writer's `alloc_in` may be half done: recovery settles its journal
+            // before anything here touches the entry it was recording into.
+            self.heap.recover();
+        }
         let current = self.word(CURRENT).load(Ordering::Relaxed);
         self.collect(current);
         let free = (0..VERSIONS).find(|&i| self.entry(i)[0].load(Ordering::Relaxed) == 0);
-        let Some(i) = free else { return Err(SwapError::Busy) };
+        let Some(i) = free else {
+            holder.store(0, Ordering::Relaxed);
+            return Err(SwapError::Busy);
+        };
         let e = self.entry(i);
         let block = self.heap.alloc_in(self.entry_slot(i), len.max(1))?;
         fill(self.heap.segment(), block)?;
@@ -210,6 +224,8 @@ impl Swappable {
         self.word(CURRENT).swap(gen, Ordering::Release);
         retire(self.word(OLDEST), (gen + 1).saturating_sub(self.keep()).max(1));
         self.collect(gen);
+        // Not naming a holder that has let go (a later thread with the same tid).
+        holder.store(0, Ordering::Relaxed);
         drop(guard);
         Ok(gen)
     }
@@ -249,7 +265,7 @@ impl Swappable {
             // its reads of the version happen before the version is freed.
             r[2].load(Ordering::Acquire) == gen && {
                 let id = r[0].load(Ordering::Acquire);
-                id as u32 != 0 && reader_runs(id as u32, r[1].load(Ordering::Acquire))
+                id as u32 != 0 && runs(id, r[1].load(Ordering::Relaxed))
             }
         })
     }
@@ -261,13 +277,9 @@ impl Swappable {
         for i in 0..READERS {
             let r = self.reader_entry(i);
             let id = r[0].load(Ordering::Acquire);
-            let free = id as u32 == 0 || !reader_runs(id as u32, r[1].load(Ordering::Acquire));
-            let new = ((id >> 32) + 1) << 32 | u64::from(pid);
-            // SYNC: Acquire: the entry's previous holder is gone or done with it.
-            if free && r[0].compare_exchange(id, new, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                r[2].store(0, Ordering::Relaxed);
-                // SYNC: Release pairs with the Acquire loads of `pinned` and `reader`.
-                r[1].store(start, Ordering::Release);
+            let free = id as u32 == 0 || !runs(id, r[1].load(Ordering::Relaxed));
+            if free && claim_with(&r[0], &r[1], id, pid, start, || r[2].store(0, Ordering::Relaxed)).is_some()
+            {
                 return Ok(SwapReader { sw: self, entry: i });
             }
         }
@@ -288,7 +300,9 @@ impl Swappable {
 /// A reader's pin of `gen`: announced in `pin`, then checked against `oldest` after a
 /// SeqCst fence (the hazard-pointer publication). Whether it holds; if not, it is undone.
 pub(crate) fn pin(pin: &AtomicU64, oldest: &AtomicU64, gen: u64) -> bool {
-    pin.store(gen, Ordering::Relaxed);
+    // SYNC: Release pairs with the writer's Acquire scan (`pinned`): the entry's claim
+    // (its start time) is seen with the pin.
+    pin.store(gen, Ordering::Release);
     // SYNC: SeqCst fence pairs with the writer's fence in `retire`: either the writer's
     // scan sees this pin, or this load sees the writer's new `oldest`.
     fence(Ordering::SeqCst);
@@ -307,14 +321,6 @@ pub(crate) fn retire(oldest: &AtomicU64, to: u64) {
     oldest.store(to, Ordering::Release);
     // SYNC: SeqCst fence pairs with the readers' fence in `pin`.
     fence(Ordering::SeqCst);
-}
-
-/// Whether the process of a reader entry runs (while its claim is made, its pid).
-fn reader_runs(pid: u32, start: u64) -> bool {
-    if start == 0 {
-        return std::path::Path::new(&format!("/proc/{pid}")).exists();
-    }
-    process_alive(pid, start)
 }
 
 /// A reader of a [`Swappable`]: pins one version at a time.

@@ -1,4 +1,4 @@
-//! The channels' rings: the SPSC ends (`channel::spsc::Ends` and `announce`) and the
+//! The channels' rings: the SPSC ends (`channel::spsc::Ends`, its waits included) and the
 //! MPMC slot protocol (`channel::mpmc::Core`), with the functions the channels use and
 //! the futex modelled (`pools::wait`).
 //!
@@ -12,7 +12,7 @@
 
 use super::model;
 use crate::channel::mpmc::{self, Busy, Core};
-use crate::channel::spsc::{announce, Ends, COUNT};
+use crate::channel::spsc::{Ends, COUNT};
 use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 use crate::pools::wait;
 use loom::sync::atomic::AtomicBool;
@@ -31,17 +31,16 @@ unsafe impl Sync for Spsc {}
 unsafe impl Send for Spsc {}
 
 impl Spsc {
+    /// Under loom the asymmetric barrier is a SeqCst fence on both sides.
     fn ends(&self) -> Ends<'_> {
-        Ends { tail: &self.tail, head: &self.head, cap: 2 }
+        Ends { tail: &self.tail, head: &self.head, cap: 2, asym: true }
     }
 
     /// `Sender::send_until`, without spins or deadline.
     fn send(&self, tail: &mut u32, head: &mut u32, v: u64) {
         let e = self.ends();
         while !e.has_room(*tail, head) {
-            if let Some(flagged) = announce(e.head, *head) {
-                wait::sleep(e.head, flagged, None);
-            }
+            e.wait_for_room(*tail, None);
         }
         // SAFETY: the slot is free for the sender.
         self.slots[(*tail & 1) as usize].with_mut(|s| unsafe { *s = v });
@@ -55,9 +54,7 @@ impl Spsc {
     fn recv(&self, head: &mut u32, tail: &mut u32) -> u64 {
         let e = self.ends();
         while !e.has_item(*head, tail) {
-            if let Some(flagged) = announce(e.tail, *head) {
-                wait::sleep(e.tail, flagged, None);
-            }
+            e.wait_for_item(*head, None);
         }
         // SAFETY: the slot was published for the receiver.
         let v = self.slots[(*head & 1) as usize].with(|s| unsafe { *s });
