@@ -101,21 +101,22 @@ impl Swappable {
     /// Creates a swappable segment in a block of `heap`. `keep` versions stay readable:
     /// 1 for the newest only, more for a ring of the last `keep` (at most `VERSIONS/2`).
     pub fn create_in(heap: &Heap, keep: u32) -> Result<Self, PoolError> {
-        if keep == 0 || keep as usize > VERSIONS / 2 {
-            return Err(PoolError::InvalidGeometry("keep 1..=16 versions"));
-        }
-        let geo = Self::planned(0, 0).expect("a plan");
-        let (s, _) = crate::pools::in_heap(heap, geo.bytes(), |at| {
-            let region = Region::format(heap.into(), at, Kind::Swap, geo, |r| {
+        check_keep(keep)?;
+        let bytes = Self::planned(0, 0).expect("a plan").bytes();
+        crate::pools::in_heap(heap, bytes, |at| Self::format(heap, at, keep)).map(|(s, _)| s)
+    }
+
+    /// Formats the control block at `at` (a block of `heap`).
+    fn format(heap: &Heap, at: u64, keep: u32) -> Result<Self, PoolError> {
+        let region =
+            Region::format(heap.into(), at, Kind::Swap, Self::planned(0, 0).expect("a plan"), |r| {
                 for w in r.meta::<AtomicU64>((META / 8) as usize) {
                     w.store(0, Ordering::Relaxed);
                 }
                 r.meta_at::<AtomicU64>(KEEP, 1)[0].store(u64::from(keep), Ordering::Relaxed);
                 r.meta_at::<AtomicU64>(OLDEST, 1)[0].store(1, Ordering::Relaxed);
             })?;
-            Ok(Self { region, heap: heap.clone() })
-        })?;
-        Ok(s)
+        Ok(Self { region, heap: heap.clone() })
     }
 
     /// Opens the swappable segment at `at` of `heap` (made in any process).
@@ -131,21 +132,12 @@ impl Swappable {
     /// The swappable segment named `name` in `heap`, created by the first caller.
     pub fn named(heap: &Heap, name: &str, keep: u32) -> Result<Self, PoolError> {
         let bytes = Self::planned(0, 0).expect("a plan").bytes();
+        check_keep(keep)?;
         let s = crate::pools::named(
             heap,
             name,
             bytes,
-            |at| {
-                let region =
-                    Region::format(heap.into(), at, Kind::Swap, Self::planned(0, 0).expect("a plan"), |r| {
-                        for w in r.meta::<AtomicU64>((META / 8) as usize) {
-                            w.store(0, Ordering::Relaxed);
-                        }
-                        r.meta_at::<AtomicU64>(KEEP, 1)[0].store(u64::from(keep), Ordering::Relaxed);
-                        r.meta_at::<AtomicU64>(OLDEST, 1)[0].store(1, Ordering::Relaxed);
-                    })?;
-                Ok(Self { region, heap: heap.clone() })
-            },
+            |at| Self::format(heap, at, keep),
             |at| Self::open(heap, at),
         )?;
         if s.keep() != u64::from(keep) {
@@ -295,6 +287,15 @@ impl Swappable {
                 .then(|| (e[1].load(Ordering::Relaxed), e[2].load(Ordering::Relaxed)))
         })
     }
+}
+
+/// `keep` versions fit: at least one, and at most half the entries (the rest wait for
+/// their readers).
+fn check_keep(keep: u32) -> Result<(), PoolError> {
+    if keep == 0 || keep as usize > VERSIONS / 2 {
+        return Err(PoolError::InvalidGeometry("keep 1..=16 versions"));
+    }
+    Ok(())
 }
 
 /// A reader's pin of `gen`: announced in `pin`, then checked against `oldest` after a

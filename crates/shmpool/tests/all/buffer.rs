@@ -3,7 +3,7 @@
 //! bad handles refused; reference counts against a model.
 
 use crate::conformance::{self, Fixture};
-use crate::support::{fork, pattern, spawn_peer, trial, unique_name, wait_peer, ShmGuard};
+use crate::support::{fork, pattern, spawn_peer, trial, wait_peer, SharedHeap};
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use shmpool::buffer::{Buffer, BufferError, MemoryHandle};
@@ -117,27 +117,10 @@ fn bad_handles_are_refused() {
     drop(again);
 }
 
-struct Named {
-    name: String,
-    heap: Heap,
-    _g: ShmGuard,
-}
-
-fn named_heap(tag: &str) -> Named {
-    let name = unique_name(tag);
-    let g = ShmGuard(name.clone());
-    let seg = SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
-    Named { heap: Heap::create(seg).unwrap(), name, _g: g }
-}
-
-fn attach(name: &str) -> Heap {
-    Heap::attach(Segment::open_shm(name, Access::ReadWrite).unwrap()).unwrap()
-}
-
 /// The child takes a handle from the socket, checks and answers in the bytes, clones the
 /// buffer, and drops everything; then tells the parent.
-fn child_side(name: &str, mut sock: UnixStream, len: usize) -> i32 {
-    let heap = attach(name);
+fn child_side(name: &SharedHeap, mut sock: UnixStream, len: usize) -> i32 {
+    let heap = name.attach();
     let mut wire = [0u8; MemoryHandle::LEN];
     sock.read_exact(&mut wire).unwrap();
     let b = Buffer::from_handle(&heap, MemoryHandle::from_bytes(&wire).unwrap()).unwrap();
@@ -152,23 +135,23 @@ fn child_side(name: &str, mut sock: UnixStream, len: usize) -> i32 {
 }
 
 fn the_last_drop_in_a_child_frees_the_block() {
-    let n = named_heap("buf-child");
+    let n = SharedHeap::new("buf-child");
     let before = allocated(&n.heap);
     let (mut here, there) = UnixStream::pair().unwrap();
     let b = Buffer::from_slice(&n.heap, &pattern(0, 70_000, 5)).unwrap(); // a large block
     here.write_all(&b.into_handle().to_bytes()).unwrap(); // the parent keeps nothing
-    let child = fork(|| child_side(&n.name, there, 70_000));
+    let child = fork(|| child_side(&n, there, 70_000));
     assert_eq!(child.wait(), 0);
     assert_eq!(allocated(&n.heap), before, "freed by the child's last drop");
 }
 
 fn the_last_drop_in_the_parent_frees_the_block() {
-    let n = named_heap("buf-parent");
+    let n = SharedHeap::new("buf-parent");
     let before = allocated(&n.heap);
     let (mut here, there) = UnixStream::pair().unwrap();
     let b = Buffer::from_slice(&n.heap, &pattern(0, 300, 5)).unwrap();
     here.write_all(&b.share().to_bytes()).unwrap();
-    let child = fork(|| child_side(&n.name, there, 300));
+    let child = fork(|| child_side(&n, there, 300));
     let mut done = [0u8; 4];
     here.read_exact(&mut done).unwrap();
     assert_eq!(child.wait(), 0);
@@ -183,7 +166,7 @@ fn the_last_drop_in_the_parent_frees_the_block() {
 /// The handle waits in a named root; an unrelated process attaches by name, takes it,
 /// and its drop is the last.
 fn an_unrelated_process_takes_a_handle_by_name() {
-    let n = named_heap("buf-peer");
+    let n = SharedHeap::new("buf-peer");
     let before = allocated(&n.heap);
     let b = Buffer::from_slice(&n.heap, &pattern(0, 1000, 5)).unwrap().with_meta(42);
     let h = b.into_handle();
@@ -201,7 +184,7 @@ fn root_bytes(heap: &Heap) -> u64 {
 }
 
 pub fn peer_buffer(args: &[&str]) -> i32 {
-    let heap = attach(args[0]);
+    let heap = Heap::attach(Segment::open_shm(args[0], Access::ReadWrite).unwrap()).unwrap();
     let h = heap.find_or_init::<MemoryHandle>("handle", || unreachable!()).unwrap();
     let b = Buffer::from_handle(&heap, h.read(heap.segment()).unwrap()).unwrap();
     let ok = b.meta() == 42 && b.to_vec().unwrap() == pattern(0, 1000, 5);

@@ -3,7 +3,7 @@
 //! that drop or are killed (at any instant, and at the MPMC crash points), buffer
 //! handles carried zero-copy, and random operations against a queue model.
 
-use crate::support::{fork, trial, unique_name, wait_all, ShmGuard};
+use crate::support::{fork, trial, wait_all, SharedHeap};
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use shmpool::buffer::{Buffer, MemoryHandle};
@@ -11,9 +11,8 @@ use shmpool::channel::{
     ChannelError, Mpmc, Oneshot, OneshotError, RecvError, SendError, Spsc, TryRecvError, TrySendError,
 };
 use shmpool::heap::Heap;
-use shmpool::segment::Access;
 use shmpool::sync::SharedCells;
-use shmpool::{Segment, SegmentOptions};
+use shmpool::SegmentOptions;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -42,25 +41,6 @@ pub fn tests() -> Vec<Trial> {
 
 fn heap() -> Heap {
     Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("ch").unwrap()).unwrap()
-}
-
-struct Shared {
-    name: String,
-    heap: Heap,
-    _g: ShmGuard,
-}
-
-impl Shared {
-    fn new(tag: &str) -> Self {
-        let name = unique_name(tag);
-        let g = ShmGuard(name.clone());
-        let seg = SegmentOptions::new().max_size(256 << 20).create_shm(&name).unwrap();
-        Self { heap: Heap::create(seg).unwrap(), name, _g: g }
-    }
-
-    fn attach(&self) -> Heap {
-        Heap::attach(Segment::open_shm(&self.name, Access::ReadWrite).unwrap()).unwrap()
-    }
 }
 
 fn die() {
@@ -107,7 +87,7 @@ fn spsc_ends_are_taken_one_at_a_time() {
 /// A child sends 200,000 numbers through a ring of 64 with blocking sends; the parent
 /// receives them in order with blocking receives.
 fn spsc_streams_between_processes() {
-    let sh = Shared::new("spsc-stream");
+    let sh = SharedHeap::new("spsc-stream");
     let ch = Spsc::<u64>::named(&sh.heap, "ch", 64).unwrap();
     let mut rx = ch.receiver().unwrap();
     let child = fork(|| {
@@ -171,7 +151,7 @@ fn spsc_a_dropped_sender_disconnects() {
 /// receive is told `Disconnected`, not left waiting; then a killed receiver, likewise
 /// for a sender waiting on a full ring. A new process can take a dead holder's end.
 fn spsc_a_killed_peer_is_detected() {
-    let sh = Shared::new("spsc-kill");
+    let sh = SharedHeap::new("spsc-kill");
     let ch = Spsc::<u64>::named(&sh.heap, "ch", 2).unwrap();
     let mut rx = ch.receiver().unwrap();
     let child = fork(|| {
@@ -208,7 +188,7 @@ fn spsc_a_killed_peer_is_detected() {
 /// Buffers go through an SPSC ring as 48-byte handles; the child reads the parent's
 /// bytes in place and writes its answer into them.
 fn buffer_handles_cross_a_channel() {
-    let sh = Shared::new("ch-buf");
+    let sh = SharedHeap::new("ch-buf");
     let ch = Spsc::<MemoryHandle>::named(&sh.heap, "bufs", 16).unwrap();
     let back = Spsc::<MemoryHandle>::named(&sh.heap, "back", 16).unwrap();
     let before = sh.heap.check().unwrap().allocated_bytes;
@@ -245,7 +225,7 @@ fn buffer_handles_cross_a_channel() {
 /// values in the order sent.
 fn mpmc_delivers_each_value_once() {
     const PER: u64 = 20_000;
-    let sh = Shared::new("mpmc");
+    let sh = SharedHeap::new("mpmc");
     let _ch = Mpmc::<u64>::named(&sh.heap, "ch", 16).unwrap();
     let cells = SharedCells::named(&sh.heap, "sums", 2, 2).unwrap();
     let mut children = Vec::new();
@@ -320,7 +300,7 @@ fn mpmc_timeouts_and_disconnection() {
 /// A sender dies at `mpmc.writing` (its slot claimed, its value not published): the
 /// receiver frees the slot and gets every other value; nothing wedges.
 fn mpmc_survives_a_sender_killed_writing() {
-    let sh = Shared::new("mpmc-w");
+    let sh = SharedHeap::new("mpmc-w");
     let ch = Mpmc::<u64>::named(&sh.heap, "ch", 4).unwrap();
     let rx = ch.receiver().unwrap();
     let tx = ch.sender().unwrap();
@@ -342,7 +322,7 @@ fn mpmc_survives_a_sender_killed_writing() {
 /// A receiver dies at `mpmc.reading` on a full ring: a sender waiting for room gets it
 /// (the dead receiver's slot is freed, its value lost), and values flow on.
 fn mpmc_survives_a_receiver_killed_reading() {
-    let sh = Shared::new("mpmc-r");
+    let sh = SharedHeap::new("mpmc-r");
     let ch = Mpmc::<u64>::named(&sh.heap, "ch", 2).unwrap();
     let tx = ch.sender().unwrap();
     tx.send(1).unwrap();
@@ -363,7 +343,7 @@ fn mpmc_survives_a_receiver_killed_reading() {
 }
 
 fn oneshot_hands_one_value_once() {
-    let sh = Shared::new("oneshot");
+    let sh = SharedHeap::new("oneshot");
     let once = Oneshot::<[u64; 4]>::named(&sh.heap, "once").unwrap();
     assert_eq!(once.try_recv(), Err(TryRecvError::Empty));
     let child = fork(|| {
@@ -447,7 +427,7 @@ fn random_mpmc_ops_match_a_queue() {
 /// Two processes ping-pong over two rings each of them finds by name (the benchmark's
 /// pattern): every echo comes back, twice in a row with fresh processes.
 fn two_processes_ping_pong_by_name() {
-    let sh = Shared::new("pingpong");
+    let sh = SharedHeap::new("pingpong");
     for _ in 0..2 {
         let side = |a: bool| {
             let sh = &sh;

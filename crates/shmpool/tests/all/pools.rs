@@ -3,7 +3,7 @@
 //! once; and random operation sequences against a model.
 
 use crate::conformance::{self, Fixture};
-use crate::support::{fork, pattern, trial, unique_name, wait_all, wait_until, ShmGuard};
+use crate::support::{fork, pattern, trial, unique_name, wait_all, wait_until, SharedHeap, ShmGuard};
 use libtest_mimic::Trial;
 use proptest::prelude::*;
 use shmpool::heap::Heap;
@@ -318,41 +318,10 @@ fn a_waiting_thread_gets_a_returned_slot() {
     assert_eq!(pool.available(), 2);
 }
 
-/// A shared heap attached by name in each child, as an unrelated process would.
-struct Shared {
-    name: String,
-    heap: Heap,
-    _g: ShmGuard,
-}
-
-impl Shared {
-    fn new(tag: &str) -> Self {
-        let name = unique_name(tag);
-        let g = ShmGuard(name.clone());
-        let seg = SegmentOptions::new().max_size(256 << 20).create_shm(&name).unwrap();
-        Self { heap: Heap::create(seg).unwrap(), name, _g: g }
-    }
-
-    fn attach(&self) -> Heap {
-        Heap::attach(Segment::open_shm(&self.name, Access::ReadWrite).unwrap()).unwrap()
-    }
-
-    fn word(&self, heap: &Heap, name: &str) -> u64 {
-        heap.find_or_init::<u64>(name, || 0).unwrap().get()
-    }
-
-    /// Waits until `n` processes reached it, so their loops overlap.
-    fn barrier(&self, heap: &Heap, n: u64) {
-        let w = heap.segment().atomic_u64(self.word(heap, "barrier")).unwrap();
-        w.fetch_add(1, Ordering::AcqRel);
-        wait_until("every process at the barrier", || w.load(Ordering::Acquire) >= n);
-    }
-}
-
 /// Four processes loan from eight slots 20,000 times each; every holder stamps its slot
 /// and checks the stamp before returning it, so a slot loaned twice at once shows.
 fn slot_loans_are_exclusive_across_processes() {
-    let sh = Shared::new("pool-excl");
+    let sh = SharedHeap::new("pool-excl");
     let pool = SlotPool::named(&sh.heap, "pool", 16, 8).unwrap();
     let children: Vec<_> = (1..=4u64)
         .map(|p| {
@@ -383,7 +352,7 @@ fn slot_loans_are_exclusive_across_processes() {
 
 /// A loan made in one process is adopted and returned in another, and back.
 fn a_loan_handed_over_is_returned_in_another_process() {
-    let sh = Shared::new("pool-hand");
+    let sh = SharedHeap::new("pool-hand");
     let pool = SlotPool::named(&sh.heap, "pool", 64, 4).unwrap();
     let word = sh.word(&sh.heap, "handover");
     let loan = pool.try_loan().unwrap();
@@ -416,7 +385,7 @@ fn a_loan_handed_over_is_returned_in_another_process() {
 /// A child waits for a slot of a full pool; the parent returns one: the child is woken
 /// and gets it long before its 20 s timeout.
 fn a_waiter_in_another_process_is_woken_by_a_return() {
-    let sh = Shared::new("pool-wake");
+    let sh = SharedHeap::new("pool-wake");
     let pool = SlotPool::named(&sh.heap, "pool", 8, 1).unwrap();
     let word = sh.word(&sh.heap, "waiting");
     let held = pool.loan();
@@ -437,7 +406,7 @@ fn a_waiter_in_another_process_is_woken_by_a_return() {
 /// Four processes allocate and free 64-byte slots of one free list, each stamping its
 /// slots: no slot is handed to two at once, and all come back.
 fn free_list_slots_are_exclusive_across_processes() {
-    let sh = Shared::new("list-excl");
+    let sh = SharedHeap::new("list-excl");
     let list = FreeList::named(&sh.heap, "list", 64, 16).unwrap();
     let children: Vec<_> = (1..=4u64)
         .map(|p| {
@@ -479,7 +448,7 @@ fn free_list_slots_are_exclusive_across_processes() {
 /// Four processes bump one arena at once, each recording its blocks in a free list of
 /// records: the blocks are disjoint and keep their writers' bytes.
 fn bump_blocks_of_many_processes_are_disjoint() {
-    let sh = Shared::new("bump-procs");
+    let sh = SharedHeap::new("bump-procs");
     let arena = BumpArena::named(&sh.heap, "arena", 4 << 20).unwrap();
     let table = sh.heap.alloc_zeroed(4 * 2000 * 16).unwrap();
     let children: Vec<_> = (0..4u64)
@@ -521,7 +490,7 @@ fn bump_blocks_of_many_processes_are_disjoint() {
 /// the waiters' flag, before waking them. A waiter with no deadline still gets the slot
 /// (its sleeps are bounded), and the pool is whole.
 fn a_returner_killed_before_waking_leaves_no_waiter_asleep() {
-    let sh = Shared::new("pool-crash-ret");
+    let sh = SharedHeap::new("pool-crash-ret");
     let pool = SlotPool::named(&sh.heap, "pool", 8, 1).unwrap();
     // The bitmap's one word, right after the pool's 64-byte header.
     let word = sh.heap.segment().atomic_u64(pool.offset() + 64).unwrap();

@@ -253,3 +253,39 @@ pub fn wait_all(children: Vec<Forked>, on_failure: impl Fn()) -> Vec<i32> {
     }
     codes.into_iter().map(|c| c.expect("ended")).collect()
 }
+
+/// A heap in a named POSIX shm segment, unlinked when dropped; children attach it by
+/// name with [`SharedHeap::attach`], as an unrelated process would.
+pub struct SharedHeap {
+    pub name: String,
+    pub heap: shmpool::heap::Heap,
+    _g: ShmGuard,
+}
+
+impl SharedHeap {
+    /// A fresh heap of up to 256 MiB.
+    pub fn new(tag: &str) -> Self {
+        let name = unique_name(tag);
+        let g = ShmGuard(name.clone());
+        let seg = shmpool::SegmentOptions::new().max_size(256 << 20).create_shm(&name).unwrap();
+        Self { heap: shmpool::heap::Heap::create(seg).unwrap(), name, _g: g }
+    }
+
+    /// The heap, attached again by name.
+    pub fn attach(&self) -> shmpool::heap::Heap {
+        let seg = shmpool::Segment::open_shm(&self.name, shmpool::segment::Access::ReadWrite).unwrap();
+        shmpool::heap::Heap::attach(seg).unwrap()
+    }
+
+    /// The offset of a `u64` named `name` in `heap` (this heap, in any process).
+    pub fn word(&self, heap: &shmpool::heap::Heap, name: &str) -> u64 {
+        heap.find_or_init::<u64>(name, || 0).unwrap().get()
+    }
+
+    /// Waits until `n` processes reached it, so their loops overlap.
+    pub fn barrier(&self, heap: &shmpool::heap::Heap, n: u64) {
+        let w = heap.segment().atomic_u64(self.word(heap, "barrier")).unwrap();
+        w.fetch_add(1, Ordering::AcqRel);
+        wait_until("every process at the barrier", || w.load(Ordering::Acquire) >= n);
+    }
+}

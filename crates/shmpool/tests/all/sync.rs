@@ -2,13 +2,12 @@
 //! mutual exclusion, a holder killed holding the lock (a process and a thread), timeouts,
 //! waiters woken across processes, and the cells' operations and errors.
 
-use crate::support::{fork, trial, unique_name, wait_all, wait_until, ShmGuard};
+use crate::support::{fork, trial, wait_all, wait_until, SharedHeap};
 use libtest_mimic::Trial;
 use shmpool::heap::Heap;
 use shmpool::pools::PoolError;
-use shmpool::segment::Access;
 use shmpool::sync::{CellError, Event, LockError, Mutex, Semaphore, SharedCells, SyncError};
-use shmpool::{Segment, SegmentOptions};
+use shmpool::SegmentOptions;
 use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Trial> {
@@ -38,26 +37,6 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-struct Shared {
-    name: String,
-    heap: Heap,
-    _g: ShmGuard,
-}
-
-impl Shared {
-    fn new(tag: &str) -> Self {
-        let name = unique_name(tag);
-        let g = ShmGuard(name.clone());
-        let seg = SegmentOptions::new().max_size(64 << 20).create_shm(&name).unwrap();
-        Self { heap: Heap::create(seg).unwrap(), name, _g: g }
-    }
-
-    /// A fresh attach by name, as an unrelated process would.
-    fn attach(&self) -> Heap {
-        Heap::attach(Segment::open_shm(&self.name, Access::ReadWrite).unwrap()).unwrap()
-    }
-}
-
 #[derive(shmpool::ShmSafe, Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
 struct Account {
@@ -68,7 +47,7 @@ struct Account {
 /// Four processes add to an unguarded-looking pair 5,000 times each, with a yield
 /// between the read and the write: the mutex alone keeps both fields exact.
 fn mutex_excludes_across_processes() {
-    let sh = Shared::new("mutex-excl");
+    let sh = SharedHeap::new("mutex-excl");
     let m = Mutex::named(&sh.heap, "acct", Account { balance: 0, updates: 0 }).unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| {
@@ -96,7 +75,7 @@ fn mutex_excludes_across_processes() {
 /// returns `OwnerDied` with the guard (within the lock's poll), sees the half update,
 /// repairs it, and later locks are clean.
 fn a_holder_killed_holding_the_mutex_is_reported() {
-    let sh = Shared::new("mutex-dead");
+    let sh = SharedHeap::new("mutex-dead");
     let m = Mutex::named(&sh.heap, "acct", Account { balance: 10, updates: 0 }).unwrap();
     let child = fork(|| {
         let heap = sh.attach();
@@ -141,7 +120,7 @@ fn a_thread_that_ends_holding_the_mutex_is_reported() {
 }
 
 fn mutex_timeouts_and_try_lock() {
-    let sh = Shared::new("mutex-time");
+    let sh = SharedHeap::new("mutex-time");
     let m = Mutex::named(&sh.heap, "m", 0u32).unwrap();
     let flag = SharedCells::named(&sh.heap, "flag", 1, 1).unwrap();
     let child = fork(|| {
@@ -179,7 +158,7 @@ fn mutex_open_checks_the_type() {
 /// Six processes share three units: never more than three inside at once (counted in a
 /// shared cell), and every unit comes back.
 fn semaphore_bounds_concurrency_across_processes() {
-    let sh = Shared::new("sem");
+    let sh = SharedHeap::new("sem");
     let sem = Semaphore::named(&sh.heap, "sem", 3).unwrap();
     let cells = SharedCells::named(&sh.heap, "inside", 2, 2).unwrap();
     let children: Vec<_> = (0..6)
@@ -232,7 +211,7 @@ fn semaphore_waits_time_out_and_overflow_is_refused() {
 /// Two children wait on an event; the parent sets it: both return, long before their
 /// timeout. Reset makes waits time out again.
 fn an_event_wakes_waiters_in_other_processes() {
-    let sh = Shared::new("event");
+    let sh = SharedHeap::new("event");
     let ev = Event::named(&sh.heap, "go").unwrap();
     let ready = Semaphore::named(&sh.heap, "ready", 0).unwrap();
     let children: Vec<_> = (0..2)
@@ -287,7 +266,7 @@ fn cells_offer_only_their_operations() {
 
 /// Four processes add to one cell with `fetch_add` and to another with a `cas` loop.
 fn cells_count_from_many_processes() {
-    let sh = Shared::new("cells");
+    let sh = SharedHeap::new("cells");
     let cells = SharedCells::named(&sh.heap, "n", 2, 2).unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| {
