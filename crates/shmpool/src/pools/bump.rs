@@ -88,6 +88,11 @@ impl BumpArena {
         Ok(arena)
     }
 
+    /// What keeps the region mapped.
+    pub fn host(&self) -> &Host {
+        self.region.host()
+    }
+
     /// Where the arena is in its segment: what [`BumpArena::open`] takes.
     pub fn offset(&self) -> u64 {
         self.region.at()
@@ -196,5 +201,9 @@ impl Pool for BumpArena {
 
     fn available_bytes(&self) -> u64 {
         BumpArena::available_bytes(self)
+    }
+
+    fn check_range(&self, off: u64, len: u64) -> Result<(), BlockError> {
+        self.used_range(off, len)
     }
 }

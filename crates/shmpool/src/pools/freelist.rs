@@ -106,6 +106,11 @@ impl FreeList {
         Self::stack_of(&self.region, self.slots)
     }
 
+    /// What keeps the region mapped.
+    pub fn host(&self) -> &Host {
+        self.region.host()
+    }
+
     /// Where the free list is in its segment: what [`FreeList::open`] takes.
     pub fn offset(&self) -> u64 {
         self.region.at()
@@ -213,5 +218,9 @@ impl Pool for FreeList {
 
     fn available_bytes(&self) -> u64 {
         self.available() * self.slot
+    }
+
+    fn check_range(&self, off: u64, len: u64) -> Result<(), BlockError> {
+        self.allocated_range(off, len)
     }
 }

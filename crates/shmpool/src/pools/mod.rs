@@ -66,6 +66,9 @@ pub trait Pool {
     fn reset(&self) -> Result<(), BlockError>;
     /// Bytes that can still be allocated (a snapshot).
     fn available_bytes(&self) -> u64;
+    /// Checks that `off..off + len` lies inside one allocated block (what `write` and
+    /// `read` check), without touching the bytes: for callers that access them in place.
+    fn check_range(&self, off: u64, len: u64) -> Result<(), BlockError>;
 }
 
 /// The pool named `name` in `heap`: this caller formats a region of `bytes` with

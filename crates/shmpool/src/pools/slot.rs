@@ -405,4 +405,8 @@ impl Pool for SlotPool {
     fn available_bytes(&self) -> u64 {
         self.available() * self.slot
     }
+
+    fn check_range(&self, off: u64, len: u64) -> Result<(), BlockError> {
+        self.loaned_range(off, len).map(|_| ())
+    }
 }
