@@ -114,8 +114,8 @@ impl Mapped {
     fn check(&self, off: u64, len: u64) -> Result<()> {
         match self {
             Mapped::Heap(h) => {
-                let size = h.usable_size(off)?;
-                if len > size {
+                let (start, size) = h.block_containing(off)?;
+                if off.checked_add(len).is_none_or(|end| end > start + size) {
                     return Err(BlockError::BadOffset(off).into());
                 }
                 Ok(())

@@ -8,7 +8,7 @@ use shmpool::channel::{Mpmc, RecvError, SendError};
 use shmpool::segment::Access;
 use shmpool::{Segment, SegmentOptions};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A queue of integers (block offsets, usually) shared by any processes.
 #[pyclass(module = "shmpool")]
@@ -47,19 +47,29 @@ impl OffsetQueue {
     fn put(&self, py: Python<'_>, offset: u64, timeout: Option<f64>) -> Result<()> {
         let ring = self.ring.clone().ok_or_else(closed)?;
         let t = self::timeout(timeout);
+        let deadline = t.and_then(|t| Instant::now().checked_add(t));
         let sent = py.allow_threads(move || {
             let tx = ring.sender().map_err(|e| e.to_string())?;
-            let r = match t {
-                Some(t) => tx.send_timeout(offset, t),
-                None => tx.send(offset),
-            };
-            drop(tx);
-            Ok::<_, String>(r)
+            // Each call is a sender of its own, so "no receiver" only means none is in a
+            // `get` right now: wait on, as a queue does, until the deadline.
+            loop {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let r = match left {
+                    Some(t) => tx.send_timeout(offset, t),
+                    None => tx.send(offset),
+                };
+                match r {
+                    Err(SendError::Disconnected(_)) if left.is_none_or(|l| !l.is_zero()) => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    other => return Ok::<_, String>(other.is_ok()),
+                }
+            }
         });
-        match sent.map_err(|e| Error::from(ShmpoolError::new_err(e)))? {
-            Ok(()) => Ok(()),
-            Err(SendError::Timeout(_)) => Err(PyTimeoutError::new_err("the queue stayed full").into()),
-            Err(SendError::Disconnected(_)) => Err(ShmpoolError::new_err("the queue has no receiver").into()),
+        if sent.map_err(|e| Error::from(ShmpoolError::new_err(e)))? {
+            Ok(())
+        } else {
+            Err(PyTimeoutError::new_err("the queue stayed full").into())
         }
     }
 
@@ -69,21 +79,26 @@ impl OffsetQueue {
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> Result<u64> {
         let ring = self.ring.clone().ok_or_else(closed)?;
         let t = self::timeout(timeout);
+        let deadline = t.and_then(|t| Instant::now().checked_add(t));
         let got = py.allow_threads(move || {
             let rx = ring.receiver().map_err(|e| e.to_string())?;
-            let r = match t {
-                Some(t) => rx.recv_timeout(t),
-                None => rx.recv(),
-            };
-            drop(rx);
-            Ok::<_, String>(r)
-        });
-        match got.map_err(|e| Error::from(ShmpoolError::new_err(e)))? {
-            Ok(v) => Ok(v),
-            Err(RecvError::Timeout | RecvError::Disconnected) => {
-                Err(PyTimeoutError::new_err("nothing came before the timeout").into())
+            // As in `put`: no sender in a `put` right now is no reason to stop waiting.
+            loop {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let r = match left {
+                    Some(t) => rx.recv_timeout(t),
+                    None => rx.recv(),
+                };
+                match r {
+                    Err(RecvError::Disconnected) if left.is_none_or(|l| !l.is_zero()) => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    other => return Ok::<_, String>(other.ok()),
+                }
             }
-        }
+        });
+        got.map_err(|e| Error::from(ShmpoolError::new_err(e)))?
+            .ok_or_else(|| PyTimeoutError::new_err("nothing came before the timeout").into())
     }
 
     /// Unmaps the queue here.

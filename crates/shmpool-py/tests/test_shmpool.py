@@ -68,8 +68,12 @@ def test_allocate_write_read_free(alloc):
 
 def test_errors_are_exceptions(alloc):
     o = alloc.allocate(16)
+    alloc.write(o + 3, b"inside")  # any byte of a block, not only its start
+    assert alloc.read(o + 3, 6) == b"inside"
     with pytest.raises(BadOffsetError):
-        alloc.write(o + 3 if isinstance(alloc, Heap) else 1, b"x")
+        alloc.write(o + 12, b"leaves the block" * 100)
+    with pytest.raises(BadOffsetError):
+        alloc.write(1, b"x")
     with pytest.raises(BadOffsetError):
         alloc.read(o, 1 << 20)
     if not isinstance(alloc, BumpAllocator):
@@ -217,3 +221,14 @@ def test_queue_times_out():
 
 def test_version():
     assert shmpool.__version__ == "0.1.0"
+
+
+def test_numpy_wraps_a_view_without_a_copy():
+    import numpy as np  # installed by scripts/test-all
+
+    with fresh(Heap) as h:
+        off = h.allocate(8 * 100)
+        arr = np.frombuffer(h.view(off, 8 * 100), dtype=np.int64)
+        arr[:] = np.arange(100)
+        assert h.read(off + 8 * 99, 8) == (99).to_bytes(8, "little")
+        h.unlink()

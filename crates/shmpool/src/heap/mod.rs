@@ -346,6 +346,45 @@ impl Heap {
         }
     }
 
+    /// The allocated block that holds `off` (its start, or any byte inside it): the
+    /// block's offset and usable size. For callers that address bytes within blocks.
+    ///
+    /// ```
+    /// use shmpool::heap::Heap;
+    /// use shmpool::SegmentOptions;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let heap = Heap::create(SegmentOptions::new().max_size(64 << 20).create_memfd("doc")?)?;
+    /// let b = heap.alloc(100)?;
+    /// assert_eq!(heap.block_containing(b + 37)?, (b, heap.usable_size(b)?));
+    /// # Ok(()) }
+    /// ```
+    pub fn block_containing(&self, off: u64) -> Result<(u64, u64), FreeError> {
+        let inner = &*self.inner;
+        let rel = off.checked_sub(inner.arena).ok_or(FreeError::OutOfRange(off))?;
+        let u = rel >> UNIT_SHIFT;
+        if u >= u64::from(inner.max_units) {
+            return Err(FreeError::OutOfRange(off));
+        }
+        let (head, len, tag) = inner.run_head(u as u32).ok_or(FreeError::NotAllocated(off))?;
+        let start = inner.unit_off(head);
+        if tag == layout::TAG_LARGE {
+            return Ok((start, inner.large_len(head, start)?));
+        }
+        let class = layout::tag_class(tag)
+            .filter(|&c| GEOMETRY[c].units == len)
+            .ok_or(FreeError::NotAllocated(off))?;
+        let g = &GEOMETRY[class];
+        let into = (off - start).checked_sub(u64::from(g.blocks_start)).ok_or(FreeError::Interior(off))?;
+        let idx = into / g.size;
+        if idx >= u64::from(g.capacity) {
+            return Err(FreeError::Interior(off));
+        }
+        let block = start + u64::from(g.blocks_start) + idx * g.size;
+        inner.check_allocated(start, class, idx as u32, block)?;
+        Ok((block, g.size))
+    }
+
     /// Bytes usable in the allocated block at `off` (at least what was asked for).
     pub fn usable_size(&self, off: u64) -> Result<u64, FreeError> {
         let inner = &*self.inner;
