@@ -126,7 +126,11 @@ def main():
     ref_pairs, ratios = [], {k: [] for k, _ in kinds}
     try:
         for _ in range(args.reps):
-            t = kops(n, lambda: [ref.free(ref.allocate(64)) for _ in range(n)])
+            def ref_pairs_loop():
+                for _ in range(n):
+                    ref.free(ref.allocate(64))
+
+            t = kops(n, ref_pairs_loop)
             ref_pairs.append(t)
             for name, make in kinds:
                 a = make(f"shmpool-bench-{uuid.uuid4().hex[:10]}")

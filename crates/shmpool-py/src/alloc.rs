@@ -1,12 +1,12 @@
 //! The four allocator classes: one shared core (`Mapped`) and a thin class each.
 
-use crate::errors::{closed, Error, Result};
+use crate::errors::{closed, not_a_block, Error, Result};
 use crate::view::View;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyTuple, PyType};
 use shmpool::heap;
-use shmpool::pools::{BlockError, BumpArena, FreeList, Host, Pool, SlotPool};
+use shmpool::pools::{BumpArena, FreeList, Host, Pool, SlotPool};
 use shmpool::segment::Access;
 use shmpool::{Segment, SegmentOptions};
 use std::sync::Arc;
@@ -54,7 +54,9 @@ impl Mapped {
                 ));
             }
         };
-        let size = 4096 + footprint;
+        let size = footprint.checked_add(4096).ok_or_else(|| {
+            Error::from(pyo3::exceptions::PyValueError::new_err("the capacity is too large"))
+        })?;
         let seg = Arc::new(SegmentOptions::new().size(size).max_size(size).create_shm(name)?);
         let at = pool_at(&seg);
         let host = Host::from(seg);
@@ -110,17 +112,18 @@ impl Mapped {
         }
     }
 
-    /// Checks that `off..off + len` lies in one allocated block.
+    /// Checks that `off..off + len` lies in one allocated block (`BadOffsetError`).
     fn check(&self, off: u64, len: u64) -> Result<()> {
-        match self {
-            Mapped::Heap(h) => {
-                let (start, size) = h.block_containing(off)?;
-                if off.checked_add(len).is_none_or(|end| end > start + size) {
-                    return Err(BlockError::BadOffset(off).into());
-                }
-                Ok(())
-            }
-            other => Ok(other.pool().expect("a pool").check_range(off, len)?),
+        let inside = match self {
+            Mapped::Heap(h) => h
+                .block_containing(off)
+                .is_ok_and(|(start, size)| off.checked_add(len).is_some_and(|end| end <= start + size)),
+            other => other.pool().expect("a pool").check_range(off, len).is_ok(),
+        };
+        if inside {
+            Ok(())
+        } else {
+            Err(not_a_block(off))
         }
     }
 

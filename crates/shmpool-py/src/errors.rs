@@ -65,9 +65,10 @@ impl From<BlockError> for Error {
         Error(match e {
             BlockError::NotAllocated(_) => DoubleFreeError::new_err(msg),
             BlockError::Exhausted | BlockError::TooLarge { .. } => OutOfMemoryError::new_err(msg),
-            BlockError::BadOffset(_) | BlockError::BadIndex(_) | BlockError::BadAlign(_) => {
-                BadOffsetError::new_err(msg)
-            }
+            BlockError::BadOffset(_)
+            | BlockError::BadIndex(_)
+            | BlockError::BadAlign(_)
+            | BlockError::Access(_) => BadOffsetError::new_err(msg),
             _ => ShmpoolError::new_err(msg),
         })
     }
@@ -77,7 +78,10 @@ impl From<AllocError> for Error {
     fn from(e: AllocError) -> Error {
         let msg = e.to_string();
         Error(match e {
-            AllocError::OutOfMemory(_) | AllocError::TooLarge(_) => OutOfMemoryError::new_err(msg),
+            AllocError::OutOfMemory(_)
+            | AllocError::TooLarge(_)
+            | AllocError::NoThreadHeap(_)
+            | AllocError::NoProcessSlot(_) => OutOfMemoryError::new_err(msg),
             _ => ShmpoolError::new_err(msg),
         })
     }
@@ -103,9 +107,10 @@ impl From<PoolError> for Error {
     fn from(e: PoolError) -> Error {
         let msg = e.to_string();
         Error(match e {
-            PoolError::NotAPool(_) | PoolError::WrongKind { .. } | PoolError::Mismatch(_) => {
-                NotFoundError::new_err(msg)
-            }
+            PoolError::NotAPool(_)
+            | PoolError::WrongKind { .. }
+            | PoolError::Mismatch(_)
+            | PoolError::Corrupted { .. } => NotFoundError::new_err(msg),
             PoolError::Grow(_) | PoolError::Alloc(_) => OutOfMemoryError::new_err(msg),
             PoolError::InvalidGeometry(_) => pyo3::exceptions::PyValueError::new_err(msg),
             _ => ShmpoolError::new_err(msg),
@@ -118,7 +123,10 @@ impl From<CreateError> for Error {
         let msg = e.to_string();
         Error(match e {
             CreateError::AlreadyExists(_) => ExistsError::new_err(msg),
-            CreateError::Name(_) => pyo3::exceptions::PyValueError::new_err(msg),
+            CreateError::Name(_) | CreateError::InvalidSize(_) => {
+                pyo3::exceptions::PyValueError::new_err(msg)
+            }
+            CreateError::NoSpace { .. } => OutOfMemoryError::new_err(msg),
             _ => ShmpoolError::new_err(msg),
         })
     }
@@ -128,9 +136,12 @@ impl From<AttachError> for Error {
     fn from(e: AttachError) -> Error {
         let msg = e.to_string();
         Error(match e {
-            AttachError::NotFound(_) | AttachError::NotShmpool { .. } | AttachError::BadMagic { .. } => {
-                NotFoundError::new_err(msg)
-            }
+            AttachError::NotFound(_)
+            | AttachError::NotShmpool { .. }
+            | AttachError::BadMagic { .. }
+            | AttachError::Empty
+            | AttachError::Truncated { .. }
+            | AttachError::Uninitialized => NotFoundError::new_err(msg),
             AttachError::Name(_) => pyo3::exceptions::PyValueError::new_err(msg),
             _ => ShmpoolError::new_err(msg),
         })
@@ -142,9 +153,17 @@ impl From<HeapError> for Error {
         let msg = e.to_string();
         Error(match e {
             HeapError::NotAHeap => NotFoundError::new_err(msg),
+            HeapError::TooSmall => pyo3::exceptions::PyValueError::new_err(msg),
+            HeapError::Grow(_) => OutOfMemoryError::new_err(msg),
             _ => ShmpoolError::new_err(msg),
         })
     }
+}
+
+/// An offset that names no allocated block, for a read, write or view (a free of one is a
+/// double free).
+pub(crate) fn not_a_block(off: u64) -> Error {
+    Error(BadOffsetError::new_err(format!("offset {off} is not in an allocated block")))
 }
 
 pub(crate) fn closed() -> Error {

@@ -18,8 +18,30 @@ pub(crate) struct OffsetQueue {
     ring: Option<Arc<Mpmc<u64>>>,
 }
 
-fn timeout(t: Option<f64>) -> Option<Duration> {
-    t.map(|s| Duration::from_secs_f64(s.max(0.0)))
+/// A Python timeout in seconds: `None`, infinite or too long to represent is no deadline;
+/// negative is none at all; NaN is refused.
+fn timeout(t: Option<f64>) -> Result<Option<Instant>> {
+    match t {
+        None => Ok(None),
+        Some(s) if s.is_nan() => Err(pyo3::exceptions::PyValueError::new_err("timeout is NaN").into()),
+        Some(s) => {
+            Ok(Duration::try_from_secs_f64(s.max(0.0)).ok().and_then(|d| Instant::now().checked_add(d)))
+        }
+    }
+}
+
+/// How long one wait lasts before the interpreter is asked for signals (Ctrl-C).
+const SLICE: Duration = Duration::from_millis(50);
+
+/// The next slice of a wait until `deadline`, or `None` once it passed.
+fn slice(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(SLICE),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            (!left.is_zero()).then(|| left.min(SLICE))
+        }
+    }
 }
 
 #[pymethods]
@@ -46,30 +68,22 @@ impl OffsetQueue {
     #[pyo3(signature = (offset, timeout = None))]
     fn put(&self, py: Python<'_>, offset: u64, timeout: Option<f64>) -> Result<()> {
         let ring = self.ring.clone().ok_or_else(closed)?;
-        let t = self::timeout(timeout);
-        let deadline = t.and_then(|t| Instant::now().checked_add(t));
-        let sent = py.allow_threads(move || {
-            let tx = ring.sender().map_err(|e| e.to_string())?;
-            // Each call is a sender of its own, so "no receiver" only means none is in a
-            // `get` right now: wait on, as a queue does, until the deadline.
-            loop {
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let r = match left {
-                    Some(t) => tx.send_timeout(offset, t),
-                    None => tx.send(offset),
-                };
-                match r {
-                    Err(SendError::Disconnected(_)) if left.is_none_or(|l| !l.is_zero()) => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    other => return Ok::<_, String>(other.is_ok()),
+        let deadline = self::timeout(timeout)?;
+        loop {
+            let Some(wait) = slice(deadline) else {
+                return Err(PyTimeoutError::new_err("the queue stayed full").into());
+            };
+            let r = py.allow_threads(|| ring.sender().map(|tx| tx.send_timeout(offset, wait)));
+            match r.map_err(|e| Error::from(ShmpoolError::new_err(e.to_string())))? {
+                Ok(()) => return Ok(()),
+                // Each call is a sender of its own: "no receiver" only means none is in a
+                // `get` right now, so wait on, as a queue does.
+                Err(SendError::Disconnected(_)) => {
+                    py.allow_threads(|| std::thread::sleep(Duration::from_millis(1)))
                 }
+                Err(SendError::Timeout(_)) => {}
             }
-        });
-        if sent.map_err(|e| Error::from(ShmpoolError::new_err(e)))? {
-            Ok(())
-        } else {
-            Err(PyTimeoutError::new_err("the queue stayed full").into())
+            py.check_signals()?;
         }
     }
 
@@ -78,27 +92,22 @@ impl OffsetQueue {
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> Result<u64> {
         let ring = self.ring.clone().ok_or_else(closed)?;
-        let t = self::timeout(timeout);
-        let deadline = t.and_then(|t| Instant::now().checked_add(t));
-        let got = py.allow_threads(move || {
-            let rx = ring.receiver().map_err(|e| e.to_string())?;
-            // As in `put`: no sender in a `put` right now is no reason to stop waiting.
-            loop {
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let r = match left {
-                    Some(t) => rx.recv_timeout(t),
-                    None => rx.recv(),
-                };
-                match r {
-                    Err(RecvError::Disconnected) if left.is_none_or(|l| !l.is_zero()) => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    other => return Ok::<_, String>(other.ok()),
+        let deadline = self::timeout(timeout)?;
+        loop {
+            let Some(wait) = slice(deadline) else {
+                return Err(PyTimeoutError::new_err("nothing came before the timeout").into());
+            };
+            let r = py.allow_threads(|| ring.receiver().map(|rx| rx.recv_timeout(wait)));
+            match r.map_err(|e| Error::from(ShmpoolError::new_err(e.to_string())))? {
+                Ok(v) => return Ok(v),
+                // As in `put`: no sender in a `put` right now is no reason to stop waiting.
+                Err(RecvError::Disconnected) => {
+                    py.allow_threads(|| std::thread::sleep(Duration::from_millis(1)))
                 }
+                Err(RecvError::Timeout) => {}
             }
-        });
-        got.map_err(|e| Error::from(ShmpoolError::new_err(e)))?
-            .ok_or_else(|| PyTimeoutError::new_err("nothing came before the timeout").into())
+            py.check_signals()?;
+        }
     }
 
     /// Unmaps the queue here.

@@ -1,7 +1,7 @@
 """Type stubs of shmpool's Python package."""
 
 from types import TracebackType
-from typing import Self
+from typing import Self, type_check_only
 
 __version__: str
 
@@ -26,6 +26,7 @@ class NotFoundError(ShmpoolError):
 class ExistsError(ShmpoolError):
     """Shared memory of that name exists already."""
 
+@type_check_only
 class _Allocator:
     def __init__(self, name: str, capacity: int = 0, create: bool = True, slot_size: int = 64) -> None:
         """Creates the allocator in shared memory called ``name`` (``create=True``) or
@@ -33,7 +34,8 @@ class _Allocator:
     def allocate(self, n: int) -> int:
         """Allocates ``n`` bytes; returns the block's offset."""
     def write(self, offset: int, data: bytes | bytearray) -> None:
-        """Copies ``data`` into the block at ``offset``."""
+        """Copies ``data`` into the block at ``offset`` (for a memoryview or an array,
+        write into ``view(offset, n)`` instead)."""
     def read(self, offset: int, n: int) -> bytes:
         """Copies ``n`` bytes of the block at ``offset`` out."""
     def view(self, offset: int, n: int) -> memoryview:
