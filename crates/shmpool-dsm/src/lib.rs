@@ -1,0 +1,15 @@
+//! # shmpool-dsm — one region shared by processes on several hosts
+//!
+//! Layer: shmpool-dsm, above the core crate (DESIGN.md: Distributed mode). Each node (a
+//! process, on this host or another) maps the region at the same address; a page is
+//! Invalid, Shared (read-only, any number of nodes) or Modified (one writer), kept
+//! sequentially consistent IVY-style (Li and Hudak, "Memory Coherence in Shared Virtual
+//! Memory Systems", 1989) with a fixed home node per page that serialises its
+//! transactions.
+//!
+//! This crate holds, so far, the coherence protocol as a pure state machine
+//! ([`protocol`]): messages and faults in, messages and page actions out, no I/O, so that
+//! it is checked exhaustively (the model in `protocol`'s tests). Fault capture
+//! (userfaultfd), the transport and the heap on a distributed region build on it.
+
+pub mod protocol;
