@@ -8,8 +8,9 @@
 //! transactions.
 //!
 //! This crate holds, so far, the coherence protocol as a pure state machine
-//! ([`protocol`]): messages and faults in, messages and page actions out, no I/O, so that
-//! it is checked exhaustively (the model in `protocol`'s tests). Fault capture
-//! (userfaultfd), the transport and the heap on a distributed region build on it.
+//! ([`protocol`]): messages and faults in, messages and page updates out, no I/O, so that
+//! it is checked exhaustively (the model in `protocol`'s tests, with and without a node
+//! killed at any point). Fault capture (userfaultfd), the transport and the heap on a
+//! distributed region are to build on it.
 
 pub mod protocol;

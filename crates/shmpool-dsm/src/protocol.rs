@@ -21,8 +21,11 @@
 //!
 //! A node's page bytes and protections live in its [`Memory`] (the mapping, in the real
 //! system); the machine reads and writes them only while handling a message. Envelopes
-//! carry the sender's membership epoch; a message of an older epoch than the receiver's
-//! is dropped, so a node fenced out cannot disturb the survivors.
+//! carry the sender's membership epoch. When a node dies, each survivor is told
+//! ([`Node::node_died`], the membership's next epoch) and from then on drops whatever the
+//! dead node sent, so a node fenced out cannot disturb the survivors; a message a
+//! survivor sent before it learned of the death still counts (the model caught a grant
+//! dropped for its older epoch, which left its requester waiting).
 
 use std::collections::VecDeque;
 
@@ -61,6 +64,16 @@ pub enum Msg<D> {
     Grant { page: Page, access: Access, data: Option<D> },
     /// To the home: granted access installed; the page's next transaction may start.
     Installed { page: Page, from: NodeId },
+    /// From the home to a requester: the page's only valid copy was on a node that died
+    /// (or its home died): the access fails, it is never served stale bytes.
+    Lost { page: Page },
+}
+
+/// Why an access cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The page's only valid copy, or its home, was on a node that died.
+    Lost(Page),
 }
 
 /// A message with its route and the sender's membership epoch.
@@ -91,10 +104,13 @@ pub trait Memory<D> {
 struct Txn {
     requester: NodeId,
     write: bool,
-    /// Replies still awaited (recalls and invalidations).
-    waiting: u32,
+    /// The nodes whose reply (a recall or an invalidation) is still awaited, a bit each.
+    owed: u64,
     /// Granted; waiting for `Installed`.
     granted: bool,
+    /// The requester died before the grant: the transaction finishes collecting its
+    /// answers (they carry the page's bytes), then ends without a grant.
+    orphan: bool,
 }
 
 /// A home's directory entry for one of its pages.
@@ -106,6 +122,8 @@ struct Dir<D> {
     sharers: u64,
     /// The clean bytes, while no node holds the page Modified.
     clean: Option<D>,
+    /// The only valid copy died with its holder.
+    lost: bool,
     txn: Option<Txn>,
     queue: VecDeque<(NodeId, bool)>,
 }
@@ -120,6 +138,10 @@ pub struct Node<D> {
     access: Vec<Access>,
     /// The directories of the pages homed here (`None` for the others).
     dirs: Vec<Option<Dir<D>>>,
+    /// Pages whose accesses fail for good (`Msg::Lost`, or their home died).
+    lost: Vec<bool>,
+    /// Nodes known dead (a bit each).
+    dead: u64,
 }
 
 /// The home of `page` among `nodes` nodes.
@@ -138,12 +160,21 @@ impl<D: Clone> Node<D> {
                     owner: None,
                     sharers: 0,
                     clean: Some(zero.clone()),
+                    lost: false,
                     txn: None,
                     queue: VecDeque::new(),
                 })
             })
             .collect();
-        Self { id, nodes, epoch: 0, access: vec![Access::Invalid; pages as usize], dirs }
+        Self {
+            id,
+            nodes,
+            epoch: 0,
+            access: vec![Access::Invalid; pages as usize],
+            dirs,
+            lost: vec![false; pages as usize],
+            dead: 0,
+        }
     }
 
     /// This node's access to `page`.
@@ -156,16 +187,92 @@ impl<D: Clone> Node<D> {
     }
 
     /// A thread touched `page` (to write it, or to read it) and faulted, or would: the
-    /// request to send, or `None` if this node's access already allows it.
-    pub fn fault(&mut self, page: Page, write: bool) -> Option<Envelope<D>> {
+    /// request to send, or `None` if this node's access already allows it; `Fault::Lost`
+    /// if the page can no longer be served.
+    pub fn fault(&mut self, page: Page, write: bool) -> Result<Option<Envelope<D>>, Fault> {
         let have = self.access(page);
         let enough = if write { have == Access::Modified } else { have != Access::Invalid };
-        (!enough).then(|| self.send(home(page, self.nodes), Msg::Request { page, from: self.id, write }))
+        if enough {
+            return Ok(None);
+        }
+        if self.lost[page as usize] {
+            return Err(Fault::Lost(page));
+        }
+        Ok(Some(self.send(home(page, self.nodes), Msg::Request { page, from: self.id, write })))
+    }
+
+    /// Whether `page` is lost to this node.
+    pub fn is_lost(&self, page: Page) -> bool {
+        self.lost[page as usize]
+    }
+
+    /// The membership moved to `epoch` without node `dead`: messages of older epochs are
+    /// dropped from now on; the pages `dead` was home of are lost (copies held here stay,
+    /// as no write can be granted any more); the directories here forget it, lose the
+    /// pages only it held, and finish or drop its transactions. What to send.
+    pub fn node_died(&mut self, dead: NodeId, epoch: u64, mem: &mut impl Memory<D>) -> Vec<Envelope<D>> {
+        self.epoch = self.epoch.max(epoch);
+        self.dead |= 1 << dead;
+        let mut out = Vec::new();
+        for page in 0..self.access.len() as Page {
+            if home(page, self.nodes) == dead {
+                self.lost[page as usize] = true;
+                continue;
+            }
+            let Some(dir) = self.dirs[page as usize].as_mut() else { continue };
+            dir.sharers &= !(1 << dead);
+            dir.queue.retain(|&(n, _)| n != dead);
+            if dir.owner == Some(dead) {
+                dir.owner = None;
+                dir.clean = None;
+                dir.lost = true;
+            }
+            let Some(txn) = dir.txn.clone() else { continue };
+            if txn.requester == dead && txn.granted {
+                // Its grant will not be installed: if it was the page's only copy, the
+                // page is lost.
+                if txn.write {
+                    dir.owner = None;
+                    dir.lost = true;
+                }
+                dir.txn = None;
+                out.extend(self.next_txn(page));
+            } else if txn.requester == dead {
+                // Answers are still on their way (a recall carries the page): collect
+                // them, then end without a grant.
+                if let Some(t) = dir.txn.as_mut() {
+                    t.orphan = true;
+                }
+                if txn.owed & 1 << dead != 0 {
+                    out.extend(self.answered(page, dead));
+                }
+            } else if !txn.granted && txn.owed & 1 << dead != 0 {
+                if self.dir(page).lost {
+                    // The recall from the dead holder will never come: the page is gone.
+                    self.dir(page).txn = None;
+                    out.push(self.send(txn.requester, Msg::Lost { page }));
+                    out.extend(self.next_txn(page));
+                } else {
+                    // A dead sharer's invalidation needs no answer.
+                    out.extend(self.answered(page, dead));
+                }
+            }
+        }
+        let _ = mem;
+        out
+    }
+
+    /// Starts the next queued request of `page`, if any.
+    fn next_txn(&mut self, page: Page) -> Vec<Envelope<D>> {
+        match self.dir(page).queue.pop_front() {
+            Some((from, write)) => self.request(page, from, write),
+            None => Vec::new(),
+        }
     }
 
     /// Handles one message: what to send in reply.
     pub fn on_message(&mut self, env: Envelope<D>, mem: &mut impl Memory<D>) -> Vec<Envelope<D>> {
-        if env.epoch < self.epoch {
+        if self.dead >> env.from & 1 != 0 {
             return Vec::new(); // from a node fenced out
         }
         match env.msg {
@@ -195,16 +302,16 @@ impl<D: Clone> Node<D> {
                 if keep {
                     dir.sharers |= 1 << from; // downgraded, not dropped
                 }
-                self.answered(page)
+                self.answered(page, from)
             }
-            Msg::Invalidated { page, .. } => self.answered(page),
+            Msg::Invalidated { page, from } => self.answered(page, from),
             Msg::Installed { page, .. } => {
-                let dir = self.dir(page);
-                dir.txn = None;
-                match dir.queue.pop_front() {
-                    Some((from, write)) => self.request(page, from, write),
-                    None => Vec::new(),
-                }
+                self.dir(page).txn = None;
+                self.next_txn(page)
+            }
+            Msg::Lost { page } => {
+                self.lost[page as usize] = true;
+                Vec::new()
             }
         }
     }
@@ -226,8 +333,14 @@ impl<D: Clone> Node<D> {
             dir.queue.push_back((from, write));
             return Vec::new();
         }
+        if dir.lost {
+            // No transaction starts: the queued requests are answered the same way now.
+            let mut out = vec![self.send(from, Msg::Lost { page })];
+            out.extend(self.next_txn(page));
+            return out;
+        }
         let mut out = Vec::new();
-        let mut waiting = 0;
+        let mut owed = 0u64;
         match dir.owner {
             Some(o) if o != from => {
                 out.push(Envelope {
@@ -236,40 +349,52 @@ impl<D: Clone> Node<D> {
                     epoch: 0,
                     msg: Msg::Recall { page, invalidate: write },
                 });
-                waiting = 1;
+                owed |= 1 << o;
             }
             _ if write => {
                 for s in (0..64u16).filter(|&s| dir.sharers >> s & 1 != 0 && s != from) {
                     out.push(Envelope { from: id, to: s, epoch: 0, msg: Msg::Invalidate { page } });
-                    waiting += 1;
+                    owed |= 1 << s;
                 }
             }
             _ => {}
         }
-        dir.txn = Some(Txn { requester: from, write, waiting, granted: false });
+        dir.txn = Some(Txn { requester: from, write, owed, granted: false, orphan: false });
         let epoch = self.epoch;
         for e in &mut out {
             e.epoch = epoch;
         }
-        if waiting == 0 {
+        if owed == 0 {
             out.extend(self.grant(page));
         }
         out
     }
 
-    /// A recall or invalidation came back: grant once the last one has.
-    fn answered(&mut self, page: Page) -> Vec<Envelope<D>> {
-        let txn = self.dir(page).txn.as_mut().expect("an answer within a transaction");
-        txn.waiting -= 1;
-        if txn.waiting > 0 {
+    /// `from`'s recall or invalidation came back (or `from` died owing it): grant once
+    /// the last one has.
+    fn answered(&mut self, page: Page, from: NodeId) -> Vec<Envelope<D>> {
+        let Some(txn) = self.dir(page).txn.as_mut() else { return Vec::new() };
+        if txn.granted || txn.owed & 1 << from == 0 {
+            return Vec::new();
+        }
+        txn.owed &= !(1 << from);
+        if txn.owed != 0 {
             return Vec::new();
         }
         self.grant(page)
     }
 
-    /// Every other copy is recalled or dropped: grant the requester.
+    /// Every other copy is recalled or dropped: grant the requester (or, if it died,
+    /// end the transaction with the page clean at the home).
     fn grant(&mut self, page: Page) -> Vec<Envelope<D>> {
         let dir = self.dir(page);
+        if dir.txn.as_ref().is_some_and(|t| t.orphan) {
+            if dir.txn.as_ref().is_some_and(|t| t.write) {
+                dir.sharers = 0; // every sharer dropped its copy for the dead writer
+            }
+            dir.txn = None;
+            return self.next_txn(page);
+        }
         let txn = dir.txn.as_mut().expect("a transaction to grant");
         txn.granted = true;
         let (to, write) = (txn.requester, txn.write);
