@@ -10,7 +10,9 @@
 //! This crate holds, so far, the coherence protocol as a pure state machine
 //! ([`protocol`]): messages and faults in, messages and page updates out, no I/O, so that
 //! it is checked exhaustively (the model in `protocol`'s tests, with and without a node
-//! killed at any point). Fault capture (userfaultfd), the transport and the heap on a
-//! distributed region are to build on it.
+//! killed at any point), and the transport's framing ([`transport`]: postcard-encoded
+//! envelopes over TCP or Unix sockets). Fault capture (userfaultfd), the node driver and
+//! the heap on a distributed region are to build on them.
 
 pub mod protocol;
+pub mod transport;

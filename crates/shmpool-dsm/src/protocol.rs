@@ -27,6 +27,7 @@
 //! survivor sent before it learned of the death still counts (the model caught a grant
 //! dropped for its older epoch, which left its requester waiting).
 
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// A node's index.
@@ -35,7 +36,7 @@ pub type NodeId = u16;
 pub type Page = u32;
 
 /// What a node may do with its copy of a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Access {
     /// No valid copy: any access faults.
     Invalid,
@@ -46,7 +47,7 @@ pub enum Access {
 }
 
 /// A protocol message.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Msg<D> {
     /// To the home: `from` faulted on `page`, to write it or to read it.
     Request { page: Page, from: NodeId, write: bool },
@@ -77,7 +78,7 @@ pub enum Fault {
 }
 
 /// A message with its route and the sender's membership epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Envelope<D> {
     /// Sender.
     pub from: NodeId,
