@@ -11,8 +11,11 @@
 //! ([`protocol`]): messages and faults in, messages and page updates out, no I/O, so that
 //! it is checked exhaustively (the model in `protocol`'s tests, with and without a node
 //! killed at any point), and the transport's framing ([`transport`]: postcard-encoded
-//! envelopes over TCP or Unix sockets). Fault capture (userfaultfd), the node driver and
-//! the heap on a distributed region are to build on them.
+//! envelopes over TCP or Unix sockets), and a node driver in software ([`driver`]:
+//! explicit accesses where the fault handler will stand, nodes of one process wired by
+//! Unix sockets). Fault capture (userfaultfd), nodes on several hosts and the heap on a
+//! distributed region are to build on them.
 
+pub mod driver;
 pub mod protocol;
 pub mod transport;
