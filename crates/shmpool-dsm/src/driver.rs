@@ -253,4 +253,31 @@ mod tests {
             writer.join().unwrap();
         }
     }
+
+    /// Store buffering: node 0 writes x then reads y while node 1 writes y then reads x;
+    /// sequential consistency forbids both reading the old value, in every round.
+    #[test]
+    fn store_buffering_litmus_never_reads_both_old() {
+        const ROUNDS: u32 = 40;
+        let c = Cluster::local(3, 2 * ROUNDS, 64).unwrap();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let side = |me: usize, mine: u32, theirs: u32| {
+            let n = c.node(me);
+            let start = start.clone();
+            std::thread::spawn(move || {
+                (0..ROUNDS)
+                    .map(|r| {
+                        start.wait();
+                        n.write(2 * r + mine, 0, &[1]).unwrap();
+                        n.read(2 * r + theirs, 0, 1).unwrap()[0]
+                    })
+                    .collect::<Vec<u8>>()
+            })
+        };
+        let (a, b) = (side(0, 0, 1), side(1, 1, 0));
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        for r in 0..ROUNDS as usize {
+            assert!(a[r] == 1 || b[r] == 1, "round {r}: both read the old value");
+        }
+    }
 }
