@@ -8,6 +8,7 @@ mod bench;
 mod child;
 mod cmd;
 mod demo;
+mod dsm;
 mod procs;
 mod stress;
 mod units;
@@ -128,6 +129,9 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// The distributed mode: nodes on several hosts sharing one region.
+    #[command(subcommand)]
+    Dsm(DsmCommand),
     /// A demo worker (started by `shmpool demo`).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker {
@@ -204,11 +208,39 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
+        Command::Dsm(DsmCommand::Node { id, peers, rounds }) => return Ok(dsm::node(id, &peers, rounds)?),
+        Command::Dsm(DsmCommand::Demo { rounds }) => return Ok(dsm::demo(rounds)?),
         Command::DemoWorker { name, socket, slot, reader } => {
             return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)
         }
     };
     Ok(print_out(&format!("{out}\n"))?)
+}
+
+/// `shmpool dsm ...`.
+#[derive(clap::Subcommand, Debug)]
+enum DsmCommand {
+    /// Run node ID of the nodes at PEERS (this node listens on PEERS[ID]): increment the
+    /// shared counter ROUNDS times with a CAS, sign its page, and (node 0) print the
+    /// result once every node is done.
+    Node {
+        /// This node's index in PEERS.
+        #[arg(long)]
+        id: u16,
+        /// Every node's address, in order, comma separated (HOST:PORT).
+        #[arg(long, value_delimiter = ',', required = true)]
+        peers: Vec<std::net::SocketAddr>,
+        /// Counter increments.
+        #[arg(long, default_value_t = 1000)]
+        rounds: u64,
+    },
+    /// Start three local nodes (processes over loopback TCP) that build a shared counter
+    /// and sign their pages, and report what node 0 sees.
+    Demo {
+        /// Counter increments per node.
+        #[arg(long, default_value_t = 1000)]
+        rounds: u64,
+    },
 }
 
 /// Writes to stdout; a closed pipe (`shmpool ls | head`) ends quietly, other write errors

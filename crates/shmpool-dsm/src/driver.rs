@@ -11,8 +11,15 @@
 
 use crate::protocol::{Access, Fault, Memory, Msg, Node, NodeId, Page};
 use crate::transport::{read_frame, write_frame, Frame};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A link's writing end, and its reading end (Unix socket or TCP).
+type Writer = Box<dyn Write + Send>;
+type Reader = Box<dyn Read + Send>;
 
 /// A node's pages in ordinary memory, with their protection.
 #[derive(Debug)]
@@ -45,7 +52,7 @@ pub struct NodeDriver {
     id: NodeId,
     state: Mutex<State>,
     changed: Condvar,
-    links: Vec<Mutex<UnixStream>>,
+    links: Vec<Mutex<Writer>>,
 }
 
 impl NodeDriver {
@@ -58,8 +65,75 @@ impl NodeDriver {
         }
     }
 
+    /// Node `id` of `nodes` over `pages` pages of `page_size` zeroed bytes, writing to
+    /// node `j` on `links[j]` and reading each of `readers` on a thread of its own.
+    fn start(
+        id: NodeId,
+        nodes: u16,
+        pages: u32,
+        page_size: usize,
+        links: Vec<Writer>,
+        readers: Vec<Reader>,
+    ) -> Arc<Self> {
+        let zero = vec![0u8; page_size];
+        let node = Node::new(id, nodes, pages, zero.clone());
+        let mem = Pages { bytes: vec![zero; pages as usize], access: vec![Access::Invalid; pages as usize] };
+        let me = Arc::new(NodeDriver {
+            id,
+            state: Mutex::new(State { node, pages: mem, asked: vec![false; pages as usize] }),
+            changed: Condvar::new(),
+            links: links.into_iter().map(Mutex::new).collect(),
+        });
+        for r in readers {
+            let node = me.clone();
+            std::thread::spawn(move || node.serve(r));
+        }
+        me
+    }
+
+    /// Joins the nodes at `addrs` (by index: this node is `addrs[id]`) over TCP: listens
+    /// on its own address, connects to every other (waiting up to `wait` for them to
+    /// come up), and talks to itself over a Unix socket pair.
+    pub fn join_tcp(
+        id: NodeId,
+        addrs: &[SocketAddr],
+        pages: u32,
+        page_size: usize,
+        wait: Duration,
+    ) -> std::io::Result<Arc<Self>> {
+        let n = addrs.len();
+        let listener = TcpListener::bind(addrs[id as usize])?;
+        let deadline = Instant::now() + wait;
+        let mut links: Vec<Option<Writer>> = (0..n).map(|_| None).collect();
+        let mut readers: Vec<Reader> = Vec::new();
+        let (to_me, from_me) = UnixStream::pair()?;
+        links[id as usize] = Some(Box::new(to_me));
+        readers.push(Box::new(from_me));
+        for (j, addr) in addrs.iter().enumerate().filter(|&(j, _)| j != id as usize) {
+            let mut s = loop {
+                match TcpStream::connect(addr) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            s.set_nodelay(true)?;
+            s.write_all(&id.to_le_bytes())?;
+            links[j] = Some(Box::new(s));
+        }
+        for _ in 1..n {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut hello = [0u8; 2];
+            s.read_exact(&mut hello)?;
+            readers.push(Box::new(s));
+        }
+        let links = links.into_iter().map(|l| l.expect("a link to every node")).collect();
+        Ok(Self::start(id, n as u16, pages, page_size, links, readers))
+    }
+
     /// Handles frames from one peer until the link closes.
-    fn serve(self: Arc<Self>, mut from: UnixStream) {
+    fn serve(self: Arc<Self>, mut from: Reader) {
         while let Ok(env) = read_frame(&mut from) {
             let out = {
                 let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -137,57 +211,29 @@ impl Cluster {
     /// `n` nodes sharing `pages` pages of `page_size` zeroed bytes.
     pub fn local(n: u16, pages: u32, page_size: usize) -> std::io::Result<Cluster> {
         // writers[a][b]: a's end of the link to b; readers[b]: b's ends of its links in.
-        let mut writers: Vec<Vec<UnixStream>> = Vec::new();
-        let mut readers: Vec<Vec<UnixStream>> = (0..n).map(|_| Vec::new()).collect();
+        let mut writers: Vec<Vec<Writer>> = Vec::new();
+        let mut readers: Vec<Vec<Reader>> = (0..n).map(|_| Vec::new()).collect();
         for _ in 0..n {
-            let mut row = Vec::new();
+            let mut row: Vec<Writer> = Vec::new();
             for r in readers.iter_mut() {
                 let (w, rd) = UnixStream::pair()?;
-                row.push(w);
-                r.push(rd);
+                row.push(Box::new(w));
+                r.push(Box::new(rd));
             }
             writers.push(row);
         }
-        let zero = vec![0u8; page_size];
-        let nodes: Vec<Arc<NodeDriver>> = writers
+        let nodes = writers
             .into_iter()
+            .zip(readers)
             .enumerate()
-            .map(|(i, w)| {
-                let node = Node::new(i as NodeId, n, pages, zero.clone());
-                let pages_mem = Pages {
-                    bytes: vec![zero.clone(); pages as usize],
-                    access: vec![Access::Invalid; pages as usize],
-                };
-                Arc::new(NodeDriver {
-                    id: i as NodeId,
-                    state: Mutex::new(State { node, pages: pages_mem, asked: vec![false; pages as usize] }),
-                    changed: Condvar::new(),
-                    links: w.into_iter().map(Mutex::new).collect(),
-                })
-            })
+            .map(|(i, (w, r))| NodeDriver::start(i as NodeId, n, pages, page_size, w, r))
             .collect();
-        for (b, rs) in readers.into_iter().enumerate() {
-            for r in rs {
-                let node = nodes[b].clone();
-                std::thread::spawn(move || node.serve(r));
-            }
-        }
         Ok(Cluster { nodes })
     }
 
     /// Node `i`.
     pub fn node(&self, i: usize) -> Arc<NodeDriver> {
         self.nodes[i].clone()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &self.nodes {
-            for l in &n.links {
-                let _ = l.lock().unwrap_or_else(|e| e.into_inner()).shutdown(std::net::Shutdown::Both);
-            }
-        }
     }
 }
 
