@@ -18,7 +18,7 @@ const DONE: usize = 16;
 fn add(node: &NodeDriver, at: usize) -> Result<u64, String> {
     let mut v = 0;
     loop {
-        let seen = node.cas_u64(0, at, v, v + 1).map_err(|e| format!("{e:?}"))?;
+        let seen = node.cas_u64(0, at, v, v + 1).map_err(|e| format!("the counter's page: {e:?}"))?;
         if seen == v {
             return Ok(v + 1);
         }
@@ -30,21 +30,29 @@ fn load(node: &NodeDriver, page: u32, at: usize, len: usize) -> Result<Vec<u8>, 
     node.read(page, at, len).map_err(|e| format!("page {page}: {e:?}"))
 }
 
-pub fn node(id: u16, peers: &[SocketAddr], rounds: u64) -> Result<(), String> {
+pub fn node(id: u16, peers: &[SocketAddr], rounds: u64, stall_after: Option<u64>) -> Result<(), String> {
     let n = peers.len();
     if usize::from(id) >= n {
         return Err(format!("--id {id}: there are {n} peers"));
     }
     let node = NodeDriver::join_tcp(id, peers, 1 + n as u32, PAGE, Duration::from_secs(20))
         .map_err(|e| format!("joining the nodes: {e}"))?;
-    for _ in 0..rounds {
+    for k in 0..rounds {
+        if stall_after == Some(k) {
+            loop {
+                std::thread::sleep(Duration::from_secs(1)); // holding what it holds
+            }
+        }
         add(&node, COUNTER)?;
     }
     let sign = format!("node {id} was here");
     node.write(1 + u32::from(id), 0, sign.as_bytes()).map_err(|e| format!("{e:?}"))?;
     add(&node, DONE)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while u64::from_le_bytes(load(&node, 0, DONE, 8)?.try_into().expect("8 bytes")) < n as u64 {
+    // Every live node done (a node that died is done for good).
+    while u64::from_le_bytes(load(&node, 0, DONE, 8)?.try_into().expect("8 bytes")) + u64::from(node.dead())
+        < n as u64
+    {
         if Instant::now() > deadline {
             return Err("the other nodes did not finish".into());
         }
@@ -57,11 +65,16 @@ pub fn node(id: u16, peers: &[SocketAddr], rounds: u64) -> Result<(), String> {
         }
     }
     let counter = u64::from_le_bytes(load(&node, 0, COUNTER, 8)?.try_into().expect("8 bytes"));
-    let mut out = format!("node 0 sees: counter {counter}\n");
+    let mut out = format!("node 0 sees: counter {counter} ({} node(s) died)\n", node.dead());
     for i in 0..n as u32 {
-        let page = load(&node, 1 + i, 0, 32)?;
-        let text: String = page.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
-        out.push_str(&format!("  page {}: {text:?}\n", 1 + i));
+        match load(&node, 1 + i, 0, 32) {
+            Ok(page) => {
+                let text: String = page.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
+                out.push_str(&format!("  page {}: {text:?}\n", 1 + i));
+            }
+            // Its only copy died with its node: never stale bytes.
+            Err(e) => out.push_str(&format!("  page {}: lost ({e})\n", 1 + i)),
+        }
     }
     crate::print_out(&out)
 }

@@ -208,7 +208,9 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node { id, peers, rounds }) => return Ok(dsm::node(id, &peers, rounds)?),
+        Command::Dsm(DsmCommand::Node { id, peers, rounds, stall_after }) => {
+            return Ok(dsm::node(id, &peers, rounds, stall_after)?)
+        }
         Command::Dsm(DsmCommand::Demo { rounds }) => return Ok(dsm::demo(rounds)?),
         Command::DemoWorker { name, socket, slot, reader } => {
             return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)
@@ -233,6 +235,10 @@ enum DsmCommand {
         /// Counter increments.
         #[arg(long, default_value_t = 1000)]
         rounds: u64,
+        /// Stop after this many increments and wait to be killed (for tests of a node
+        /// dying mid-run).
+        #[arg(long, hide = true)]
+        stall_after: Option<u64>,
     },
     /// Start three local nodes (processes over loopback TCP) that build a shared counter
     /// and sign their pages, and report what node 0 sees.

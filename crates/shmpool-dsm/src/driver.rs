@@ -73,7 +73,7 @@ impl NodeDriver {
         pages: u32,
         page_size: usize,
         links: Vec<Writer>,
-        readers: Vec<Reader>,
+        readers: Vec<(NodeId, Reader)>,
     ) -> Arc<Self> {
         let zero = vec![0u8; page_size];
         let node = Node::new(id, nodes, pages, zero.clone());
@@ -84,11 +84,35 @@ impl NodeDriver {
             changed: Condvar::new(),
             links: links.into_iter().map(Mutex::new).collect(),
         });
-        for r in readers {
+        for (from, r) in readers {
             let node = me.clone();
-            std::thread::spawn(move || node.serve(r));
+            std::thread::spawn(move || node.serve(from, r));
         }
         me
+    }
+
+    /// The link from `peer` closed: it died (its process ended). The protocol learns of
+    /// it, and threads waiting on a page its death lost are woken to fail.
+    fn peer_died(&self, peer: NodeId) {
+        let out = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let State { node, pages, asked } = &mut *s;
+            let epoch = node.epoch() + 1;
+            let out = node.node_died(peer, epoch, pages);
+            for (p, a) in asked.iter_mut().enumerate() {
+                if node.is_lost(p as Page) || crate::protocol::home(p as Page, node.nodes()) == peer {
+                    *a = false;
+                }
+            }
+            out
+        };
+        self.changed.notify_all();
+        self.send(out);
+    }
+
+    /// Nodes this one knows dead.
+    pub fn dead(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).node.dead_count()
     }
 
     /// Joins the nodes at `addrs` (by index: this node is `addrs[id]`) over TCP: listens
@@ -105,10 +129,10 @@ impl NodeDriver {
         let listener = TcpListener::bind(addrs[id as usize])?;
         let deadline = Instant::now() + wait;
         let mut links: Vec<Option<Writer>> = (0..n).map(|_| None).collect();
-        let mut readers: Vec<Reader> = Vec::new();
+        let mut readers: Vec<(NodeId, Reader)> = Vec::new();
         let (to_me, from_me) = UnixStream::pair()?;
         links[id as usize] = Some(Box::new(to_me));
-        readers.push(Box::new(from_me));
+        readers.push((id, Box::new(from_me)));
         for (j, addr) in addrs.iter().enumerate().filter(|&(j, _)| j != id as usize) {
             let mut s = loop {
                 match TcpStream::connect(addr) {
@@ -126,14 +150,14 @@ impl NodeDriver {
             s.set_nodelay(true)?;
             let mut hello = [0u8; 2];
             s.read_exact(&mut hello)?;
-            readers.push(Box::new(s));
+            readers.push((u16::from_le_bytes(hello), Box::new(s)));
         }
         let links = links.into_iter().map(|l| l.expect("a link to every node")).collect();
         Ok(Self::start(id, n as u16, pages, page_size, links, readers))
     }
 
-    /// Handles frames from one peer until the link closes.
-    fn serve(self: Arc<Self>, mut from: Reader) {
+    /// Handles frames from `peer` until the link closes, which is its death.
+    fn serve(self: Arc<Self>, peer: NodeId, mut from: Reader) {
         while let Ok(env) = read_frame(&mut from) {
             let out = {
                 let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,6 +174,9 @@ impl NodeDriver {
             };
             self.changed.notify_all();
             self.send(out);
+        }
+        if peer != self.id {
+            self.peer_died(peer);
         }
     }
 
@@ -212,13 +239,13 @@ impl Cluster {
     pub fn local(n: u16, pages: u32, page_size: usize) -> std::io::Result<Cluster> {
         // writers[a][b]: a's end of the link to b; readers[b]: b's ends of its links in.
         let mut writers: Vec<Vec<Writer>> = Vec::new();
-        let mut readers: Vec<Vec<Reader>> = (0..n).map(|_| Vec::new()).collect();
-        for _ in 0..n {
+        let mut readers: Vec<Vec<(NodeId, Reader)>> = (0..n).map(|_| Vec::new()).collect();
+        for a in 0..n {
             let mut row: Vec<Writer> = Vec::new();
             for r in readers.iter_mut() {
                 let (w, rd) = UnixStream::pair()?;
                 row.push(Box::new(w));
-                r.push(Box::new(rd));
+                r.push((a, Box::new(rd)));
             }
             writers.push(row);
         }

@@ -202,6 +202,21 @@ impl<D: Clone> Node<D> {
         Ok(Some(self.send(home(page, self.nodes), Msg::Request { page, from: self.id, write })))
     }
 
+    /// This node's membership epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many nodes there are.
+    pub fn nodes(&self) -> u16 {
+        self.nodes
+    }
+
+    /// Nodes known dead.
+    pub fn dead_count(&self) -> u32 {
+        self.dead.count_ones()
+    }
+
     /// Whether `page` is lost to this node.
     pub fn is_lost(&self, page: Page) -> bool {
         self.lost[page as usize]
