@@ -125,7 +125,7 @@ enum Command {
         /// Timed repetitions (the median is reported).
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(5..=1000))]
         reps: u64,
-        /// Only these workloads (w1..w5, recovery, pools, channels), comma separated.
+        /// Only these workloads (w1..w5, recovery, pools, channels, dsm), comma separated.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -354,3 +354,25 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tcp_tests {
+    use super::*;
+
+    #[test]
+    fn two_nodes_over_tcp_read_each_others_writes() {
+        let addrs: Vec<SocketAddr> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+            .collect();
+        let a2 = addrs.clone();
+        let other =
+            std::thread::spawn(move || NodeDriver::join_tcp(1, &a2, 8, 64, Duration::from_secs(10)).unwrap());
+        let n0 = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(10)).unwrap();
+        let n1 = other.join().unwrap();
+        for i in 0..200u64 {
+            let page = (i % 8) as Page;
+            n1.write(page, 0, &i.to_le_bytes()).unwrap();
+            assert_eq!(n0.read(page, 0, 8).unwrap(), i.to_le_bytes());
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! are printed beside it. Compare ratios taken within one run: the machine is shared.
 
 mod channels;
+mod dsm;
 mod multi;
 mod pools;
 mod single;
@@ -112,6 +113,11 @@ pub fn run(plan: &Plan) -> Result<(), String> {
     }
     if plan.wants("channels") {
         for line in channels::lines(plan)? {
+            out(line)?;
+        }
+    }
+    if plan.wants("dsm") {
+        for line in dsm::lines(plan)? {
             out(line)?;
         }
     }
