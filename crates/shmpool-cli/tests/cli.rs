@@ -212,7 +212,7 @@ fn bench_prints_every_workload_line() {
     let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let expect: [(&str, &[&str]); 10] = [
+    let expect: [(&str, &[&str]); 16] = [
         ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
         ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
         ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
@@ -223,6 +223,12 @@ fn bench_prints_every_workload_line() {
         ("shmpool W4-pool ", &["mblocks_s", "ring", "pool"]),
         ("shmpool W5 ", &["bytes_per_alloc", "overhead_ratio", "consumed_bytes"]),
         ("shmpool recovery ", &["ms_per_gib", "min", "max", "reps", "heap_mib"]),
+        ("shmpool pool-slots ", &["ns_per_pair", "vs_w1"]),
+        ("shmpool pool-bump-2p ", &["agg_mallocs_s", "scaling", "agg_vs_w3"]),
+        ("shmpool chan-spsc-64B ", &["p50_ns", "p99_ns", "mmsgs_s", "vs_ring_p50"]),
+        ("shmpool mutex-2p ", &["ns_per_pair", "vs_pthread"]),
+        ("shmpool dsm-read ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
+        ("shmpool dsm-pingpong ", &["transfers_s"]),
     ];
     for (prefix, keys) in expect {
         let line =

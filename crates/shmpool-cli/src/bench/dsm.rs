@@ -102,7 +102,8 @@ fn ping_pong(n0: &Arc<NodeDriver>, n1: &Arc<NodeDriver>, n: u64) -> Result<f64, 
 
 pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
     let (n0, n1) = two_nodes()?;
-    let n = 2000;
+    // 2,000 accesses at the default --handoffs; fewer for a quick run.
+    let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
     let (mut tcp, mut p50, mut p99, mut vs, mut xfer) = (vec![], vec![], vec![], vec![], vec![]);
     remote_reads(&n0, &n1, n / 4);
     for _ in 0..plan.reps {
@@ -112,7 +113,7 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
         p50.push(a);
         p99.push(b);
         vs.push(a / rtt);
-        xfer.push(ping_pong(&n0, &n1, 2000)?);
+        xfer.push(ping_pong(&n0, &n1, n as u64)?);
     }
     let (tcp, p50, p99, vs, xfer) =
         (Spread::of(tcp), Spread::of(p50), Spread::of(p99), Spread::of(vs), Spread::of(xfer));
