@@ -107,7 +107,7 @@ impl<T: ShmSafe + Copy> Oneshot<T> {
 
     /// A one-shot in a block of `heap`.
     pub fn create_in(heap: &Heap) -> Result<Self, PoolError> {
-        crate::pools::in_heap(heap, Self::footprint()?, |at| Self::create(heap, at)).map(|(c, _)| c)
+        crate::pools::in_heap(heap, Self::footprint()?, |at| Self::create(heap, at))
     }
 
     /// The one-shot named `name` in `heap`, created by the first caller in any process.
@@ -118,6 +118,7 @@ impl<T: ShmSafe + Copy> Oneshot<T> {
             Self::footprint()?,
             |at| Self::create(heap, at),
             |at| Self::open(heap, at),
+            |_| true,
         )
     }
 

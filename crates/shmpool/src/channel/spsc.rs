@@ -205,22 +205,18 @@ impl<T: ShmSafe + Copy> Spsc<T> {
     /// A ring in a block of `heap`.
     pub fn create_in(heap: &Heap, capacity: u32) -> Result<Self, PoolError> {
         crate::pools::in_heap(heap, Self::footprint(capacity)?, |at| Self::create(heap, at, capacity))
-            .map(|(c, _)| c)
     }
 
     /// The ring named `name` in `heap`, created by the first caller in any process.
     pub fn named(heap: &Heap, name: &str, capacity: u32) -> Result<Self, PoolError> {
-        let ch = crate::pools::named(
+        crate::pools::named(
             heap,
             name,
             Self::footprint(capacity)?,
             |at| Self::create(heap, at, capacity),
             |at| Self::open(heap, at),
-        )?;
-        if ch.cap != capacity {
-            return Err(PoolError::Mismatch(name.into()));
-        }
-        Ok(ch)
+            |ch| ch.cap == capacity,
+        )
     }
 
     /// Where the ring is in its segment: what [`Spsc::open`] takes.

@@ -69,23 +69,19 @@ impl BumpArena {
     /// Creates an arena in a block of `heap`.
     pub fn create_in(heap: &Heap, capacity: u64) -> Result<Self, PoolError> {
         super::in_heap(heap, Self::footprint(capacity)?, |at| Self::create(heap, at, capacity))
-            .map(|(p, _)| p)
     }
 
     /// The arena named `name` in `heap`: created by the first caller in any process,
     /// opened by every other.
     pub fn named(heap: &Heap, name: &str, capacity: u64) -> Result<Self, PoolError> {
-        let arena = super::named(
+        super::named(
             heap,
             name,
             Self::footprint(capacity)?,
             |at| Self::create(heap, at, capacity),
             |at| Self::open(heap, at),
-        )?;
-        if arena.capacity != capacity {
-            return Err(PoolError::Mismatch(name.into()));
-        }
-        Ok(arena)
+            |arena| arena.capacity == capacity,
+        )
     }
 
     /// What keeps the region mapped.

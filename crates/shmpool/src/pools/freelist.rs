@@ -77,23 +77,20 @@ impl FreeList {
         super::in_heap(heap, Self::footprint(slot_size, slots)?, |at| {
             Self::create(heap, at, slot_size, slots)
         })
-        .map(|(p, _)| p)
     }
 
     /// The free list named `name` in `heap`: created by the first caller in any process,
     /// opened by every other.
     pub fn named(heap: &Heap, name: &str, slot_size: u64, slots: u64) -> Result<Self, PoolError> {
-        let list = super::named(
+        let unit = Self::plan(slot_size, slots)?.unit;
+        super::named(
             heap,
             name,
             Self::footprint(slot_size, slots)?,
             |at| Self::create(heap, at, slot_size, slots),
             |at| Self::open(heap, at),
-        )?;
-        if list.slot != Self::plan(slot_size, slots)?.unit || list.slots != slots {
-            return Err(PoolError::Mismatch(name.into()));
-        }
-        Ok(list)
+            |list| list.slot == unit && list.slots == slots,
+        )
     }
 
     fn stack_of(r: &Region, slots: u64) -> Stack<'_> {

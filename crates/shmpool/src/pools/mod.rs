@@ -73,15 +73,31 @@ pub trait Pool {
 
 /// The pool named `name` in `heap`: this caller formats a region of `bytes` with
 /// `create` and publishes its offset under the name; if another caller published first,
-/// the region is freed and that pool opened with `open`.
+/// the region is freed and that pool opened with `open`. A pool found whose shape is not
+/// what `same` asks for is `PoolError::Mismatch`.
 pub(crate) fn named<P>(
     heap: &Heap,
     name: &str,
     bytes: u64,
     create: impl FnOnce(u64) -> Result<P, PoolError>,
     open: impl FnOnce(u64) -> Result<P, PoolError>,
+    same: impl FnOnce(&P) -> bool,
 ) -> Result<P, PoolError> {
-    let (mine, at) = in_heap(heap, bytes, create)?;
+    let found = found_or_made(heap, name, bytes, create, open)?;
+    if !same(&found) {
+        return Err(PoolError::Mismatch(name.into()));
+    }
+    Ok(found)
+}
+
+fn found_or_made<P>(
+    heap: &Heap,
+    name: &str,
+    bytes: u64,
+    create: impl FnOnce(u64) -> Result<P, PoolError>,
+    open: impl FnOnce(u64) -> Result<P, PoolError>,
+) -> Result<P, PoolError> {
+    let (mine, at) = made_at(heap, bytes, create)?;
     let published = heap.find_or_init::<u64>(name, || at).map(|root| root.read(heap.segment()));
     match published {
         Ok(Ok(found)) if found == at => Ok(mine),
@@ -93,9 +109,18 @@ pub(crate) fn named<P>(
     }
 }
 
-/// A pool formatted by `create` in a fresh 64-aligned block of `bytes` of `heap`, and
-/// the block's offset; the block is freed again if `create` fails.
+/// A pool formatted by `create` in a fresh 64-aligned block of `bytes` of `heap`; the
+/// block is freed again if `create` fails.
 pub(crate) fn in_heap<P>(
+    heap: &Heap,
+    bytes: u64,
+    create: impl FnOnce(u64) -> Result<P, PoolError>,
+) -> Result<P, PoolError> {
+    made_at(heap, bytes, create).map(|(p, _)| p)
+}
+
+/// `in_heap`, with the block's offset.
+fn made_at<P>(
     heap: &Heap,
     bytes: u64,
     create: impl FnOnce(u64) -> Result<P, PoolError>,

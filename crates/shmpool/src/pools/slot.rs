@@ -100,23 +100,20 @@ impl SlotPool {
         super::in_heap(heap, Self::footprint(slot_size, slots)?, |at| {
             Self::create(heap, at, slot_size, slots)
         })
-        .map(|(p, _)| p)
     }
 
     /// The pool named `name` in `heap`: created by the first caller in any process (with
     /// this geometry), opened by every other.
     pub fn named(heap: &Heap, name: &str, slot_size: u64, slots: u64) -> Result<Self, PoolError> {
-        let pool = super::named(
+        let unit = Self::plan(slot_size, slots)?.unit;
+        super::named(
             heap,
             name,
             Self::footprint(slot_size, slots)?,
             |at| Self::create(heap, at, slot_size, slots),
             |at| Self::open(heap, at),
-        )?;
-        if pool.slot_size() != Self::plan(slot_size, slots)?.unit || pool.capacity() != slots {
-            return Err(PoolError::Mismatch(name.into()));
-        }
-        Ok(pool)
+            |pool| pool.slot_size() == unit && pool.capacity() == slots,
+        )
     }
 
     fn over(region: Region) -> Self {

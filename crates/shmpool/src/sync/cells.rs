@@ -119,22 +119,18 @@ impl SharedCells {
     /// Cells in a block of `heap`.
     pub fn create_in(heap: &Heap, count: u32, reserved: u32) -> Result<Self, PoolError> {
         crate::pools::in_heap(heap, Self::footprint(count)?, |at| Self::create(heap, at, count, reserved))
-            .map(|(c, _)| c)
     }
 
     /// The cells named `name` in `heap`, created by the first caller in any process.
     pub fn named(heap: &Heap, name: &str, count: u32, reserved: u32) -> Result<Self, PoolError> {
-        let cells = crate::pools::named(
+        crate::pools::named(
             heap,
             name,
             Self::footprint(count)?,
             |at| Self::create(heap, at, count, reserved),
             |at| Self::open(heap, at),
-        )?;
-        if cells.count != count {
-            return Err(PoolError::Mismatch(name.into()));
-        }
-        Ok(cells)
+            |cells| cells.count == count,
+        )
     }
 
     fn over(region: Region) -> Self {

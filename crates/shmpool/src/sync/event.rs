@@ -49,7 +49,7 @@ impl Event {
 
     /// An event in a block of `heap`.
     pub fn create_in(heap: &Heap, set: bool) -> Result<Self, PoolError> {
-        crate::pools::in_heap(heap, Self::footprint(), |at| Self::create(heap, at, set)).map(|(e, _)| e)
+        crate::pools::in_heap(heap, Self::footprint(), |at| Self::create(heap, at, set))
     }
 
     /// The event named `name` in `heap`, created clear by the first caller.
@@ -60,6 +60,7 @@ impl Event {
             Self::footprint(),
             |at| Self::create(heap, at, false),
             |at| Self::open(heap, at),
+            |_| true,
         )
     }
 

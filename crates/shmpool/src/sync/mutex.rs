@@ -118,14 +118,21 @@ impl<T: ShmSafe> Mutex<T> {
 
     /// A mutex in a block of `heap`.
     pub fn create_in(heap: &Heap, value: T) -> Result<Self, PoolError> {
-        crate::pools::in_heap(heap, Self::footprint()?, |at| Self::create(heap, at, value)).map(|(m, _)| m)
+        crate::pools::in_heap(heap, Self::footprint()?, |at| Self::create(heap, at, value))
     }
 
     /// The mutex named `name` in `heap`: created holding `value` by the first caller in
     /// any process, opened by every other (whose `value` is dropped).
     pub fn named(heap: &Heap, name: &str, value: T) -> Result<Self, PoolError> {
         let bytes = Self::footprint()?;
-        crate::pools::named(heap, name, bytes, |at| Self::create(heap, at, value), |at| Self::open(heap, at))
+        crate::pools::named(
+            heap,
+            name,
+            bytes,
+            |at| Self::create(heap, at, value),
+            |at| Self::open(heap, at),
+            |_| true,
+        )
     }
 
     /// Where the mutex is in its segment: what [`Mutex::open`] takes.

@@ -96,7 +96,7 @@ impl Semaphore {
 
     /// A semaphore in a block of `heap`.
     pub fn create_in(heap: &Heap, count: u32) -> Result<Self, PoolError> {
-        crate::pools::in_heap(heap, Self::footprint(), |at| Self::create(heap, at, count)).map(|(s, _)| s)
+        crate::pools::in_heap(heap, Self::footprint(), |at| Self::create(heap, at, count))
     }
 
     /// The semaphore named `name` in `heap`, created with `count` units by the first
@@ -108,6 +108,7 @@ impl Semaphore {
             Self::footprint(),
             |at| Self::create(heap, at, count),
             |at| Self::open(heap, at),
+            |_| true,
         )
     }
 

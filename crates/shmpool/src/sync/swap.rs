@@ -103,7 +103,7 @@ impl Swappable {
     pub fn create_in(heap: &Heap, keep: u32) -> Result<Self, PoolError> {
         check_keep(keep)?;
         let bytes = Self::planned(0, 0).expect("a plan").bytes();
-        crate::pools::in_heap(heap, bytes, |at| Self::format(heap, at, keep)).map(|(s, _)| s)
+        crate::pools::in_heap(heap, bytes, |at| Self::format(heap, at, keep))
     }
 
     /// Formats the control block at `at` (a block of `heap`).
@@ -133,17 +133,14 @@ impl Swappable {
     pub fn named(heap: &Heap, name: &str, keep: u32) -> Result<Self, PoolError> {
         let bytes = Self::planned(0, 0).expect("a plan").bytes();
         check_keep(keep)?;
-        let s = crate::pools::named(
+        crate::pools::named(
             heap,
             name,
             bytes,
             |at| Self::format(heap, at, keep),
             |at| Self::open(heap, at),
-        )?;
-        if s.keep() != u64::from(keep) {
-            return Err(PoolError::Mismatch(name.into()));
-        }
-        Ok(s)
+            |s| s.keep() == u64::from(keep),
+        )
     }
 
     /// Where the segment's control block is in the heap: what [`Swappable::open`] takes.
