@@ -12,20 +12,48 @@
 use crate::protocol::{Access, Fault, Memory, Msg, Node, NodeId, Page};
 use crate::transport::{read_frame, write_frame, Frame};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A link's writing end, and its reading end (Unix socket or TCP).
-type Writer = Box<dyn Write + Send>;
+/// A link's writing end (Unix socket or TCP), which can also be shut down.
+pub trait Link: Write + Send {
+    /// Ends the link both ways: the peer's reader sees it closed.
+    fn shut(&self);
+}
+
+impl Link for TcpStream {
+    fn shut(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+impl Link for UnixStream {
+    fn shut(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+type Writer = Box<dyn Link>;
 type Reader = Box<dyn Read + Send>;
 
-/// A node's pages in ordinary memory, with their protection.
+/// A node's pages in ordinary memory, with their protection (the explicit-access
+/// driver). An empty page received stands for a page of zeros.
 #[derive(Debug)]
 pub struct Pages {
     bytes: Vec<Vec<u8>>,
     access: Vec<Access>,
+}
+
+impl Pages {
+    /// `pages` zeroed pages of `page_size` bytes.
+    pub fn new(pages: u32, page_size: usize) -> Self {
+        Pages {
+            bytes: vec![vec![0; page_size]; pages as usize],
+            access: vec![Access::Invalid; pages as usize],
+        }
+    }
 }
 
 impl Memory<Vec<u8>> for Pages {
@@ -33,56 +61,99 @@ impl Memory<Vec<u8>> for Pages {
         self.bytes[page as usize].clone()
     }
     fn write(&mut self, page: Page, data: Vec<u8>) {
-        self.bytes[page as usize] = data;
+        let b = &mut self.bytes[page as usize];
+        if data.is_empty() {
+            b.fill(0);
+        } else {
+            *b = data;
+        }
     }
     fn protect(&mut self, page: Page, access: Access) {
         self.access[page as usize] = access;
     }
 }
 
-struct State {
-    node: Node<Vec<u8>>,
-    pages: Pages,
+/// A node's protocol state and its memory, under the node's lock.
+pub(crate) struct State<M> {
+    pub(crate) node: Node<Vec<u8>>,
+    pub(crate) pages: M,
     /// A request is on its way for this page.
-    asked: Vec<bool>,
+    pub(crate) asked: Vec<bool>,
+    /// The node left: no message touches its memory any more.
+    closed: bool,
 }
 
-/// One node: its protocol state and pages, and its links to every node (itself too).
-pub struct NodeDriver {
+/// One node: its protocol state and memory, and its links to every node (itself too).
+pub struct NodeDriver<M = Pages> {
     id: NodeId,
-    state: Mutex<State>,
+    state: Mutex<State<M>>,
     changed: Condvar,
-    links: Vec<Mutex<Writer>>,
+    /// The link to each other node (none to itself).
+    links: Vec<Option<Mutex<Writer>>>,
 }
 
-impl NodeDriver {
-    fn send(&self, out: Vec<Frame>) {
-        for env in out {
-            let mut link = self.links[env.to as usize].lock().unwrap_or_else(|e| e.into_inner());
-            // A closed link is a dead peer: its death reaches the protocol through the
-            // membership, not here.
-            let _ = write_frame(&mut *link, &env);
+impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
+    /// Sends `out`; a message to this node itself is handled here and now (no socket,
+    /// no thread hop), and what it answers is sent the same way.
+    pub(crate) fn send(&self, out: Vec<Frame>) {
+        let mut queue = std::collections::VecDeque::from(out);
+        while let Some(env) = queue.pop_front() {
+            match &self.links[env.to as usize] {
+                None => queue.extend(self.handle(env)),
+                Some(link) => {
+                    let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+                    // A closed link is a dead peer: its death reaches the protocol
+                    // through the membership, not here.
+                    let _ = write_frame(&mut *link, &env);
+                }
+            }
         }
     }
 
-    /// Node `id` of `nodes` over `pages` pages of `page_size` zeroed bytes, writing to
-    /// node `j` on `links[j]` and reading each of `readers` on a thread of its own.
+    /// Hands one message to the protocol: what to send in answer.
+    fn handle(&self, env: Frame) -> Vec<Frame> {
+        let out = {
+            let mut s = self.lock();
+            if s.closed {
+                return Vec::new();
+            }
+            let page = match env.msg {
+                Msg::Grant { page, .. } | Msg::Lost { page } => Some(page),
+                _ => None,
+            };
+            let State { node, pages, asked, .. } = &mut *s;
+            let out = node.on_message(env, pages);
+            if let Some(p) = page {
+                asked[p as usize] = false;
+            }
+            out
+        };
+        self.changed.notify_all();
+        out
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<M>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Node `id` of `nodes` over `pages` pages held in `mem` (all zero at first),
+    /// writing to node `j` on `links[j]` and reading each of `readers` on a thread of
+    /// its own.
     fn start(
         id: NodeId,
         nodes: u16,
         pages: u32,
-        page_size: usize,
-        links: Vec<Writer>,
+        mem: M,
+        links: Vec<Option<Writer>>,
         readers: Vec<(NodeId, Reader)>,
     ) -> Arc<Self> {
-        let zero = vec![0u8; page_size];
-        let node = Node::new(id, nodes, pages, zero.clone());
-        let mem = Pages { bytes: vec![zero; pages as usize], access: vec![Access::Invalid; pages as usize] };
+        // An empty page is a page of zeros: no node allocates the pages nobody touched.
+        let node = Node::new(id, nodes, pages, Vec::new());
         let me = Arc::new(NodeDriver {
             id,
-            state: Mutex::new(State { node, pages: mem, asked: vec![false; pages as usize] }),
+            state: Mutex::new(State { node, pages: mem, asked: vec![false; pages as usize], closed: false }),
             changed: Condvar::new(),
-            links: links.into_iter().map(Mutex::new).collect(),
+            links: links.into_iter().map(|l| l.map(Mutex::new)).collect(),
         });
         for (from, r) in readers {
             let node = me.clone();
@@ -95,8 +166,11 @@ impl NodeDriver {
     /// it, and threads waiting on a page its death lost are woken to fail.
     fn peer_died(&self, peer: NodeId) {
         let out = {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let State { node, pages, asked } = &mut *s;
+            let mut s = self.lock();
+            if s.closed {
+                return;
+            }
+            let State { node, pages, asked, .. } = &mut *s;
             let epoch = node.epoch() + 1;
             let out = node.node_died(peer, epoch, pages);
             for (p, a) in asked.iter_mut().enumerate() {
@@ -112,27 +186,30 @@ impl NodeDriver {
 
     /// Nodes this one knows dead.
     pub fn dead(&self) -> u32 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).node.dead_count()
+        self.lock().node.dead_count()
     }
 
-    /// Joins the nodes at `addrs` (by index: this node is `addrs[id]`) over TCP: listens
-    /// on its own address, connects to every other (waiting up to `wait` for them to
-    /// come up), and talks to itself over a Unix socket pair.
-    pub fn join_tcp(
+    /// Joins the nodes at `addrs` (by index: this node is `addrs[id]`) over TCP with its
+    /// pages in `mem`: listens on its own address, connects to every other (waiting up
+    /// to `wait` for them to come up).
+    pub fn join_tcp_with(
         id: NodeId,
         addrs: &[SocketAddr],
         pages: u32,
-        page_size: usize,
+        mem: M,
         wait: Duration,
     ) -> std::io::Result<Arc<Self>> {
         let n = addrs.len();
+        if id as usize >= n || n > 64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("node {id} of {n} (at most 64)"),
+            ));
+        }
         let listener = TcpListener::bind(addrs[id as usize])?;
         let deadline = Instant::now() + wait;
         let mut links: Vec<Option<Writer>> = (0..n).map(|_| None).collect();
         let mut readers: Vec<(NodeId, Reader)> = Vec::new();
-        let (to_me, from_me) = UnixStream::pair()?;
-        links[id as usize] = Some(Box::new(to_me));
-        readers.push((id, Box::new(from_me)));
         for (j, addr) in addrs.iter().enumerate().filter(|&(j, _)| j != id as usize) {
             let mut s = loop {
                 match TcpStream::connect(addr) {
@@ -152,53 +229,72 @@ impl NodeDriver {
             s.read_exact(&mut hello)?;
             readers.push((u16::from_le_bytes(hello), Box::new(s)));
         }
-        let links = links.into_iter().map(|l| l.expect("a link to every node")).collect();
-        Ok(Self::start(id, n as u16, pages, page_size, links, readers))
+        Ok(Self::start(id, n as u16, pages, mem, links, readers))
     }
 
     /// Handles frames from `peer` until the link closes, which is its death.
     fn serve(self: Arc<Self>, peer: NodeId, mut from: Reader) {
         while let Ok(env) = read_frame(&mut from) {
-            let out = {
-                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let page = match env.msg {
-                    Msg::Grant { page, .. } | Msg::Lost { page } => Some(page),
-                    _ => None,
-                };
-                let State { node, pages, asked } = &mut *s;
-                let out = node.on_message(env, pages);
-                if let Some(p) = page {
-                    asked[p as usize] = false;
-                }
-                out
-            };
-            self.changed.notify_all();
+            let out = self.handle(env);
             self.send(out);
         }
-        if peer != self.id {
-            self.peer_died(peer);
-        }
+        self.peer_died(peer);
     }
 
-    /// Runs `f` on the page's bytes once this node may (`write`: hold it Modified).
-    fn with_page<R>(&self, page: Page, write: bool, f: impl FnOnce(&mut Vec<u8>) -> R) -> Result<R, Fault> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Waits until this node may access `page` (`write`: holds it Modified), asking its
+    /// home if it may not yet; the node's lock, held, so the access stays allowed.
+    pub(crate) fn acquire(&self, page: Page, write: bool) -> Result<MutexGuard<'_, State<M>>, Fault> {
+        let mut s = self.lock();
         loop {
             let asked = s.asked[page as usize];
             let req = if asked { None } else { s.node.fault(page, write)? };
             match req {
-                None if !asked => return Ok(f(&mut s.pages.bytes[page as usize])),
+                None if !asked => return Ok(s),
                 None => {}
                 Some(req) => {
                     s.asked[page as usize] = true;
                     drop(s);
                     self.send(vec![req]);
-                    s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s = self.lock();
                     continue;
                 }
             }
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Leaves: the links close (the peers count this node dead) and no message touches
+    /// its memory from now on.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        for l in self.links.iter().flatten() {
+            l.lock().unwrap_or_else(|e| e.into_inner()).shut();
+        }
+    }
+
+    /// This node's index.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+impl NodeDriver<Pages> {
+    /// [`join_tcp_with`](Self::join_tcp_with) over `pages` zeroed pages of `page_size`
+    /// bytes in ordinary memory.
+    pub fn join_tcp(
+        id: NodeId,
+        addrs: &[SocketAddr],
+        pages: u32,
+        page_size: usize,
+        wait: Duration,
+    ) -> std::io::Result<Arc<Self>> {
+        Self::join_tcp_with(id, addrs, pages, Pages::new(pages, page_size), wait)
+    }
+
+    /// Runs `f` on the page's bytes once this node may (`write`: hold it Modified).
+    fn with_page<R>(&self, page: Page, write: bool, f: impl FnOnce(&mut Vec<u8>) -> R) -> Result<R, Fault> {
+        let mut s = self.acquire(page, write)?;
+        Ok(f(&mut s.pages.bytes[page as usize]))
     }
 
     /// Copies `len` bytes of `page` at `at`.
@@ -222,11 +318,6 @@ impl NodeDriver {
             cur
         })
     }
-
-    /// This node's index.
-    pub fn id(&self) -> NodeId {
-        self.id
-    }
 }
 
 /// Nodes of one process wired together over Unix socket pairs.
@@ -238,13 +329,17 @@ impl Cluster {
     /// `n` nodes sharing `pages` pages of `page_size` zeroed bytes.
     pub fn local(n: u16, pages: u32, page_size: usize) -> std::io::Result<Cluster> {
         // writers[a][b]: a's end of the link to b; readers[b]: b's ends of its links in.
-        let mut writers: Vec<Vec<Writer>> = Vec::new();
+        let mut writers: Vec<Vec<Option<Writer>>> = Vec::new();
         let mut readers: Vec<Vec<(NodeId, Reader)>> = (0..n).map(|_| Vec::new()).collect();
         for a in 0..n {
-            let mut row: Vec<Writer> = Vec::new();
-            for r in readers.iter_mut() {
+            let mut row: Vec<Option<Writer>> = Vec::new();
+            for (b, r) in readers.iter_mut().enumerate() {
+                if b == a as usize {
+                    row.push(None); // a node hands itself its messages directly
+                    continue;
+                }
                 let (w, rd) = UnixStream::pair()?;
-                row.push(Box::new(w));
+                row.push(Some(Box::new(w)));
                 r.push((a, Box::new(rd)));
             }
             writers.push(row);
@@ -253,7 +348,7 @@ impl Cluster {
             .into_iter()
             .zip(readers)
             .enumerate()
-            .map(|(i, (w, r))| NodeDriver::start(i as NodeId, n, pages, page_size, w, r))
+            .map(|(i, (w, r))| NodeDriver::start(i as NodeId, n, pages, Pages::new(pages, page_size), w, r))
             .collect();
         Ok(Cluster { nodes })
     }

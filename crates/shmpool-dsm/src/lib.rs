@@ -18,4 +18,6 @@
 
 pub mod driver;
 pub mod protocol;
+pub mod region;
 pub mod transport;
+pub mod uffd;

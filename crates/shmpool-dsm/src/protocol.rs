@@ -98,6 +98,12 @@ pub trait Memory<D> {
     fn write(&mut self, page: Page, data: D);
     /// Sets the page's protection.
     fn protect(&mut self, page: Page, access: Access);
+    /// The page can no longer be served to this node (its only copy, or its home, died):
+    /// accesses its current protection does not allow must fail from now on, and the
+    /// threads waiting for it must be told.
+    fn lost(&mut self, page: Page) {
+        let _ = page;
+    }
 }
 
 /// A transaction the home is running for a page.
@@ -233,6 +239,7 @@ impl<D: Clone> Node<D> {
         for page in 0..self.access.len() as Page {
             if home(page, self.nodes) == dead {
                 self.lost[page as usize] = true;
+                mem.lost(page);
                 continue;
             }
             let Some(dir) = self.dirs[page as usize].as_mut() else { continue };
@@ -274,7 +281,6 @@ impl<D: Clone> Node<D> {
                 }
             }
         }
-        let _ = mem;
         out
     }
 
@@ -327,6 +333,7 @@ impl<D: Clone> Node<D> {
             }
             Msg::Lost { page } => {
                 self.lost[page as usize] = true;
+                mem.lost(page);
                 Vec::new()
             }
         }

@@ -15,7 +15,7 @@
 #![allow(unsafe_code)]
 
 use super::backend::{Backend, BackendKind, Commit};
-use super::error::AccessError;
+use super::error::{AccessError, AttachError, CreateError};
 use super::header::{Header, HeaderFields, FLAG_HUGE_PAGES, FLAG_LAZY, HEADER_LEN, LAYOUT_VERSION};
 use super::Segment;
 use core::ptr::NonNull;
@@ -50,6 +50,64 @@ impl Segment {
         // and map only once they see the magic, which `init` writes last.
         unsafe { seg.header_mut() }.init(&fields, initial);
         seg
+    }
+
+    /// Makes a segment of memory another layer supplies (a distributed region, say),
+    /// `initial` bytes committed: writes its header. The other processes that see the
+    /// same memory attach with [`Segment::attach_on`].
+    ///
+    /// # Safety
+    /// `backend` maps `reserved_len()` bytes at `base()`, all zero, for as long as it
+    /// lives, and no other thread of this process touches them until this returns.
+    pub unsafe fn create_on(backend: Box<dyn Backend>, initial: u64) -> Result<Segment, CreateError> {
+        let (page, reserved) = (backend.page_size(), backend.reserved_len());
+        let ok = page.is_power_of_two()
+            && page >= HEADER_LEN
+            && reserved.is_multiple_of(page)
+            && (HEADER_LEN..=reserved).contains(&initial)
+            && reserved <= super::header::MAX_RESERVED
+            && backend.writable();
+        if !ok {
+            return Err(CreateError::InvalidSize(format!(
+                "an external backend of {reserved} bytes in pages of {page}, {initial} committed"
+            )));
+        }
+        Ok(Segment::init(backend, initial.next_multiple_of(page)))
+    }
+
+    /// Attaches to the segment a peer made with [`Segment::create_on`] in the memory
+    /// `backend` shows: the header is copied out and checked field by field first.
+    pub fn attach_on(backend: Box<dyn Backend>) -> Result<Segment, AttachError> {
+        let mut bytes = vec![0u8; HEADER_LEN as usize];
+        let len = backend.reserved_len().min(HEADER_LEN);
+        for (i, chunk) in bytes[..len as usize].chunks_exact_mut(8).enumerate() {
+            // SAFETY: the backend maps `reserved_len()` bytes at `base()` (the trait's
+            // contract), page-aligned, and the word is within them; it is read with an
+            // atomic load, as a peer may write it.
+            let word = unsafe { &*backend.base().as_ptr().add(i * 8).cast::<AtomicU64>() };
+            // SYNC: Acquire pairs with the Release store of the magic (word 0, read
+            // first) in `Header::init`: a header seen with its magic is whole.
+            chunk.copy_from_slice(&word.load(Ordering::Acquire).to_ne_bytes());
+        }
+        let info = super::header::validate(&bytes, backend.reserved_len(), super::host_page())?;
+        if info.fields.reserved_len != backend.reserved_len() || info.fields.page_size != backend.page_size()
+        {
+            return Err(AttachError::Corrupted(format!(
+                "the header says {} bytes in pages of {}, the memory is {} in pages of {}",
+                info.fields.reserved_len,
+                info.fields.page_size,
+                backend.reserved_len(),
+                backend.page_size()
+            )));
+        }
+        Ok(Segment {
+            base: backend.base(),
+            reserved: backend.reserved_len(),
+            writable: backend.writable(),
+            backend,
+            page_size: info.fields.page_size,
+            segment_id: info.fields.segment_id,
+        })
     }
 
     pub(crate) fn header(&self) -> &Header {

@@ -27,6 +27,11 @@ pub enum BackendKind {
     HugePages,
     /// A regular file mapped shared; persists across reboots.
     MappedFile,
+    /// Memory supplied by another layer through [`Segment::create_on`]: a distributed
+    /// region (shmpool-dsm), whose pages move between processes on several hosts.
+    ///
+    /// [`Segment::create_on`]: super::Segment::create_on
+    External,
 }
 
 impl fmt::Display for BackendKind {
@@ -37,6 +42,7 @@ impl fmt::Display for BackendKind {
             Self::PosixShm => "posix-shm",
             Self::HugePages => "huge-pages",
             Self::MappedFile => "mapped-file",
+            Self::External => "external",
         })
     }
 }

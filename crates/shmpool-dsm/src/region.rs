@@ -1,0 +1,488 @@
+//! A distributed region: memory mapped at the same address in every node, whose pages
+//! move between the nodes as threads touch them.
+//!
+//! Layer: shmpool-dsm, above `driver`, `protocol` and `uffd`. A [`Region`] maps
+//! anonymous private memory at a fixed address ([`DEFAULT_BASE`] unless told otherwise;
+//! `MAP_FIXED_NOREPLACE`, so nothing of the process is ever replaced) and registers it
+//! with userfaultfd. Touching a page this node holds no copy of is a *missing* fault;
+//! writing a Shared copy is a *write-protect* fault. A handler thread turns each fault
+//! into the protocol's request; the page arrives in a grant and is installed with
+//! `UFFDIO_COPY` (read-only for a Shared copy), an upgrade lifts the write protection,
+//! and a recall first write-protects the page (waiting out writes under way), then
+//! copies it out. The faulting thread just resumes: plain loads, stores and atomics on
+//! the region are sequentially consistent across the nodes.
+//!
+//! A page that can no longer be served (its only copy, or its home, was on a node that
+//! died) is poisoned: touching it raises `SIGBUS`, never stale bytes. [`Region::acquire`]
+//! asks for a page through the protocol instead and reports that as [`Fault::Lost`].
+//!
+//! A region is also a [`shmpool::segment::Backend`]: [`Region::create_segment`] and
+//! [`Region::attach_segment`] put a segment on it, and the shmpool heap runs there
+//! unchanged, each node allocating from the pages its threads own.
+//!
+//! ```no_run
+//! use shmpool_dsm::region::{Region, RegionOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let addrs = ["127.0.0.1:7000".parse()?, "127.0.0.1:7001".parse()?];
+//! // On node 0 (node 1 runs the same with id 1):
+//! let region = Region::join_tcp(0, &addrs, &RegionOptions::new(1 << 20))?;
+//! let counter = region.as_ptr().cast::<std::sync::atomic::AtomicU64>();
+//! // SAFETY: the region maps 1 MiB at `as_ptr` for as long as it lives.
+//! unsafe { &*counter }.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//! # Ok(()) }
+//! ```
+#![allow(unsafe_code)]
+
+use crate::driver::NodeDriver;
+use crate::protocol::{Access, Fault, Memory, NodeId, Page};
+use crate::uffd::Uffd;
+use core::ptr::NonNull;
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use shmpool::segment::{Backend, BackendKind, GrowError, IpcHandle, Segment};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Where regions are mapped unless told otherwise: 32 TiB, far from where Linux puts
+/// a program, its heap, its libraries and its other mappings.
+pub const DEFAULT_BASE: usize = 0x2000_0000_0000;
+
+/// How to map a region and join its nodes.
+#[derive(Debug, Clone)]
+pub struct RegionOptions {
+    /// The address every node maps the region at (a multiple of 2 MiB).
+    pub base: usize,
+    /// Bytes (a multiple of the page size).
+    pub len: usize,
+    /// How long to wait for the other nodes to come up.
+    pub wait: Duration,
+}
+
+impl RegionOptions {
+    /// `len` bytes at [`DEFAULT_BASE`], waiting up to 30 s for the peers.
+    pub fn new(len: usize) -> Self {
+        RegionOptions { base: DEFAULT_BASE, len, wait: Duration::from_secs(30) }
+    }
+}
+
+/// Why a region could not be mapped or joined.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegionError {
+    /// The base or the length is not usable.
+    #[error("bad region geometry: {0}")]
+    Geometry(String),
+    /// Something is already mapped in the range in this process.
+    #[error("the range {base:#x}..{end:#x} is already mapped in this process", end = base + len)]
+    AddressTaken {
+        /// The base asked for.
+        base: usize,
+        /// Bytes asked for.
+        len: usize,
+    },
+    /// userfaultfd cannot be had here.
+    #[error("userfaultfd is unavailable ({0}): it needs Linux 5.7 or later, and root, CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1 for faults in system calls")]
+    NoUserfaultfd(Errno),
+    /// A system call failed.
+    #[error("{op}: {errno}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// What it said.
+        errno: Errno,
+    },
+    /// Joining the other nodes failed.
+    #[error("joining the nodes: {0}")]
+    Join(#[from] std::io::Error),
+}
+
+/// A node's pages in the mapping, as the protocol changes them.
+pub struct Mapped {
+    base: usize,
+    page: usize,
+    uffd: Arc<Uffd>,
+    access: Vec<Access>,
+    /// Bytes granted, installed by the `protect` that follows.
+    staged: Option<(Page, Vec<u8>)>,
+    /// Pages poisoned (or sealed off).
+    failed: Vec<bool>,
+    zero: Vec<u8>,
+}
+
+impl Mapped {
+    fn addr(&self, page: Page) -> usize {
+        self.base + page as usize * self.page
+    }
+
+    /// Wakes the threads waiting on `page` (their access is allowed now, or they fault
+    /// again).
+    fn wake(&self, page: Page) -> Result<(), Errno> {
+        self.uffd.wake(self.addr(page), self.page)
+    }
+
+    /// Drops this node's copy of `page`.
+    fn drop_copy(&self, page: Page) -> Result<(), Errno> {
+        // SAFETY: the page is inside the region this node maps; MADV_DONTNEED on private
+        // anonymous memory only discards its contents (the next touch faults, and is
+        // served by the protocol).
+        unsafe {
+            rustix::mm::madvise(self.addr(page) as *mut _, self.page, rustix::mm::Advice::LinuxDontNeed)
+        }
+    }
+
+    /// Makes every access to `page` fail from now on, and wakes its waiters to fail.
+    fn fail(&mut self, page: Page) {
+        if self.failed[page as usize] {
+            let _ = self.wake(page);
+            return;
+        }
+        self.failed[page as usize] = true;
+        let _ = self.drop_copy(page);
+        self.access[page as usize] = Access::Invalid;
+        // SAFETY: the page is in the registered range and absent (just dropped).
+        if unsafe { self.uffd.poison(self.addr(page), self.page) }.is_err() {
+            // No poisoning in this kernel: an inaccessible page (`SIGSEGV` instead).
+            // SAFETY: the page is inside this node's mapping; nothing else is there.
+            let _ = unsafe {
+                rustix::mm::mprotect(self.addr(page) as *mut _, self.page, rustix::mm::MprotectFlags::empty())
+            };
+            let _ = self.wake(page);
+        }
+    }
+}
+
+impl Memory<Vec<u8>> for Mapped {
+    /// The page's bytes, for a recall: a Modified page is write-protected first, which
+    /// waits out writes under way, so the copy is the last value written.
+    fn read(&self, page: Page) -> Vec<u8> {
+        let at = self.addr(page);
+        if self.access[page as usize] == Access::Modified {
+            // SAFETY: the page is in the registered range.
+            let r = unsafe { self.uffd.protect(at, self.page, true) };
+            debug_assert!(r.is_ok(), "write-protect: {r:?}");
+        }
+        let mut out = vec![0u8; self.page];
+        // SAFETY: this node holds the page (a recall goes to its holder), so it is
+        // present and no handler touch faults; it is write-protected, so no thread writes
+        // it while it is copied; `out` is a page long.
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr(), self.page) };
+        out
+    }
+
+    fn write(&mut self, page: Page, data: Vec<u8>) {
+        self.staged = Some((page, data));
+    }
+
+    fn protect(&mut self, page: Page, access: Access) {
+        let at = self.addr(page);
+        let old = std::mem::replace(&mut self.access[page as usize], access);
+        if self.failed[page as usize] {
+            return;
+        }
+        let r = match (self.staged.take(), access) {
+            (Some((p, data)), a) if a != Access::Invalid => {
+                debug_assert_eq!(p, page);
+                let bytes = if data.is_empty() { &self.zero } else { &data };
+                // SAFETY: the page is in the registered range, absent (this node held
+                // no copy: a grant carries bytes only then), and `bytes` is a page.
+                match unsafe { self.uffd.copy(at, bytes, a == Access::Shared) } {
+                    Err(Errno::EXIST) => self.wake(page),
+                    r => r,
+                }
+            }
+            // SAFETY: the page is in the registered range: lifting the protection of a
+            // Shared copy now held Modified (which wakes the writers waiting).
+            (None, Access::Modified) if old != Access::Modified => unsafe {
+                self.uffd.protect(at, self.page, false)
+            },
+            // SAFETY: as above; a Modified copy downgraded (already protected by `read`).
+            (None, Access::Shared) if old == Access::Modified => unsafe {
+                self.uffd.protect(at, self.page, true)
+            },
+            (_, Access::Invalid) => self.drop_copy(page),
+            _ => Ok(()),
+        };
+        debug_assert!(r.is_ok(), "installing page {page} as {access:?}: {r:?}");
+    }
+
+    fn lost(&mut self, page: Page) {
+        // A Modified copy is the page's only one and stays usable; any other access fails.
+        if self.access[page as usize] != Access::Modified {
+            self.fail(page);
+        }
+    }
+}
+
+/// What the handler thread does with a fault on `page`.
+fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
+    let mut s = driver.lock();
+    if s.asked[page as usize] {
+        return; // the grant on its way wakes this thread too; it faults again if need be
+    }
+    match s.node.fault(page, write) {
+        Ok(None) => drop(s.pages.wake(page)), // a grant came first
+        Ok(Some(req)) => {
+            s.asked[page as usize] = true;
+            drop(s);
+            driver.send(vec![req]);
+        }
+        Err(Fault::Lost(_)) => s.pages.fail(page),
+    }
+}
+
+struct Inner {
+    driver: Arc<NodeDriver<Mapped>>,
+    base: usize,
+    len: usize,
+    page: usize,
+    nodes: u16,
+    kernel_faults: bool,
+    stop: Arc<AtomicBool>,
+    handler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handler.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+        // After `close` no message touches the mapping, so it can go.
+        self.driver.close();
+        // SAFETY: the mapping is this region's own (mapped in `join_tcp`), and neither
+        // the handler nor the driver touches it any more; no segment on it lives (a
+        // segment's backend holds this value).
+        unsafe {
+            let _ = rustix::mm::munmap(self.base as *mut _, self.len);
+        }
+    }
+}
+
+/// A node's view of a distributed region. Dropping the last handle (and the segments
+/// on it) leaves the region: the other nodes count this one dead.
+#[derive(Clone)]
+pub struct Region {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("node", &self.id())
+            .field("nodes", &self.inner.nodes)
+            .field("base", &format_args!("{:#x}", self.inner.base))
+            .field("len", &self.inner.len)
+            .finish()
+    }
+}
+
+impl Region {
+    /// Maps the region and joins the nodes at `addrs` over TCP as node `id` (this node
+    /// listens on `addrs[id]`). Every node must give the same options.
+    pub fn join_tcp(id: NodeId, addrs: &[SocketAddr], opts: &RegionOptions) -> Result<Region, RegionError> {
+        let page = rustix::param::page_size();
+        let (base, len) = (opts.base, opts.len);
+        if len == 0
+            || !len.is_multiple_of(page)
+            || !base.is_multiple_of(2 << 20)
+            || base.checked_add(len).is_none()
+        {
+            return Err(RegionError::Geometry(format!(
+                "{len} bytes at {base:#x}: the length must be a non-zero multiple of {page} and the base of 2 MiB"
+            )));
+        }
+        let pages = u32::try_from(len / page)
+            .map_err(|_| RegionError::Geometry(format!("{len} bytes is too many pages")))?;
+        let uffd = Arc::new(Uffd::open().map_err(RegionError::NoUserfaultfd)?);
+        // SAFETY: MAP_FIXED_NOREPLACE maps at `base` only if nothing of this process is
+        // there (else EEXIST): no mapping is replaced.
+        let got = unsafe {
+            rustix::mm::mmap_anonymous(
+                base as *mut _,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+            )
+        };
+        match got {
+            Ok(p) if p as usize == base => {}
+            Ok(p) => {
+                // An old kernel that ignores the flag placed it elsewhere.
+                // SAFETY: `p` is the mapping just made, used by nothing.
+                unsafe { rustix::mm::munmap(p, len).ok() };
+                return Err(RegionError::AddressTaken { base, len });
+            }
+            Err(Errno::EXIST) => return Err(RegionError::AddressTaken { base, len }),
+            Err(errno) => return Err(RegionError::Os { op: "mmap", errno }),
+        }
+        let unmap = || {
+            // SAFETY: the mapping just made, used by nothing yet.
+            unsafe { rustix::mm::munmap(base as *mut _, len).ok() };
+        };
+        // SAFETY: the range is the private anonymous mapping just made, owned by the
+        // region for the descriptor's life; the handler thread resolves its faults.
+        if let Err(errno) = unsafe { uffd.register(base, len) } {
+            unmap();
+            return Err(RegionError::Os { op: "UFFDIO_REGISTER", errno });
+        }
+        let mem = Mapped {
+            base,
+            page,
+            uffd: uffd.clone(),
+            access: vec![Access::Invalid; pages as usize],
+            staged: None,
+            failed: vec![false; pages as usize],
+            zero: vec![0; page],
+        };
+        let driver = NodeDriver::join_tcp_with(id, addrs, pages, mem, opts.wait).inspect_err(|_| unmap())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = {
+            let (driver, stop, uffd) = (driver.clone(), stop.clone(), uffd.clone());
+            std::thread::Builder::new()
+                .name(format!("dsm-faults-{id}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match uffd.next_fault(100) {
+                            Ok(Some(f)) => on_fault(&driver, ((f.address - base) / page) as Page, f.write),
+                            Ok(None) => {}
+                            Err(e) => panic!("reading userfaultfd: {e}"),
+                        }
+                    }
+                })
+                .map_err(RegionError::Join)?
+        };
+        Ok(Region {
+            inner: Arc::new(Inner {
+                driver,
+                base,
+                len,
+                page,
+                nodes: addrs.len() as u16,
+                kernel_faults: uffd.kernel_faults(),
+                stop,
+                handler: Mutex::new(Some(handler)),
+            }),
+        })
+    }
+
+    /// The region's first byte (the same address in every node).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.base as *mut u8
+    }
+
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// Never: a region has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Bytes per page: the unit that moves between nodes.
+    pub fn page_size(&self) -> usize {
+        self.inner.page
+    }
+
+    /// This node's index.
+    pub fn id(&self) -> NodeId {
+        self.inner.driver.id()
+    }
+
+    /// How many nodes share the region.
+    pub fn nodes(&self) -> u16 {
+        self.inner.nodes
+    }
+
+    /// Nodes this one knows dead.
+    pub fn dead(&self) -> u32 {
+        self.inner.driver.dead()
+    }
+
+    /// Whether faults taken inside system calls (a `read(2)` into the region, a futex
+    /// on it) are served too; without, such a call fails with `EFAULT` on an absent page.
+    pub fn kernel_faults(&self) -> bool {
+        self.inner.kernel_faults
+    }
+
+    /// The page holding byte `offset`.
+    pub fn page_of(&self, offset: usize) -> Option<Page> {
+        (offset < self.inner.len).then(|| (offset / self.inner.page) as Page)
+    }
+
+    /// Makes this node's copy of every page of `offset..offset + len` readable (or
+    /// writable), through the protocol rather than a fault: [`Fault::Lost`] where a page
+    /// can no longer be served, where touching it would raise `SIGBUS`. The access can
+    /// be taken away again as soon as this returns.
+    pub fn acquire(&self, offset: usize, len: usize, write: bool) -> Result<(), Fault> {
+        let end = offset.saturating_add(len.max(1)).min(self.inner.len);
+        for page in (offset / self.inner.page)..end.div_ceil(self.inner.page) {
+            drop(self.inner.driver.acquire(page as Page, write)?);
+        }
+        Ok(())
+    }
+
+    /// Puts a new segment on the region (one node does, before the others attach):
+    /// `initial` bytes committed; it can grow to the whole region.
+    pub fn create_segment(&self, initial: u64) -> Result<Segment, shmpool::segment::CreateError> {
+        // SAFETY: the backend maps the whole region at its base for as long as it lives
+        // (it holds the region), and the region is all zero until a segment is put on
+        // it: no node's thread touches it before (the caller's choice of one creator).
+        unsafe { Segment::create_on(Box::new(self.backend()), initial) }
+    }
+
+    /// Attaches to the segment another node put on the region, once it is there.
+    pub fn attach_segment(&self) -> Result<Segment, shmpool::segment::AttachError> {
+        Segment::attach_on(Box::new(self.backend()))
+    }
+
+    fn backend(&self) -> RegionBackend {
+        RegionBackend { region: self.clone() }
+    }
+}
+
+/// A region as a segment's memory.
+struct RegionBackend {
+    region: Region,
+}
+
+impl std::fmt::Debug for RegionBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.region.fmt(f)
+    }
+}
+
+impl Backend for RegionBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::External
+    }
+    fn base(&self) -> NonNull<u8> {
+        NonNull::new(self.region.as_ptr()).expect("a region is never at address 0")
+    }
+    fn reserved_len(&self) -> u64 {
+        self.region.len() as u64
+    }
+    fn page_size(&self) -> u64 {
+        self.region.page_size() as u64
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn handle(&self) -> IpcHandle<'_> {
+        IpcHandle::None
+    }
+    fn backing_len(&self) -> Result<u64, Errno> {
+        Ok(self.region.len() as u64)
+    }
+    fn grow(&self, len: u64) -> Result<(), GrowError> {
+        // The whole region is usable from the start.
+        if len > self.region.len() as u64 {
+            return Err(GrowError::BeyondReserved { requested: len, reserved: self.region.len() as u64 });
+        }
+        Ok(())
+    }
+}

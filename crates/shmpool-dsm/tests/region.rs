@@ -1,0 +1,432 @@
+//! Distributed regions across real processes: each test starts its nodes as child
+//! processes (this test binary, run again as `node_main` with the workload in its
+//! environment), over loopback TCP, and checks what they print. Every node touches the
+//! region with plain loads, stores and atomics; the faults move the pages.
+
+use shmpool_dsm::region::{Region, RegionOptions};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+
+// ---------------------------------------------------------------------------------
+// The parent side.
+
+struct Run {
+    children: Vec<Child>,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let ls: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    ls.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+/// Starts `n` nodes running `workload` with `args`, each mapping `len` bytes at `base`.
+fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
+    let addrs = free_addrs(n);
+    let peers = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let children = (0..n)
+        .map(|id| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "node_main", "--ignored", "--nocapture", "--test-threads=1"])
+                .env("DSM_WORKLOAD", workload)
+                .env("DSM_ID", id.to_string())
+                .env("DSM_PEERS", &peers)
+                .env("DSM_ARGS", args)
+                .env("DSM_LEN", len.to_string())
+                .env("DSM_BASE", base.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    Run { children }
+}
+
+/// Waits (watchdog: 120 s) for every node to end; each one's `RESULT` lines (the test
+/// harness may print its own words before one on the same line).
+fn finish(mut run: Run) -> Vec<(std::process::ExitStatus, Vec<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut out = Vec::new();
+    for c in &mut run.children {
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                let mut s = String::new();
+                std::io::Read::read_to_string(c.stdout.as_mut().unwrap(), &mut s).unwrap();
+                let lines =
+                    s.lines().filter_map(|l| l.split_once("RESULT ")).map(|(_, r)| r.to_string()).collect();
+                out.push((st, lines));
+                break;
+            }
+            assert!(Instant::now() < deadline, "watchdog: a node did not finish in 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    out
+}
+
+fn results_ok(run: Run) -> Vec<Vec<String>> {
+    finish(run)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (st, lines))| {
+            assert!(st.success(), "node {i} failed: {st}");
+            lines
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// The node side.
+
+/// A child node: runs the workload its environment names (nothing when run by hand).
+#[test]
+#[ignore = "a node of the multi-process tests, started by them"]
+fn node_main() {
+    let Ok(workload) = std::env::var("DSM_WORKLOAD") else { return };
+    let env = |k: &str| std::env::var(k).unwrap();
+    let id: u16 = env("DSM_ID").parse().unwrap();
+    let addrs: Vec<SocketAddr> = env("DSM_PEERS").split(',').map(|a| a.parse().unwrap()).collect();
+    let mut opts = RegionOptions::new(env("DSM_LEN").parse().unwrap());
+    opts.base = env("DSM_BASE").parse().unwrap();
+    let region = Region::join_tcp(id, &addrs, &opts).unwrap();
+    let args = env("DSM_ARGS");
+    let out = match workload.as_str() {
+        "counter" => counter(&region, args.parse().unwrap()),
+        "mp" => message_passing(&region, args.parse().unwrap()),
+        "sb" => store_buffering(&region, args.parse().unwrap()),
+        "history" => history(&region, args.parse().unwrap()),
+        "checksums" => checksums(&region, args.parse().unwrap()),
+        other => panic!("no workload {other}"),
+    };
+    for l in out {
+        println!("RESULT {l}");
+    }
+    // Stay up until every node is done: the others may still need this node's pages.
+    barrier(&region, 1);
+}
+
+fn word(region: &Region, offset: usize) -> &AtomicU64 {
+    assert!(offset + 8 <= region.len() && offset.is_multiple_of(8));
+    // SAFETY: the region maps `len` bytes at `as_ptr` for its life; the word is inside
+    // and aligned.
+    unsafe { &*region.as_ptr().add(offset).cast::<AtomicU64>() }
+}
+
+/// Waits until every node has passed barrier `k` (counters in the last page).
+fn barrier(region: &Region, k: usize) {
+    let at = region.len() - PAGE + 8 * k;
+    word(region, at).fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while word(region, at).load(Ordering::SeqCst) < u64::from(region.nodes()) {
+        assert!(Instant::now() < deadline, "barrier {k}: the other nodes never came");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Every node adds 1 to one word `rounds` times, with `fetch_add` and with a CAS loop on
+/// another; each also stamps its own page. Prints both sums and the stamps it reads.
+fn counter(region: &Region, rounds: u64) -> Vec<String> {
+    barrier(region, 0);
+    let me = u64::from(region.id());
+    for _ in 0..rounds {
+        word(region, 8).fetch_add(1, Ordering::SeqCst);
+        let w = word(region, 16);
+        let mut v = w.load(Ordering::Relaxed);
+        while let Err(seen) = w.compare_exchange(v, v + 1, Ordering::SeqCst, Ordering::Relaxed) {
+            v = seen;
+        }
+    }
+    word(region, PAGE * (1 + me as usize)).store(1000 + me, Ordering::SeqCst);
+    barrier(region, 2);
+    let stamps: Vec<String> = (0..u64::from(region.nodes()))
+        .map(|i| word(region, PAGE * (1 + i as usize)).load(Ordering::SeqCst).to_string())
+        .collect();
+    vec![format!(
+        "{} {} {}",
+        word(region, 8).load(Ordering::SeqCst),
+        word(region, 16).load(Ordering::SeqCst),
+        stamps.join(",")
+    )]
+}
+
+/// Node 0 writes round `r` into the data word (page 1), then the flag (page 2); the
+/// other nodes read the flag, then the data. A reader that sees flag `r` must see data
+/// `r` or later. Prints the number of violations and rounds seen.
+fn message_passing(region: &Region, rounds: u64) -> Vec<String> {
+    barrier(region, 0);
+    let (data, flag) = (word(region, PAGE), word(region, 2 * PAGE));
+    if region.id() == 0 {
+        for r in 1..=rounds {
+            data.store(r, Ordering::Relaxed);
+            flag.store(r, Ordering::Relaxed);
+        }
+        return vec!["0 0".into()];
+    }
+    let (mut bad, mut seen) = (0, 0);
+    let mut last = 0;
+    while last < rounds {
+        let f = flag.load(Ordering::Relaxed);
+        let d = data.load(Ordering::Relaxed);
+        if d < f {
+            bad += 1;
+        }
+        if f != last {
+            seen += 1;
+            last = f;
+        }
+    }
+    vec![format!("{bad} {seen}")]
+}
+
+/// Nodes 0 and 1 run `rounds` store-buffering rounds on fresh pages (x = page 2r + 1,
+/// y = page 2r + 2): 0 writes x and reads y, 1 writes y and reads x. Sequential
+/// consistency forbids both reading 0. Prints the rounds where both did.
+fn store_buffering(region: &Region, rounds: u64) -> Vec<String> {
+    let me = region.id();
+    let mut reads = Vec::new();
+    for r in 0..rounds as usize {
+        barrier_round(region, r);
+        if me > 1 {
+            continue;
+        }
+        let (x, y) = (word(region, PAGE * (2 * r + 1)), word(region, PAGE * (2 * r + 2)));
+        let (mine, theirs) = if me == 0 { (x, y) } else { (y, x) };
+        mine.store(1, Ordering::Relaxed);
+        reads.push(theirs.load(Ordering::Relaxed));
+    }
+    vec![reads.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")]
+}
+
+/// A barrier per round on page 0, words 8 + 8r... (a word per round, up to 500).
+fn barrier_round(region: &Region, r: usize) {
+    let w = word(region, 8 + 8 * r);
+    w.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.load(Ordering::SeqCst) < u64::from(region.nodes()) {
+        assert!(Instant::now() < deadline, "round {r}: the other nodes never came");
+        std::hint::spin_loop();
+    }
+}
+
+/// A random history over 6 words on 3 pages (two words a page): each operation is a
+/// read (a plain load) or a write of a value no other write uses (a swap, which also
+/// returns the value it overwrote, so each word's write order is known). Prints one
+/// `r WORD VALUE` or `w WORD NEW OLD` line per operation, in program order.
+fn history(region: &Region, ops: u64) -> Vec<String> {
+    barrier(region, 0);
+    let me = u64::from(region.id());
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (me + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut out = Vec::new();
+    for k in 0..ops {
+        let r = next();
+        let w = (r % 6) as usize;
+        let cell = word(region, PAGE * (1 + w / 2) + 8 * (w % 2));
+        if r >> 32 & 1 == 0 {
+            out.push(format!("r {w} {}", cell.load(Ordering::Relaxed)));
+        } else {
+            let new = (me + 1) << 32 | (k + 1);
+            out.push(format!("w {w} {new} {}", cell.swap(new, Ordering::Relaxed)));
+        }
+    }
+    out
+}
+
+/// Each node, `rounds` times: takes the spinlock (page 0), fills page 1 with one value
+/// and its checksum, or checks the page's checksum, and lets go. Prints the torn pages
+/// seen.
+fn checksums(region: &Region, rounds: u64) -> Vec<String> {
+    barrier(region, 0);
+    let me = u64::from(region.id());
+    let lock = word(region, 8);
+    let (words, mut torn) = (PAGE / 8, 0);
+    for k in 0..rounds {
+        while lock.compare_exchange(0, me + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+        if k % 2 == 0 {
+            let v = (me << 48) | k;
+            let mut sum = 0u64;
+            for i in 0..words - 1 {
+                let x = v.wrapping_mul(i as u64 + 1);
+                sum = sum.wrapping_add(x);
+                word(region, PAGE + 8 * i).store(x, Ordering::Relaxed);
+            }
+            word(region, PAGE + 8 * (words - 1)).store(sum, Ordering::Relaxed);
+        } else {
+            let sum = (0..words - 1)
+                .fold(0u64, |s, i| s.wrapping_add(word(region, PAGE + 8 * i).load(Ordering::Relaxed)));
+            if sum != word(region, PAGE + 8 * (words - 1)).load(Ordering::Relaxed) {
+                torn += 1;
+            }
+        }
+        lock.store(0, Ordering::Release);
+    }
+    vec![torn.to_string()]
+}
+
+// ---------------------------------------------------------------------------------
+// The tests. Each uses its own base address, so that they may run at once.
+
+const BASE: usize = 0x3000_0000_0000;
+
+#[test]
+fn a_counter_added_to_by_three_nodes_sums_exactly() {
+    let out = results_ok(start(3, "counter", "300", 16 * PAGE, BASE));
+    for (i, lines) in out.iter().enumerate() {
+        assert_eq!(lines, &vec!["900 900 1000,1001,1002".to_string()], "node {i}");
+    }
+}
+
+#[test]
+fn message_passing_sees_the_data_with_the_flag() {
+    let out = results_ok(start(3, "mp", "2000", 16 * PAGE, BASE + (1 << 30)));
+    for lines in &out[1..] {
+        let (bad, seen) = lines[0].split_once(' ').unwrap();
+        assert_eq!(bad, "0", "a reader saw a flag without its data");
+        assert!(seen.parse::<u64>().unwrap() >= 1);
+    }
+}
+
+#[test]
+fn store_buffering_never_reads_both_old() {
+    const ROUNDS: usize = 100;
+    let out = results_ok(start(3, "sb", &ROUNDS.to_string(), (2 * ROUNDS + 3) * PAGE, BASE + (2 << 30)));
+    let parse = |l: &str| l.split(',').map(|v| v.parse::<u64>().unwrap()).collect::<Vec<_>>();
+    let (a, b) = (parse(&out[0][0]), parse(&out[1][0]));
+    assert_eq!((a.len(), b.len()), (ROUNDS, ROUNDS));
+    for r in 0..ROUNDS {
+        assert!(a[r] == 1 || b[r] == 1, "round {r}: both nodes read the old value");
+    }
+}
+
+#[test]
+fn torn_pages_are_never_seen() {
+    let out = results_ok(start(3, "checksums", "400", 8 * PAGE, BASE + (3 << 30)));
+    for lines in &out {
+        assert_eq!(lines, &vec!["0".to_string()]);
+    }
+}
+
+/// An event of a history: node, index in its program order.
+type Ev = (usize, usize);
+
+/// Whether the histories have a sequentially consistent order: the graph of program
+/// order, reads-from, write order (each swap names the write it follows) and
+/// from-reads must have no cycle.
+fn sequentially_consistent(histories: &[Vec<String>]) -> Result<(), String> {
+    let mut ids: HashMap<Ev, usize> = HashMap::new();
+    let mut evs = Vec::new();
+    for (n, h) in histories.iter().enumerate() {
+        for i in 0..h.len() {
+            ids.insert((n, i), evs.len());
+            evs.push((n, i));
+        }
+    }
+    // The write of each value, and the write that overwrote each value.
+    let (mut writer, mut overwritten_by) = (HashMap::new(), HashMap::new());
+    for (n, h) in histories.iter().enumerate() {
+        for (i, l) in h.iter().enumerate() {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f[0] == "w" {
+                let (w, new, old): (u64, u64, u64) =
+                    (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap());
+                writer.insert((w, new), ids[&(n, i)]);
+                if overwritten_by.insert((w, old), ids[&(n, i)]).is_some() {
+                    return Err(format!(
+                        "two writes overwrote value {old} of word {w}: an atomic swap was not"
+                    ));
+                }
+            }
+        }
+    }
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); evs.len()];
+    for (n, h) in histories.iter().enumerate() {
+        for (i, l) in h.iter().enumerate() {
+            let me = ids[&(n, i)];
+            if i + 1 < h.len() {
+                edges[me].push(ids[&(n, i + 1)]); // program order
+            }
+            let f: Vec<&str> = l.split(' ').collect();
+            let w: u64 = f[1].parse().unwrap();
+            let read = if f[0] == "r" { f[2] } else { f[3] };
+            let read: u64 = read.parse().unwrap();
+            if read != 0 {
+                let src = *writer
+                    .get(&(w, read))
+                    .ok_or(format!("node {n} read {read} from word {w}, never written"))?;
+                edges[src].push(me); // reads-from (and write order, for a swap)
+            }
+            if f[0] == "r" {
+                if let Some(&next) = overwritten_by.get(&(w, read)) {
+                    edges[me].push(next); // from-reads: the read came before the next write
+                }
+            }
+        }
+    }
+    // Kahn: every event sorted, or a cycle.
+    let mut indeg = vec![0usize; evs.len()];
+    for e in edges.iter().flatten() {
+        indeg[*e] += 1;
+    }
+    let mut ready: Vec<usize> = (0..evs.len()).filter(|&e| indeg[e] == 0).collect();
+    let mut sorted = 0;
+    while let Some(e) = ready.pop() {
+        sorted += 1;
+        for &t in &edges[e] {
+            indeg[t] -= 1;
+            if indeg[t] == 0 {
+                ready.push(t);
+            }
+        }
+    }
+    if sorted == evs.len() {
+        Ok(())
+    } else {
+        Err(format!("{} events are on a cycle: no sequentially consistent order", evs.len() - sorted))
+    }
+}
+
+#[test]
+fn random_histories_are_sequentially_consistent() {
+    let out = results_ok(start(3, "history", "400", 8 * PAGE, BASE + (4 << 30)));
+    assert!(out.iter().all(|h| h.len() == 400));
+    sequentially_consistent(&out).unwrap();
+}
+
+#[test]
+fn the_consistency_check_catches_a_stale_read() {
+    // Node 0 writes 1 then 2 to word 0; node 1 reads 2 then 1: no SC order has it.
+    let h = vec![
+        vec![format!("w 0 {} 0", 1u64 << 32 | 1), format!("w 0 {} {}", 1u64 << 32 | 2, 1u64 << 32 | 1)],
+        vec![format!("r 0 {}", 1u64 << 32 | 2), format!("r 0 {}", 1u64 << 32 | 1)],
+    ];
+    assert!(sequentially_consistent(&h).is_err());
+    // Store buffering with both reads old: the classic non-SC outcome.
+    let sb = vec![
+        vec![format!("w 0 {} 0", 1u64 << 32 | 1), "r 1 0".to_string()],
+        vec![format!("w 1 {} 0", 2u64 << 32 | 1), "r 0 0".to_string()],
+    ];
+    assert!(sequentially_consistent(&sb).is_err());
+    let ok = vec![vec![format!("w 0 {} 0", 1u64 << 32 | 1)], vec![format!("r 0 {}", 1u64 << 32 | 1)]];
+    assert!(sequentially_consistent(&ok).is_ok());
+}
