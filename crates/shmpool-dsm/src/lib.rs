@@ -16,6 +16,7 @@
 //! Unix sockets). Fault capture (userfaultfd), nodes on several hosts and the heap on a
 //! distributed region are to build on them.
 
+pub mod board;
 pub mod driver;
 pub mod protocol;
 pub mod region;

@@ -47,6 +47,7 @@ fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
                 .env("DSM_ARGS", args)
                 .env("DSM_LEN", len.to_string())
                 .env("DSM_BASE", base.to_string())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -56,36 +57,65 @@ fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
     Run { children }
 }
 
-/// Waits (watchdog: 120 s) for every node to end; each one's `RESULT` lines (the test
-/// harness may print its own words before one on the same line).
-fn finish(mut run: Run) -> Vec<(std::process::ExitStatus, Vec<String>)> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut out = Vec::new();
-    for c in &mut run.children {
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                let mut s = String::new();
-                std::io::Read::read_to_string(c.stdout.as_mut().unwrap(), &mut s).unwrap();
-                let lines =
-                    s.lines().filter_map(|l| l.split_once("RESULT ")).map(|(_, r)| r.to_string()).collect();
-                out.push((st, lines));
-                break;
+/// What a node ended with: its `RESULT` lines (the test harness may print its own
+/// words before one on the same line), or how it ended before it was done.
+type Outcome = Result<Vec<String>, std::process::ExitStatus>;
+
+/// Waits (watchdog: 120 s) for every node to say it is done, then lets them all go (a
+/// node stays up until then: the others may still need its pages).
+fn finish(mut run: Run) -> Vec<Outcome> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, c) in run.children.iter_mut().enumerate() {
+        let out = c.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut done = false;
+            // Read to the end (the harness prints after the node is let go), but report
+            // at "done".
+            for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                if l.contains("DSM-DONE") && !done {
+                    done = true;
+                    let _ = tx.send((i, std::mem::take(&mut lines)));
+                }
+                if let Some((_, r)) = l.split_once("RESULT ") {
+                    lines.push(r.to_string());
+                }
             }
-            assert!(Instant::now() < deadline, "watchdog: a node did not finish in 120 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            if !done {
+                let _ = tx.send((i, lines)); // it ended early: its exit status tells
+            }
+        });
     }
-    out
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got: Vec<Option<Vec<String>>> = vec![None; run.children.len()];
+    for _ in 0..got.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (i, lines) = rx.recv_timeout(left).expect("watchdog: the nodes did not finish in 120 s");
+        got[i] = Some(lines);
+    }
+    for c in &mut run.children {
+        drop(c.stdin.take()); // done: the node may end
+    }
+    run.children
+        .iter_mut()
+        .zip(got)
+        .map(|(c, lines)| {
+            let st = c.wait().unwrap();
+            if st.success() {
+                Ok(lines.unwrap())
+            } else {
+                Err(st)
+            }
+        })
+        .collect()
 }
 
 fn results_ok(run: Run) -> Vec<Vec<String>> {
     finish(run)
         .into_iter()
         .enumerate()
-        .map(|(i, (st, lines))| {
-            assert!(st.success(), "node {i} failed: {st}");
-            lines
-        })
+        .map(|(i, out)| out.unwrap_or_else(|st| panic!("node {i} failed: {st}")))
         .collect()
 }
 
@@ -110,13 +140,19 @@ fn node_main() {
         "sb" => store_buffering(&region, args.parse().unwrap()),
         "history" => history(&region, args.parse().unwrap()),
         "checksums" => checksums(&region, args.parse().unwrap()),
+        "board" => {
+            let r = shmpool_dsm::board::build(&region, args.parse().unwrap()).unwrap();
+            vec![format!("{:?} {} {} {:?}", r.by_author, r.corrupt, r.freed, r.allocated)]
+        }
         other => panic!("no workload {other}"),
     };
     for l in out {
         println!("RESULT {l}");
     }
-    // Stay up until every node is done: the others may still need this node's pages.
-    barrier(&region, 1);
+    // Stay up until the test lets every node go: the others may still need this
+    // node's pages.
+    println!("DSM-DONE");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
 }
 
 fn word(region: &Region, offset: usize) -> &AtomicU64 {
@@ -411,6 +447,19 @@ fn random_histories_are_sequentially_consistent() {
     let out = results_ok(start(3, "history", "400", 8 * PAGE, BASE + (4 << 30)));
     assert!(out.iter().all(|h| h.len() == 400));
     sequentially_consistent(&out).unwrap();
+}
+
+#[test]
+fn the_heap_runs_on_a_distributed_region() {
+    let out = results_ok(start(3, "board", "200", 64 << 20, BASE + (5 << 30)));
+    for (i, lines) in out.iter().enumerate() {
+        let l = &lines[0];
+        assert!(l.starts_with("[200, 200, 200] 0 200 "), "node {i}: {l}");
+    }
+    let (before, after) =
+        out[0][0].rsplit_once("Some((").unwrap().1.trim_end_matches("))").split_once(", ").unwrap();
+    assert_eq!(before, after, "the heap's allocated bytes are back where they started");
+    assert!(out[1][0].ends_with("None") && out[2][0].ends_with("None"));
 }
 
 #[test]
