@@ -57,13 +57,13 @@ fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
     Run { children }
 }
 
-/// What a node ended with: its `RESULT` lines (the test harness may print its own
-/// words before one on the same line), or how it ended before it was done.
-type Outcome = Result<Vec<String>, std::process::ExitStatus>;
+/// How a node ended, and its `RESULT` lines up to "done" (the test harness may print
+/// its own words before one on the same line).
+type Outcome = (std::process::ExitStatus, Vec<String>);
 
-/// Waits (watchdog: 120 s) for every node to say it is done, then lets them all go (a
-/// node stays up until then: the others may still need its pages).
-fn finish(mut run: Run) -> Vec<Outcome> {
+/// Reads every node's output on a thread of its own: each node's `RESULT` lines are
+/// sent when it says it is done (or ends).
+fn collect(run: &mut Run) -> std::sync::mpsc::Receiver<(usize, Vec<String>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, c) in run.children.iter_mut().enumerate() {
         let out = c.stdout.take().unwrap();
@@ -87,35 +87,53 @@ fn finish(mut run: Run) -> Vec<Outcome> {
             }
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut got: Vec<Option<Vec<String>>> = vec![None; run.children.len()];
-    for _ in 0..got.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
+    rx
+}
+
+/// Waits (watchdog: 120 s from `since`) for `count` more nodes to be done.
+fn wait_done(
+    rx: &std::sync::mpsc::Receiver<(usize, Vec<String>)>,
+    got: &mut [Option<Vec<String>>],
+    count: usize,
+    since: Instant,
+) {
+    for _ in 0..count {
+        let left = (since + Duration::from_secs(120)).saturating_duration_since(Instant::now());
         let (i, lines) = rx.recv_timeout(left).expect("watchdog: the nodes did not finish in 120 s");
         got[i] = Some(lines);
     }
+}
+
+/// Lets every node go (a node stays up until then: the others may still need its
+/// pages) and waits for it: its lines, or how it ended.
+fn release(run: &mut Run, got: Vec<Option<Vec<String>>>) -> Vec<Outcome> {
     for c in &mut run.children {
-        drop(c.stdin.take()); // done: the node may end
+        drop(c.stdin.take());
     }
     run.children
         .iter_mut()
         .zip(got)
-        .map(|(c, lines)| {
-            let st = c.wait().unwrap();
-            if st.success() {
-                Ok(lines.unwrap())
-            } else {
-                Err(st)
-            }
-        })
+        .map(|(c, lines)| (c.wait().unwrap(), lines.unwrap_or_default()))
         .collect()
+}
+
+/// Waits for every node to say it is done, then lets them all go.
+fn finish(mut run: Run) -> Vec<Outcome> {
+    let (rx, since) = (collect(&mut run), Instant::now());
+    let n = run.children.len();
+    let mut got = vec![None; n];
+    wait_done(&rx, &mut got, n, since);
+    release(&mut run, got)
 }
 
 fn results_ok(run: Run) -> Vec<Vec<String>> {
     finish(run)
         .into_iter()
         .enumerate()
-        .map(|(i, out)| out.unwrap_or_else(|st| panic!("node {i} failed: {st}")))
+        .map(|(i, (st, lines))| {
+            assert!(st.success(), "node {i} failed: {st}");
+            lines
+        })
         .collect()
 }
 
@@ -140,6 +158,7 @@ fn node_main() {
         "sb" => store_buffering(&region, args.parse().unwrap()),
         "history" => history(&region, args.parse().unwrap()),
         "checksums" => checksums(&region, args.parse().unwrap()),
+        "survive" => survive(&region),
         "board" => {
             let r = shmpool_dsm::board::build(&region, args.parse().unwrap()).unwrap();
             vec![format!("{:?} {} {} {:?}", r.by_author, r.corrupt, r.freed, r.allocated)]
@@ -320,6 +339,46 @@ fn checksums(region: &Region, rounds: u64) -> Vec<String> {
     vec![torn.to_string()]
 }
 
+/// Node 2 takes pages 4 (home 1) and 5 (its own) Modified, says it is done and stalls
+/// until the test kills it. The survivors wait for its death, then: pages 4 and 5 are
+/// lost to them (`Fault::Lost` through `acquire`); page 6 (home 0, which node 2 never
+/// touched) still counts, 500 adds each. When let go, node 1 touches page 4 (`SIGBUS`).
+fn survive(region: &Region) -> Vec<String> {
+    barrier(region, 0);
+    if region.id() == 2 {
+        word(region, 4 * PAGE).store(4, Ordering::SeqCst);
+        word(region, 5 * PAGE).store(5, Ordering::SeqCst);
+        println!("DSM-DONE");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while region.dead() == 0 {
+        assert!(Instant::now() < deadline, "node 2 never died");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let lost = |page: usize| format!("{:?}", region.acquire(page * PAGE, 8, false));
+    let (l4, l5) = (lost(4), lost(5));
+    for _ in 0..500 {
+        word(region, 6 * PAGE).fetch_add(1, Ordering::SeqCst);
+    }
+    while word(region, 6 * PAGE).load(Ordering::SeqCst) < 1000 {
+        assert!(Instant::now() < deadline, "the other survivor never finished");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    println!("RESULT {l4} {l5} {}", word(region, 6 * PAGE).load(Ordering::SeqCst));
+    println!("DSM-DONE");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    if region.id() == 1 {
+        // SAFETY: inside the region; the access raises SIGBUS (the page is lost), as
+        // the test expects.
+        let v = unsafe { core::ptr::read_volatile(region.as_ptr().add(4 * PAGE).cast::<u64>()) };
+        println!("RESULT stale {v}");
+    }
+    std::process::exit(0);
+}
+
 // ---------------------------------------------------------------------------------
 // The tests. Each uses its own base address, so that they may run at once.
 
@@ -460,6 +519,25 @@ fn the_heap_runs_on_a_distributed_region() {
         out[0][0].rsplit_once("Some((").unwrap().1.trim_end_matches("))").split_once(", ").unwrap();
     assert_eq!(before, after, "the heap's allocated bytes are back where they started");
     assert!(out[1][0].ends_with("None") && out[2][0].ends_with("None"));
+}
+
+#[test]
+fn a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut run = start(3, "survive", "", 8 * PAGE, BASE + (6 << 30));
+    let (rx, since) = (collect(&mut run), Instant::now());
+    let mut got = vec![None; 3];
+    wait_done(&rx, &mut got, 1, since);
+    assert!(got[2].is_some(), "node 2 is the one to stall first");
+    run.children[2].kill().unwrap(); // SIGKILL, holding pages 4 and 5
+    wait_done(&rx, &mut got, 2, since);
+    let out = release(&mut run, got);
+    for (i, (_, lines)) in out.iter().take(2).enumerate() {
+        assert_eq!(lines, &["Err(Lost(4)) Err(Lost(5)) 1000"], "survivor {i}");
+    }
+    assert!(out[0].0.success());
+    const SIGBUS: i32 = 7; // on Linux (x86, ARM, RISC-V)
+    assert_eq!(out[1].0.signal(), Some(SIGBUS), "node 1 touching a lost page: {}", out[1].0);
 }
 
 #[test]
