@@ -1,85 +1,70 @@
-//! `shmpool dsm node` and `shmpool dsm demo`: nodes (processes) over loopback TCP
-//! sharing one region through the coherence protocol (`shmpool_dsm`), with the
-//! software driver's explicit accesses.
+//! `shmpool dsm node` and `shmpool dsm demo`: nodes (processes) over TCP mapping one
+//! distributed region (`shmpool_dsm::region`) at the same address, with the shmpool heap
+//! on it, building one shared list together (`shmpool_dsm::board`).
 //!
-//! The region's page 0 holds the counter (at 8), the nodes done (at 16); page 1 + i is
-//! node i's, which it signs. A node that is done stays up (its pages may be asked for)
-//! until `demo` ends it; node 0 prints the result once every node is done.
+//! Each node prints what it saw as one `summary:` line (by author, corrupt, freed, and
+//! on node 0 the heap's allocated bytes before and after), then its traffic, then
+//! leaves once every node is done.
 
-use shmpool_dsm::driver::NodeDriver;
+use shmpool_dsm::region::{Region, RegionOptions};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PAGE: usize = 4096;
-const COUNTER: usize = 8;
-const DONE: usize = 16;
-
-fn add(node: &NodeDriver, at: usize) -> Result<u64, String> {
-    let mut v = 0;
-    loop {
-        let seen = node.cas_u64(0, at, v, v + 1).map_err(|e| format!("the counter's page: {e:?}"))?;
-        if seen == v {
-            return Ok(v + 1);
-        }
-        v = seen;
-    }
+/// What `dsm node` is told.
+pub struct NodeArgs {
+    pub id: u16,
+    pub peers: Vec<SocketAddr>,
+    pub size: u64,
+    pub base: Option<u64>,
+    pub posts: u64,
 }
 
-fn load(node: &NodeDriver, page: u32, at: usize, len: usize) -> Result<Vec<u8>, String> {
-    node.read(page, at, len).map_err(|e| format!("page {page}: {e:?}"))
+pub fn node(a: &NodeArgs) -> Result<(), String> {
+    let n = a.peers.len();
+    if usize::from(a.id) >= n {
+        return Err(format!("--id {}: there are {n} peers", a.id));
+    }
+    let mut opts = RegionOptions::new(usize::try_from(a.size).map_err(|_| "--size is too large")?);
+    if let Some(base) = a.base {
+        opts.base = usize::try_from(base).map_err(|_| "--base is too large")?;
+    }
+    let region = Region::join_tcp(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let authors = r.by_author.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let mut out =
+        format!("node {}: summary: by_author={authors} corrupt={} freed={}", a.id, r.corrupt, r.freed);
+    if let Some((before, after)) = r.allocated {
+        out.push_str(&format!(" allocated={before}->{after}"));
+    }
+    let st = region.stats();
+    out.push_str(&format!(
+        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests, {} messages out, {} in, {} KiB of pages in",
+        a.id,
+        r.by_author.iter().sum::<u64>(),
+        r.freed,
+        (usize::from(a.id) + 1) % n,
+        took.as_secs_f64() * 1e3,
+        st.requests,
+        st.sent,
+        st.received,
+        st.page_bytes_in >> 10,
+    ));
+    crate::print_out(&format!("{out}\n"))?;
+    if !region.leave(Duration::from_secs(60)) {
+        return Err("the other nodes were not done within 60 s".into());
+    }
+    Ok(())
 }
 
-pub fn node(id: u16, peers: &[SocketAddr], rounds: u64, stall_after: Option<u64>) -> Result<(), String> {
-    let n = peers.len();
-    if usize::from(id) >= n {
-        return Err(format!("--id {id}: there are {n} peers"));
-    }
-    let node = NodeDriver::join_tcp(id, peers, 1 + n as u32, PAGE, Duration::from_secs(20))
-        .map_err(|e| format!("joining the nodes: {e}"))?;
-    for k in 0..rounds {
-        if stall_after == Some(k) {
-            loop {
-                std::thread::sleep(Duration::from_secs(1)); // holding what it holds
-            }
-        }
-        add(&node, COUNTER)?;
-    }
-    let sign = format!("node {id} was here");
-    node.write(1 + u32::from(id), 0, sign.as_bytes()).map_err(|e| format!("{e:?}"))?;
-    add(&node, DONE)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Every live node done (a node that died is done for good).
-    while u64::from_le_bytes(load(&node, 0, DONE, 8)?.try_into().expect("8 bytes")) + u64::from(node.dead())
-        < n as u64
-    {
-        if Instant::now() > deadline {
-            return Err("the other nodes did not finish".into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if id != 0 {
-        // Others may still ask for this node's pages: stay up until the demo ends it.
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-    let counter = u64::from_le_bytes(load(&node, 0, COUNTER, 8)?.try_into().expect("8 bytes"));
-    let mut out = format!("node 0 sees: counter {counter} ({} node(s) died)\n", node.dead());
-    for i in 0..n as u32 {
-        match load(&node, 1 + i, 0, 32) {
-            Ok(page) => {
-                let text: String = page.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
-                out.push_str(&format!("  page {}: {text:?}\n", 1 + i));
-            }
-            // Its only copy died with its node: never stale bytes.
-            Err(e) => out.push_str(&format!("  page {}: lost ({e})\n", 1 + i)),
-        }
-    }
-    crate::print_out(&out)
+/// The fields of a `summary:` line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub fn demo(rounds: u64) -> Result<(), String> {
+pub fn demo(posts: u64) -> Result<(), String> {
     // Three free loopback ports (bound and released; a race with another program is
     // possible but unlikely).
     let peers: Vec<SocketAddr> = (0..3)
@@ -88,8 +73,11 @@ pub fn demo(rounds: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let list = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    println!("shmpool dsm demo: 3 nodes over loopback TCP ({list}), {rounds} CAS increments each");
-    let mut nodes: Vec<std::process::Child> = (0..3)
+    println!(
+        "shmpool dsm demo: 3 node processes over loopback TCP ({list}) map one 64 MiB region at the same \
+         address, put the shmpool heap on it, and build one list: {posts} notes from each node"
+    );
+    let nodes: Vec<std::process::Child> = (0..3)
         .map(|i| {
             Command::new(&exe)
                 .args([
@@ -99,35 +87,49 @@ pub fn demo(rounds: u64) -> Result<(), String> {
                     &i.to_string(),
                     "--peers",
                     &list,
-                    "--rounds",
-                    &rounds.to_string(),
+                    "--posts",
+                    &posts.to_string(),
                 ])
-                .stdout(if i == 0 { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
                 .spawn()
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<_, _>>()?;
-    let first = nodes.remove(0);
-    let pid = first.id();
+    let pids: Vec<u32> = nodes.iter().map(|c| c.id()).collect();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(120));
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(pid as i32).expect("a pid"),
-            rustix::process::Signal::KILL,
-        );
+        for pid in pids {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
     });
     drop(watchdog);
-    let out = first.wait_with_output().map_err(|e| e.to_string())?;
-    for mut n in nodes {
-        let _ = n.kill();
-        let _ = n.wait();
+    let mut ok = true;
+    for (i, n) in nodes.into_iter().enumerate() {
+        let out = n.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        let summary = text.lines().find(|l| l.contains("summary:")).unwrap_or("");
+        let want = format!("{posts},{posts},{posts}");
+        let heap_ok = i != 0
+            || field(summary, "allocated").is_some_and(|a| a.split_once("->").is_some_and(|(b, e)| b == e));
+        if !out.status.success()
+            || field(summary, "by_author") != Some(&want)
+            || field(summary, "corrupt") != Some("0")
+            || !heap_ok
+        {
+            eprintln!(
+                "node {i}: {} ({})",
+                if summary.is_empty() { "no summary" } else { summary },
+                out.status
+            );
+            ok = false;
+        }
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    print!("{text}");
-    let want = format!("counter {}", 3 * rounds);
-    if !out.status.success() || !text.contains(&want) {
-        return Err(format!("node 0 did not see {want} ({})", out.status));
+    if !ok {
+        return Err("a node did not see the whole list, or the heap did not come back to its start".into());
     }
-    println!("  ok: the counter sums exactly, and every node's page is seen by node 0");
+    println!("  ok: every node saw every note, intact; every note was freed by the next node; the heap is back where it started");
     Ok(())
 }

@@ -132,6 +132,16 @@ enum Command {
     /// The distributed mode: nodes on several hosts sharing one region.
     #[command(subcommand)]
     Dsm(DsmCommand),
+    /// Node 1 of the distributed-mode benchmark (started by `shmpool bench`).
+    #[command(name = "__dsm-bench-node", hide = true)]
+    DsmBenchNode {
+        #[arg(long, value_delimiter = ',', required = true)]
+        peers: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        echo: std::net::SocketAddr,
+    },
     /// A demo worker (started by `shmpool demo`).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker {
@@ -208,10 +218,11 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node { id, peers, rounds, stall_after }) => {
-            return Ok(dsm::node(id, &peers, rounds, stall_after)?)
+        Command::Dsm(DsmCommand::Node { id, peers, size, base, posts }) => {
+            return Ok(dsm::node(&dsm::NodeArgs { id, peers, size, base, posts })?)
         }
-        Command::Dsm(DsmCommand::Demo { rounds }) => return Ok(dsm::demo(rounds)?),
+        Command::Dsm(DsmCommand::Demo { posts }) => return Ok(dsm::demo(posts)?),
+        Command::DsmBenchNode { peers, size, echo } => return Ok(bench::dsm_bench_node(&peers, size, echo)?),
         Command::DemoWorker { name, socket, slot, reader } => {
             return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)
         }
@@ -222,9 +233,10 @@ fn run(command: Command) -> Result<(), Failure> {
 /// `shmpool dsm ...`.
 #[derive(clap::Subcommand, Debug)]
 enum DsmCommand {
-    /// Run node ID of the nodes at PEERS (this node listens on PEERS[ID]): increment the
-    /// shared counter ROUNDS times with a CAS, sign its page, and (node 0) print the
-    /// result once every node is done.
+    /// Run node ID of the nodes at PEERS (this node listens on PEERS[ID]): map the
+    /// distributed region at the same address as every node, put the shmpool heap on it
+    /// (node 0) or attach, and build the shared list of notes with the others; print
+    /// what this node saw, then leave once every node is done.
     Node {
         /// This node's index in PEERS.
         #[arg(long)]
@@ -232,21 +244,32 @@ enum DsmCommand {
         /// Every node's address, in order, comma separated (HOST:PORT).
         #[arg(long, value_delimiter = ',', required = true)]
         peers: Vec<std::net::SocketAddr>,
-        /// Counter increments.
-        #[arg(long, default_value_t = 1000)]
-        rounds: u64,
-        /// Stop after this many increments and wait to be killed (for tests of a node
-        /// dying mid-run).
-        #[arg(long, hide = true)]
-        stall_after: Option<u64>,
+        /// The region's size (K, M, G suffixes); the same on every node.
+        #[arg(long, default_value = "64M", value_parser = units::parse_size)]
+        size: u64,
+        /// The address every node maps the region at (hex with 0x, or decimal); the
+        /// same on every node. Default: 0x200000000000.
+        #[arg(long, value_parser = parse_address)]
+        base: Option<u64>,
+        /// Notes each node allocates and puts on the list.
+        #[arg(long, default_value_t = 200)]
+        posts: u64,
     },
-    /// Start three local nodes (processes over loopback TCP) that build a shared counter
-    /// and sign their pages, and report what node 0 sees.
+    /// Start three local nodes (processes over loopback TCP) that put the shmpool heap
+    /// on one distributed region and build a shared list on it, and check what each saw.
     Demo {
-        /// Counter increments per node.
-        #[arg(long, default_value_t = 1000)]
-        rounds: u64,
+        /// Notes per node.
+        #[arg(long, default_value_t = 200)]
+        posts: u64,
     },
+}
+
+fn parse_address(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("invalid address {text:?}: expected 0x followed by hex digits, or decimal"))
 }
 
 /// Writes to stdout; a closed pipe (`shmpool ls | head`) ends quietly, other write errors

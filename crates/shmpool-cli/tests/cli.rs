@@ -212,7 +212,7 @@ fn bench_prints_every_workload_line() {
     let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let expect: [(&str, &[&str]); 16] = [
+    let expect: [(&str, &[&str]); 19] = [
         ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
         ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
         ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
@@ -228,7 +228,10 @@ fn bench_prints_every_workload_line() {
         ("shmpool chan-spsc-64B ", &["p50_ns", "p99_ns", "mmsgs_s", "vs_ring_p50"]),
         ("shmpool mutex-2p ", &["ns_per_pair", "vs_pthread"]),
         ("shmpool dsm-read ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
+        ("shmpool dsm-upgrade ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
         ("shmpool dsm-pingpong ", &["transfers_s"]),
+        ("shmpool dsm-seqread ", &["mib_s", "region_mib"]),
+        ("tcp ", &["rtt_ns"]),
     ];
     for (prefix, keys) in expect {
         let line =

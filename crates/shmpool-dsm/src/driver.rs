@@ -80,7 +80,22 @@ pub(crate) struct State<M> {
     /// A request is on its way for this page.
     pub(crate) asked: Vec<bool>,
     /// The node left: no message touches its memory any more.
-    closed: bool,
+    pub(crate) closed: bool,
+    /// Nodes that said they leave (a bit each).
+    leaving: u64,
+}
+
+/// What a node's driver has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages sent to other nodes.
+    pub sent: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Page bytes received (in grants and recalls).
+    pub page_bytes_in: u64,
+    /// Requests this node made for a page it could not access.
+    pub requests: u64,
 }
 
 /// One node: its protocol state and memory, and its links to every node (itself too).
@@ -90,32 +105,71 @@ pub struct NodeDriver<M = Pages> {
     changed: Condvar,
     /// The link to each other node (none to itself).
     links: Vec<Option<Mutex<Writer>>>,
+    /// Messages made and not yet sent, per destination.
+    outbox: Vec<Mutex<std::collections::VecDeque<Frame>>>,
+    /// Held while this node's messages to itself are handled.
+    self_turn: Mutex<()>,
+    stats: Mutex<Stats>,
 }
 
 impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
-    /// Sends `out`; a message to this node itself is handled here and now (no socket,
-    /// no thread hop), and what it answers is sent the same way.
-    pub(crate) fn send(&self, out: Vec<Frame>) {
-        let mut queue = std::collections::VecDeque::from(out);
-        while let Some(env) = queue.pop_front() {
-            match &self.links[env.to as usize] {
-                None => queue.extend(self.handle(env)),
-                Some(link) => {
-                    let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
-                    // A closed link is a dead peer: its death reaches the protocol
-                    // through the membership, not here.
-                    let _ = write_frame(&mut *link, &env);
+    /// Queues `out` for sending. Called with the node's lock held, so that messages
+    /// leave in the order the protocol made them (the protocol relies on FIFO links:
+    /// a grant must reach its requester before the page's next recall), even when
+    /// several threads handle messages; [`pump`](Self::pump) sends them after the lock
+    /// is released.
+    pub(crate) fn enqueue(&self, out: Vec<Frame>) {
+        for env in out {
+            self.outbox[env.to as usize].lock().unwrap_or_else(|e| e.into_inner()).push_back(env);
+        }
+    }
+
+    /// Sends what is queued, in order, link by link; a message to this node itself is
+    /// handled here and now (no socket, no thread hop), and what it answers is sent the
+    /// same way. Called without the node's lock.
+    pub(crate) fn pump(&self) {
+        let pop = |j: usize| self.outbox[j].lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        loop {
+            let mut moved = false;
+            for j in 0..self.outbox.len() {
+                if self.outbox[j].lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                    continue;
                 }
+                moved = true;
+                match &self.links[j] {
+                    None => {
+                        // One thread at a time hands this node its own messages, in order.
+                        let _turn = self.self_turn.lock().unwrap_or_else(|e| e.into_inner());
+                        while let Some(env) = pop(j) {
+                            self.handle(env);
+                        }
+                    }
+                    Some(link) => {
+                        let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+                        while let Some(env) = pop(j) {
+                            let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                            st.sent += 1;
+                            st.requests += u64::from(matches!(env.msg, Msg::Request { .. }));
+                            drop(st);
+                            // A closed link is a dead peer: its death reaches the
+                            // protocol through the membership, not here.
+                            let _ = write_frame(&mut *link, &env);
+                        }
+                    }
+                }
+            }
+            if !moved {
+                return;
             }
         }
     }
 
-    /// Hands one message to the protocol: what to send in answer.
-    fn handle(&self, env: Frame) -> Vec<Frame> {
-        let out = {
+    /// Hands one message to the protocol, and queues what it answers.
+    fn handle(&self, env: Frame) {
+        {
             let mut s = self.lock();
             if s.closed {
-                return Vec::new();
+                return;
             }
             let page = match env.msg {
                 Msg::Grant { page, .. } | Msg::Lost { page } => Some(page),
@@ -126,10 +180,9 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             if let Some(p) = page {
                 asked[p as usize] = false;
             }
-            out
-        };
+            self.enqueue(out);
+        }
         self.changed.notify_all();
-        out
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<M>> {
@@ -151,7 +204,16 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         let node = Node::new(id, nodes, pages, Vec::new());
         let me = Arc::new(NodeDriver {
             id,
-            state: Mutex::new(State { node, pages: mem, asked: vec![false; pages as usize], closed: false }),
+            state: Mutex::new(State {
+                node,
+                pages: mem,
+                asked: vec![false; pages as usize],
+                closed: false,
+                leaving: 0,
+            }),
+            outbox: (0..nodes).map(|_| Mutex::default()).collect(),
+            self_turn: Mutex::new(()),
+            stats: Mutex::new(Stats::default()),
             changed: Condvar::new(),
             links: links.into_iter().map(|l| l.map(Mutex::new)).collect(),
         });
@@ -165,7 +227,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// The link from `peer` closed: it died (its process ended). The protocol learns of
     /// it, and threads waiting on a page its death lost are woken to fail.
     fn peer_died(&self, peer: NodeId) {
-        let out = {
+        {
             let mut s = self.lock();
             if s.closed {
                 return;
@@ -178,10 +240,10 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                     *a = false;
                 }
             }
-            out
+            self.enqueue(out);
         };
         self.changed.notify_all();
-        self.send(out);
+        self.pump();
     }
 
     /// Nodes this one knows dead.
@@ -233,12 +295,65 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     }
 
     /// Handles frames from `peer` until the link closes, which is its death.
-    fn serve(self: Arc<Self>, peer: NodeId, mut from: Reader) {
+    fn serve(self: Arc<Self>, peer: NodeId, from: Reader) {
+        // Buffered: a frame's length and body, and the frames that came together, in
+        // one read.
+        let mut from = std::io::BufReader::with_capacity(64 << 10, from);
         while let Ok(env) = read_frame(&mut from) {
-            let out = self.handle(env);
-            self.send(out);
+            let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.received += 1;
+            st.page_bytes_in += match &env.msg {
+                Msg::Grant { data: Some(d), .. } | Msg::Recalled { data: d, .. } => d.len() as u64,
+                _ => 0,
+            };
+            drop(st);
+            if matches!(env.msg, Msg::Leave) {
+                self.lock().leaving |= 1 << env.from;
+                self.changed.notify_all();
+                continue;
+            }
+            self.handle(env);
+            self.pump();
         }
         self.peer_died(peer);
+    }
+
+    /// What the driver has done so far.
+    pub fn stats(&self) -> Stats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves the region once every node is done with it: tells every other node this
+    /// one is done, waits (up to `wait`) until each has said the same or died, then
+    /// closes. A node that is done still serves its pages until then, so no node loses
+    /// a page to another's leaving. Whether every node said so in time.
+    pub fn leave(&self, wait: Duration) -> bool {
+        let me = self.id;
+        let s = self.lock();
+        let nodes = s.node.nodes();
+        let out = (0..nodes)
+            .filter(|&j| j != me)
+            .map(|to| Frame { from: me, to, epoch: s.node.epoch(), msg: Msg::Leave })
+            .collect();
+        self.enqueue(out);
+        drop(s);
+        self.pump();
+        let all = if nodes == 64 { u64::MAX } else { (1u64 << nodes) - 1 } & !(1 << me);
+        let deadline = Instant::now() + wait;
+        let mut s = self.lock();
+        let ok = loop {
+            if (s.leaving | s.node.dead_mask()) & all == all {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            s = self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0;
+        };
+        drop(s);
+        self.close();
+        ok
     }
 
     /// Waits until this node may access `page` (`write`: holds it Modified), asking its
@@ -253,8 +368,9 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 None => {}
                 Some(req) => {
                     s.asked[page as usize] = true;
+                    self.enqueue(vec![req]);
                     drop(s);
-                    self.send(vec![req]);
+                    self.pump();
                     s = self.lock();
                     continue;
                 }

@@ -11,8 +11,13 @@
 //!    carries the bytes), or for a write invalidates the Shared holders (`Invalidate` →
 //!    `Invalidated`);
 //! 3. the home sends `Grant` (with the bytes, unless the requester holds them already),
-//!    and the requester installs the page, then says `Installed`, which ends the
-//!    transaction.
+//!    which ends the transaction, and the requester installs the page.
+//!
+//! Links are FIFO (TCP, or a node's messages to itself handled in order), so a home's
+//! next recall or invalidation of the page reaches the requester after its grant: the
+//! home need not wait for the grant to be installed before it starts the page's next
+//! transaction, and no acknowledgement of the grant is sent (IVY's confirmation
+//! message, which the model showed unneeded over FIFO links).
 //!
 //! Invariants (checked by the exhaustive model in the tests, 3 nodes × 2 pages): at most
 //! one Modified copy of a page, and none Shared beside it; every valid copy holds the
@@ -61,13 +66,14 @@ pub enum Msg<D> {
     /// To the home: dropped.
     Invalidated { page: Page, from: NodeId },
     /// From the home to the requester: hold `page` as `access`, with these bytes (none:
-    /// your copy is current).
+    /// your copy is current). Ends the transaction.
     Grant { page: Page, access: Access, data: Option<D> },
-    /// To the home: granted access installed; the page's next transaction may start.
-    Installed { page: Page, from: NodeId },
     /// From the home to a requester: the page's only valid copy was on a node that died
     /// (or its home died): the access fails, it is never served stale bytes.
     Lost { page: Page },
+    /// The sender is done with the region and leaves once every node is: not part of
+    /// the coherence protocol (the state machine ignores it; the driver counts it).
+    Leave,
 }
 
 /// Why an access cannot be served.
@@ -113,8 +119,6 @@ struct Txn {
     write: bool,
     /// The nodes whose reply (a recall or an invalidation) is still awaited, a bit each.
     owed: u64,
-    /// Granted; waiting for `Installed`.
-    granted: bool,
     /// The requester died before the grant: the transaction finishes collecting its
     /// answers (they carry the page's bytes), then ends without a grant.
     orphan: bool,
@@ -223,6 +227,11 @@ impl<D: Clone> Node<D> {
         self.dead.count_ones()
     }
 
+    /// The nodes known dead, a bit each.
+    pub fn dead_mask(&self) -> u64 {
+        self.dead
+    }
+
     /// Whether `page` is lost to this node.
     pub fn is_lost(&self, page: Page) -> bool {
         self.lost[page as usize]
@@ -251,16 +260,7 @@ impl<D: Clone> Node<D> {
                 dir.lost = true;
             }
             let Some(txn) = dir.txn.clone() else { continue };
-            if txn.requester == dead && txn.granted {
-                // Its grant will not be installed: if it was the page's only copy, the
-                // page is lost.
-                if txn.write {
-                    dir.owner = None;
-                    dir.lost = true;
-                }
-                dir.txn = None;
-                out.extend(self.next_txn(page));
-            } else if txn.requester == dead {
+            if txn.requester == dead {
                 // Answers are still on their way (a recall carries the page): collect
                 // them, then end without a grant.
                 if let Some(t) = dir.txn.as_mut() {
@@ -269,7 +269,7 @@ impl<D: Clone> Node<D> {
                 if txn.owed & 1 << dead != 0 {
                     out.extend(self.answered(page, dead));
                 }
-            } else if !txn.granted && txn.owed & 1 << dead != 0 {
+            } else if txn.owed & 1 << dead != 0 {
                 if self.dir(page).lost {
                     // The recall from the dead holder will never come: the page is gone.
                     self.dir(page).txn = None;
@@ -314,7 +314,7 @@ impl<D: Clone> Node<D> {
                     mem.write(page, d);
                 }
                 self.set(page, access, mem);
-                vec![self.send(env.from, Msg::Installed { page, from: self.id })]
+                Vec::new()
             }
             Msg::Recalled { page, from, data } => {
                 let dir = self.dir(page);
@@ -327,15 +327,12 @@ impl<D: Clone> Node<D> {
                 self.answered(page, from)
             }
             Msg::Invalidated { page, from } => self.answered(page, from),
-            Msg::Installed { page, .. } => {
-                self.dir(page).txn = None;
-                self.next_txn(page)
-            }
             Msg::Lost { page } => {
                 self.lost[page as usize] = true;
                 mem.lost(page);
                 Vec::new()
             }
+            Msg::Leave => Vec::new(),
         }
     }
 
@@ -382,7 +379,7 @@ impl<D: Clone> Node<D> {
             }
             _ => {}
         }
-        dir.txn = Some(Txn { requester: from, write, owed, granted: false, orphan: false });
+        dir.txn = Some(Txn { requester: from, write, owed, orphan: false });
         let epoch = self.epoch;
         for e in &mut out {
             e.epoch = epoch;
@@ -397,7 +394,7 @@ impl<D: Clone> Node<D> {
     /// the last one has.
     fn answered(&mut self, page: Page, from: NodeId) -> Vec<Envelope<D>> {
         let Some(txn) = self.dir(page).txn.as_mut() else { return Vec::new() };
-        if txn.granted || txn.owed & 1 << from == 0 {
+        if txn.owed & 1 << from == 0 {
             return Vec::new();
         }
         txn.owed &= !(1 << from);
@@ -418,8 +415,7 @@ impl<D: Clone> Node<D> {
             dir.txn = None;
             return self.next_txn(page);
         }
-        let txn = dir.txn.as_mut().expect("a transaction to grant");
-        txn.granted = true;
+        let txn = dir.txn.take().expect("a transaction to grant");
         let (to, write) = (txn.requester, txn.write);
         let holds = dir.owner == Some(to) || dir.sharers >> to & 1 != 0;
         // The requester's copy is current if it holds one (the page is not Modified
@@ -434,7 +430,9 @@ impl<D: Clone> Node<D> {
             dir.sharers |= 1 << to;
             Access::Shared
         };
-        vec![self.send(to, Msg::Grant { page, access, data })]
+        let mut out = vec![self.send(to, Msg::Grant { page, access, data })];
+        out.extend(self.next_txn(page));
+        out
     }
 }
 

@@ -219,6 +219,9 @@ impl Memory<Vec<u8>> for Mapped {
 /// What the handler thread does with a fault on `page`.
 fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
     let mut s = driver.lock();
+    if s.closed {
+        return s.pages.fail(page); // left: nothing serves the page any more
+    }
     if s.asked[page as usize] {
         return; // the grant on its way wakes this thread too; it faults again if need be
     }
@@ -226,8 +229,9 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
         Ok(None) => drop(s.pages.wake(page)), // a grant came first
         Ok(Some(req)) => {
             s.asked[page as usize] = true;
+            driver.enqueue(vec![req]);
             drop(s);
-            driver.send(vec![req]);
+            driver.pump();
         }
         Err(Fault::Lost(_)) => s.pages.fail(page),
     }
@@ -401,6 +405,27 @@ impl Region {
     /// Nodes this one knows dead.
     pub fn dead(&self) -> u32 {
         self.inner.driver.dead()
+    }
+
+    /// What this node's driver has done so far: messages, page bytes, requests.
+    pub fn stats(&self) -> crate::driver::Stats {
+        self.inner.driver.stats()
+    }
+
+    /// Leaves the region once every node is done with it (see
+    /// [`NodeDriver::leave`]): until then this node still serves its pages, so no node
+    /// loses a page to this one leaving. Whether every node was done within `wait`.
+    /// The mapping stays until the last handle (and segment) on it is dropped, but it
+    /// is no longer kept coherent: touching a page this node does not hold then raises
+    /// `SIGBUS`.
+    pub fn leave(&self, wait: Duration) -> bool {
+        let ok = self.inner.driver.leave(wait);
+        let mut s = self.inner.driver.lock();
+        let crate::driver::State { asked, pages, .. } = &mut *s;
+        for (p, _) in asked.iter().enumerate().filter(|(_, a)| **a) {
+            pages.fail(p as Page); // a grant that will never come
+        }
+        ok
     }
 
     /// Whether faults taken inside system calls (a `read(2)` into the region, a futex

@@ -45,15 +45,15 @@ impl From<io::Error> for TransportError {
     }
 }
 
-/// Writes one frame (and flushes).
+/// Writes one frame (and flushes), with one write: a segment per message on TCP.
 pub fn write_frame(w: &mut impl Write, env: &Frame) -> Result<(), TransportError> {
-    let body = postcard::to_stdvec(env)?;
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let mut buf = postcard::to_extend(env, vec![0u8; 4])?;
+    let len = u32::try_from(buf.len() - 4).unwrap_or(u32::MAX);
     if len > MAX_FRAME {
         return Err(TransportError::TooLarge(len));
     }
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(&body)?;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    w.write_all(&buf)?;
     w.flush()?;
     Ok(())
 }
@@ -94,8 +94,8 @@ mod tests {
             m(Msg::Invalidated { page: 9, from: 2 }),
             m(Msg::Grant { page: 7, access: Access::Modified, data: None }),
             m(Msg::Grant { page: 7, access: Access::Shared, data: Some(vec![5; 4096]) }),
-            m(Msg::Installed { page: 7, from: 1 }),
             m(Msg::Lost { page: 7 }),
+            m(Msg::Leave),
         ]
     }
 

@@ -1,16 +1,54 @@
-//! The distributed mode beside raw TCP, in one run: the round trip of an 8-byte
-//! request and reply over loopback TCP (`TCP_NODELAY`), a remote read through the
-//! coherence protocol (the page last written by the other node: recall, grant — the
-//! software driver's access, where the fault handler will stand), and two nodes writing
-//! one page alternately (transfers per second). The nodes are threads of this process,
-//! joined over loopback TCP as separate processes would be.
+//! The distributed mode beside raw TCP, in one run. This process is node 0 of a
+//! two-node region; node 1 is a child process (`shmpool __dsm-bench-node`), joined over
+//! loopback TCP. Every access is a plain load or store on the mapped region: the
+//! figures include the page fault, userfaultfd, the protocol and the transfer.
+//!
+//! - `tcp`: the round trip of an 8-byte request and reply over loopback TCP
+//!   (`TCP_NODELAY`) between the same two processes (node 1 runs an echo thread), the
+//!   reference;
+//! - `dsm-read`: node 1 writes a page, node 0 reads it (a missing fault: recall from
+//!   node 1, grant with the bytes), p50 and p99;
+//! - `dsm-upgrade`: node 0 then writes the page it reads (a write-protect fault: node
+//!   1's copy invalidated, a grant without bytes);
+//! - `dsm-pingpong`: the two nodes write one word alternately, each waiting to see the
+//!   other's write: page transfers per second;
+//! - `dsm-seqread`: node 1 writes a whole range (256 MiB at the default `--handoffs`),
+//!   node 0 reads it through, page after page: MiB/s.
+//!
+//! The nodes talk through control words in the region itself: node 0 posts an order
+//! in page 0, node 1 acknowledges it in page 1.
 
 use super::{Plan, Spread};
-use shmpool_dsm::driver::NodeDriver;
+use shmpool_dsm::region::{Region, RegionOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+/// Node 0's order: sequence << 32 | operation << 24 | argument.
+const ORDER: usize = 8;
+/// Node 1's acknowledgement: the order it carried out.
+const ACK: usize = PAGE + 8;
+/// The ping-pong word.
+const PING: usize = 2 * PAGE;
+/// The pages read and upgraded.
+const FIRST: usize = 16;
+/// The sequential range's first page (at 16 MiB).
+const SEQ: usize = 4096;
+
+const OP_WRITE: u64 = 1;
+const OP_PINGPONG: u64 = 2;
+const OP_FILL: u64 = 3;
+const OP_QUIT: u64 = 4;
+
+fn word(region: &Region, at: usize) -> &AtomicU64 {
+    assert!(at + 8 <= region.len());
+    // SAFETY: the region maps `len` bytes at `as_ptr` for its life; `at` is inside and
+    // 8-aligned (every offset here is).
+    unsafe { &*region.as_ptr().add(at).cast::<AtomicU64>() }
+}
 
 fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
     (0..n)
@@ -23,103 +61,229 @@ fn percentile(v: &mut [u64], p: usize) -> f64 {
     v[(v.len() * p / 100).min(v.len() - 1)] as f64
 }
 
-/// p50 of `n` 8-byte request/reply round trips over loopback TCP.
-fn tcp_rtt(n: usize) -> Result<f64, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = l.local_addr().map_err(|e| e.to_string())?;
-    let echo = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        s.set_nodelay(true).expect("nodelay");
-        let mut b = [0u8; 8];
-        while s.read_exact(&mut b).is_ok() {
-            if s.write_all(&b).is_err() {
-                break;
-            }
-        }
-    });
-    let mut c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    c.set_nodelay(true).map_err(|e| e.to_string())?;
+/// p50 of `n` 8-byte request/reply round trips over `c`, a loopback TCP connection to
+/// node 1's echo thread: between the same two processes as the region's messages.
+fn tcp_rtt(c: &mut TcpStream, n: usize) -> Result<f64, String> {
     let mut b = [0u8; 8];
-    let mut t: Vec<u64> = (0..n)
-        .map(|i| {
-            let s = Instant::now();
-            c.write_all(&(i as u64).to_le_bytes()).expect("write");
-            c.read_exact(&mut b).expect("read");
-            s.elapsed().as_nanos() as u64
-        })
-        .collect();
-    drop(c);
-    let _ = echo.join();
+    let mut t = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = Instant::now();
+        c.write_all(&(i as u64).to_le_bytes()).map_err(|e| e.to_string())?;
+        c.read_exact(&mut b).map_err(|e| e.to_string())?;
+        t.push(s.elapsed().as_nanos() as u64);
+    }
     Ok(percentile(&mut t, 50))
 }
 
-fn two_nodes() -> Result<(Arc<NodeDriver>, Arc<NodeDriver>), String> {
-    let addrs = free_addrs(2)?;
-    let a2 = addrs.clone();
-    let other = std::thread::spawn(move || NodeDriver::join_tcp(1, &a2, 64, 4096, Duration::from_secs(10)));
-    let n0 = NodeDriver::join_tcp(0, &addrs, 64, 4096, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    let n1 = other.join().map_err(|_| "node 1 panicked")?.map_err(|e| e.to_string())?;
-    Ok((n0, n1))
+/// Node 1's echo of the TCP reference: 8 bytes back for 8 bytes, until closed.
+fn echo(addr: SocketAddr) {
+    let Ok(mut s) = TcpStream::connect(addr) else { return };
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; 8];
+    while s.read_exact(&mut b).is_ok() {
+        if s.write_all(&b).is_err() {
+            break;
+        }
+    }
 }
 
-/// Remote reads: node 1 writes a page, node 0 reads it (the timed access); p50, p99.
-fn remote_reads(n0: &NodeDriver, n1: &NodeDriver, n: usize) -> (f64, f64) {
-    let mut t: Vec<u64> = (0..n)
-        .map(|i| {
-            let page = (i % 64) as u32;
-            n1.write(page, 0, &(i as u64).to_le_bytes()).expect("write");
+/// Node 0's side: orders for node 1.
+struct Orders {
+    region: Region,
+    seq: u64,
+}
+
+impl Orders {
+    /// Has node 1 carry out `op` with `arg`, and waits for it.
+    fn order(&mut self, op: u64, arg: u64) -> Result<(), String> {
+        self.seq += 1;
+        let order = self.seq << 32 | op << 24 | arg;
+        word(&self.region, ORDER).store(order, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while word(&self.region, ACK).load(Ordering::SeqCst) != order {
+            if Instant::now() > deadline {
+                return Err(format!("node 1 did not carry out order {op} in 120 s"));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(())
+    }
+
+    /// Node 1 writes pages `FIRST..FIRST + n`; node 0 reads each (timed), then writes
+    /// each (timed): the read and upgrade times, ns.
+    fn reads_and_upgrades(&mut self, n: usize) -> Result<(Vec<u64>, Vec<u64>), String> {
+        self.order(OP_WRITE, n as u64)?;
+        let stamp = self.seq;
+        let mut reads = Vec::with_capacity(n);
+        for p in FIRST..FIRST + n {
+            let w = word(&self.region, p * PAGE);
             let s = Instant::now();
-            let got = n0.read(page, 0, 8).expect("read");
-            let ns = s.elapsed().as_nanos() as u64;
-            assert_eq!(got, (i as u64).to_le_bytes(), "the last write");
-            ns
-        })
-        .collect();
-    (percentile(&mut t, 50), percentile(&mut t, 99))
+            let v = w.load(Ordering::Relaxed);
+            reads.push(s.elapsed().as_nanos() as u64);
+            if v != stamp {
+                return Err(format!("page {p} read {v}, node 1 wrote {stamp}"));
+            }
+        }
+        let mut ups = Vec::with_capacity(n);
+        for p in FIRST..FIRST + n {
+            let w = word(&self.region, p * PAGE + 8);
+            let s = Instant::now();
+            w.store(stamp, Ordering::Relaxed);
+            ups.push(s.elapsed().as_nanos() as u64);
+        }
+        Ok((reads, ups))
+    }
+
+    /// `n` round trips of the ping-pong word: transfers per second.
+    fn ping_pong(&mut self, n: u64) -> Result<f64, String> {
+        word(&self.region, PING).store(0, Ordering::SeqCst);
+        // Node 1 starts its half and acknowledges at once; then both play.
+        self.order(OP_PINGPONG, n)?;
+        let w = word(&self.region, PING);
+        let start = Instant::now();
+        for k in 0..n {
+            while w.load(Ordering::Relaxed) != 2 * k {
+                std::thread::yield_now();
+            }
+            w.store(2 * k + 1, Ordering::Relaxed);
+        }
+        while w.load(Ordering::Relaxed) != 2 * n {
+            std::hint::spin_loop();
+        }
+        Ok(2.0 * n as f64 / start.elapsed().as_secs_f64())
+    }
+
+    /// Node 1 writes `pages` pages from `SEQ`; node 0 reads them all through: MiB/s.
+    fn seq_read(&mut self, pages: usize) -> Result<f64, String> {
+        self.order(OP_FILL, pages as u64)?;
+        let stamp = self.seq;
+        let start = Instant::now();
+        let mut sum = 0u64;
+        for p in SEQ..SEQ + pages {
+            for i in (0..PAGE).step_by(8) {
+                sum = sum.wrapping_add(word(&self.region, p * PAGE + i).load(Ordering::Relaxed));
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        if sum != stamp.wrapping_mul(pages as u64) {
+            return Err("the sequential range did not read back as written".into());
+        }
+        Ok((pages * PAGE) as f64 / secs / (1 << 20) as f64)
+    }
 }
 
-/// Where the ping-pong counter lives: page 0, past the 8 bytes the reads use.
-const TURN: usize = 512;
-
-/// Two nodes write page 0 alternately (each waits for the other's write): transfers/s.
-fn ping_pong(n0: &Arc<NodeDriver>, n1: &Arc<NodeDriver>, n: u64) -> Result<f64, String> {
-    n0.write(0, TURN, &0u64.to_le_bytes()).map_err(|e| format!("{e:?}"))?;
-    let run = |me: Arc<NodeDriver>, parity: u64| {
-        std::thread::spawn(move || {
-            let mut v = parity;
-            while v < 2 * n {
-                if me.cas_u64(0, TURN, v, v + 1).expect("cas") == v {
-                    v += 2;
+/// Node 1 (the child process): carries out node 0's orders until told to quit.
+pub fn bench_node(peers: &[SocketAddr], size: u64, echo_at: SocketAddr) -> Result<(), String> {
+    std::thread::spawn(move || echo(echo_at));
+    let opts = RegionOptions::new(size as usize);
+    let region = Region::join_tcp(1, peers, &opts).map_err(|e| e.to_string())?;
+    let mut last = 0;
+    loop {
+        let order = word(&region, ORDER).load(Ordering::SeqCst);
+        if order == last {
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+        last = order;
+        let (op, arg, seq) = (order >> 24 & 0xff, order & 0xff_ffff, order >> 32);
+        match op {
+            OP_WRITE => (FIRST..FIRST + arg as usize)
+                .for_each(|p| word(&region, p * PAGE).store(seq, Ordering::Relaxed)),
+            OP_PINGPONG => {
+                word(&region, ACK).store(order, Ordering::SeqCst);
+                let w = word(&region, PING);
+                for k in 0..arg {
+                    while w.load(Ordering::Relaxed) != 2 * k + 1 {
+                        std::thread::yield_now();
+                    }
+                    w.store(2 * k + 2, Ordering::Relaxed);
+                }
+                continue;
+            }
+            OP_FILL => {
+                // One word of each page carries the stamp, so the page sums to it.
+                for p in SEQ..SEQ + arg as usize {
+                    word(&region, p * PAGE).store(seq, Ordering::Relaxed);
                 }
             }
-        })
-    };
-    let start = Instant::now();
-    let (a, b) = (run(n0.clone(), 0), run(n1.clone(), 1));
-    let _ = (a.join(), b.join());
-    Ok(2.0 * n as f64 / start.elapsed().as_secs_f64())
+            OP_QUIT => {
+                word(&region, ACK).store(order, Ordering::SeqCst);
+                region.leave(Duration::from_secs(10));
+                return Ok(());
+            }
+            _ => return Err(format!("unknown order {order:#x}")),
+        }
+        word(&region, ACK).store(order, Ordering::SeqCst);
+    }
 }
 
 pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
-    let (n0, n1) = two_nodes()?;
-    // 2,000 accesses at the default --handoffs; fewer for a quick run.
+    // 2,000 accesses and 256 MiB at the default --handoffs; less for a quick run.
     let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
-    let (mut tcp, mut p50, mut p99, mut vs, mut xfer) = (vec![], vec![], vec![], vec![], vec![]);
-    remote_reads(&n0, &n1, n / 4);
+    let seq_pages = (((plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize) << 20) >> 12;
+    let size = (SEQ + seq_pages) * PAGE;
+    let addrs = free_addrs(2)?;
+    let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let echo = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let echo_at = echo.local_addr().map_err(|e| e.to_string())?.to_string();
+    let mut child = Command::new(exe)
+        .args(["__dsm-bench-node", "--peers", &list, "--size", &size.to_string(), "--echo", &echo_at])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting node 1: {e}"))?;
+    let joined = Region::join_tcp(0, &addrs, &RegionOptions::new(size)).map_err(|e| e.to_string());
+    let region = match joined {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    let mut o = Orders { region, seq: 0 };
+    let result = echo
+        .accept()
+        .and_then(|(c, _)| c.set_nodelay(true).map(|()| c))
+        .map_err(|e| format!("node 1's echo: {e}"))
+        .and_then(|mut c| measure(&mut o, &mut c, plan, n, seq_pages));
+    let _ = o.order(OP_QUIT, 0);
+    o.region.leave(Duration::from_secs(10));
+    let _ = child.wait();
+    result
+}
+
+fn measure(
+    o: &mut Orders,
+    tcp_link: &mut TcpStream,
+    plan: &Plan,
+    n: usize,
+    seq_pages: usize,
+) -> Result<Vec<String>, String> {
+    tcp_rtt(tcp_link, n / 4)?;
+    o.reads_and_upgrades(n / 4)?; // warm-up
+    o.ping_pong(n as u64 / 4)?;
+    let (mut tcp, mut p50, mut p99, mut vs) = (vec![], vec![], vec![], vec![]);
+    let (mut up50, mut up99, mut upvs, mut xfer, mut seq) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..plan.reps {
-        let rtt = tcp_rtt(n)?;
-        let (a, b) = remote_reads(&n0, &n1, n);
+        let rtt = tcp_rtt(tcp_link, n)?;
+        let (mut r, mut u) = o.reads_and_upgrades(n)?;
+        let (r50, u50) = (percentile(&mut r, 50), percentile(&mut u, 50));
         tcp.push(rtt);
-        p50.push(a);
-        p99.push(b);
-        vs.push(a / rtt);
-        xfer.push(ping_pong(&n0, &n1, n as u64)?);
+        p50.push(r50);
+        p99.push(percentile(&mut r, 99));
+        vs.push(r50 / rtt);
+        up50.push(u50);
+        up99.push(percentile(&mut u, 99));
+        upvs.push(u50 / rtt);
+        xfer.push(o.ping_pong(n as u64)?);
+        seq.push(o.seq_read(seq_pages)?);
     }
-    let (tcp, p50, p99, vs, xfer) =
-        (Spread::of(tcp), Spread::of(p50), Spread::of(p99), Spread::of(vs), Spread::of(xfer));
+    let [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq] =
+        [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq].map(Spread::of);
     Ok(vec![
         format!(
-            "tcp rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply, loopback)",
+            "tcp rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, loopback)",
             tcp.median, tcp.min, tcp.max, plan.reps
         ),
         format!(
@@ -127,8 +291,20 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
             p50.median, p99.median, p50.min, p50.max, plan.reps, vs.median
         ),
         format!(
+            "shmpool dsm-upgrade p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
+            up50.median, up99.median, up50.min, up50.max, plan.reps, upvs.median
+        ),
+        format!(
             "shmpool dsm-pingpong transfers_s={:.0} min={:.0} max={:.0} reps={}",
             xfer.median, xfer.min, xfer.max, plan.reps
+        ),
+        format!(
+            "shmpool dsm-seqread mib_s={:.1} min={:.1} max={:.1} reps={} region_mib={}",
+            seq.median,
+            seq.min,
+            seq.max,
+            plan.reps,
+            (seq_pages * PAGE) >> 20
         ),
     ])
 }

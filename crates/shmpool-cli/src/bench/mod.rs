@@ -8,6 +8,8 @@
 
 mod channels;
 mod dsm;
+
+pub use dsm::bench_node as dsm_bench_node;
 mod multi;
 mod pools;
 mod single;

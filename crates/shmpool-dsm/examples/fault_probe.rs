@@ -1,0 +1,69 @@
+//! Where a fault's time goes: `cargo run --release -p shmpool-dsm --example fault_probe`.
+//! Node 0 (this process) and node 1 (a child: this program with `child`) map one region;
+//! node 0 times first touches of pages homed at itself (no message leaves the node), of
+//! pages homed at node 1 that nobody wrote (one round trip, no bytes), and of pages node
+//! 1 wrote (a recall), and prints the medians.
+
+use shmpool_dsm::region::{Region, RegionOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+const N: usize = 2000;
+
+fn word(r: &Region, at: usize) -> &AtomicU64 {
+    // SAFETY: inside the region, 8-aligned.
+    unsafe { &*r.as_ptr().add(at).cast::<AtomicU64>() }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let child = args.get(1).map(String::as_str) == Some("child");
+    let peers: Vec<std::net::SocketAddr> = if child {
+        args[2].split(',').map(|a| a.parse().unwrap()).collect()
+    } else {
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect()
+    };
+    let opts = RegionOptions::new(8 * N * PAGE);
+    if child {
+        let r = Region::join_tcp(1, &peers, &opts).unwrap();
+        for p in (4 * N..6 * N).step_by(1) {
+            word(&r, p * PAGE).store(p as u64, Ordering::Relaxed);
+        }
+        word(&r, 8).store(1, Ordering::SeqCst);
+        r.leave(Duration::from_secs(60));
+        return;
+    }
+    let list = peers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let mut c = std::process::Command::new(&args[0]).args(["child", &list]).spawn().unwrap();
+    let r = Region::join_tcp(0, &peers, &opts).unwrap();
+    while word(&r, 8).load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let time = |pages: &mut dyn Iterator<Item = usize>| {
+        let mut t: Vec<u64> = pages
+            .map(|p| {
+                let s = Instant::now();
+                let _ = word(&r, p * PAGE).load(Ordering::Relaxed);
+                s.elapsed().as_nanos() as u64
+            })
+            .collect();
+        t.sort_unstable();
+        t[t.len() / 2]
+    };
+    let local = time(&mut (2 * N..3 * N).filter(|p| p % 2 == 0));
+    let remote = time(&mut (2 * N..3 * N).filter(|p| p % 2 == 1));
+    let recall_home_there = time(&mut (4 * N..6 * N).filter(|p| p % 2 == 1));
+    let recall_home_here = time(&mut (4 * N..6 * N).filter(|p| p % 2 == 0));
+    let mut up: Vec<u64> = (4 * N..6 * N)
+        .map(|p| {
+            let s = Instant::now();
+            word(&r, p * PAGE + 8).store(1, Ordering::Relaxed);
+            s.elapsed().as_nanos() as u64
+        })
+        .collect();
+    up.sort_unstable();
+    println!("local zero page {local} ns; remote zero page {remote} ns; recall (home = owner) {recall_home_there} ns; recall (home here) {recall_home_here} ns; upgrade {} ns", up[up.len() / 2]);
+    r.leave(Duration::from_secs(10));
+    c.wait().unwrap();
+}
