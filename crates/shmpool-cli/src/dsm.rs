@@ -6,7 +6,7 @@
 //! on node 0 the heap's allocated bytes before and after), then its traffic, then
 //! leaves once every node is done.
 
-use shmpool_dsm::region::{Region, RegionOptions};
+use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +18,16 @@ pub struct NodeArgs {
     pub size: u64,
     pub base: Option<u64>,
     pub posts: u64,
+    pub faults: FaultCapture,
+}
+
+/// The word `--faults` takes for `f`.
+pub fn faults_arg(f: FaultCapture) -> &'static str {
+    match f {
+        FaultCapture::Auto => "auto",
+        FaultCapture::Userfaultfd => "userfaultfd",
+        FaultCapture::Signals => "signals",
+    }
 }
 
 pub fn node(a: &NodeArgs) -> Result<(), String> {
@@ -29,6 +39,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     if let Some(base) = a.base {
         opts.base = usize::try_from(base).map_err(|_| "--base is too large")?;
     }
+    opts.faults = a.faults;
     let region = Region::join_tcp(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;
@@ -36,6 +47,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     let authors = r.by_author.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let mut out =
         format!("node {}: summary: by_author={authors} corrupt={} freed={}", a.id, r.corrupt, r.freed);
+    out.push_str(&format!(" faults={}", faults_arg(region.fault_capture())));
     if let Some((before, after)) = r.allocated {
         out.push_str(&format!(" allocated={before}->{after}"));
     }
@@ -64,7 +76,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub fn demo(posts: u64) -> Result<(), String> {
+pub fn demo(posts: u64, faults: FaultCapture) -> Result<(), String> {
     // Three free loopback ports (bound and released; a race with another program is
     // possible but unlikely).
     let peers: Vec<SocketAddr> = (0..3)
@@ -89,6 +101,8 @@ pub fn demo(posts: u64) -> Result<(), String> {
                     &list,
                     "--posts",
                     &posts.to_string(),
+                    "--faults",
+                    faults_arg(faults),
                 ])
                 .stdout(Stdio::piped())
                 .spawn()

@@ -141,6 +141,8 @@ enum Command {
         size: u64,
         #[arg(long)]
         echo: std::net::SocketAddr,
+        #[arg(long, value_parser = parse_faults)]
+        faults: shmpool_dsm::region::FaultCapture,
     },
     /// A demo worker (started by `shmpool demo`).
     #[command(name = "__demo-worker", hide = true)]
@@ -218,11 +220,13 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node { id, peers, size, base, posts }) => {
-            return Ok(dsm::node(&dsm::NodeArgs { id, peers, size, base, posts })?)
+        Command::Dsm(DsmCommand::Node { id, peers, size, base, posts, faults }) => {
+            return Ok(dsm::node(&dsm::NodeArgs { id, peers, size, base, posts, faults })?)
         }
-        Command::Dsm(DsmCommand::Demo { posts }) => return Ok(dsm::demo(posts)?),
-        Command::DsmBenchNode { peers, size, echo } => return Ok(bench::dsm_bench_node(&peers, size, echo)?),
+        Command::Dsm(DsmCommand::Demo { posts, faults }) => return Ok(dsm::demo(posts, faults)?),
+        Command::DsmBenchNode { peers, size, echo, faults } => {
+            return Ok(bench::dsm_bench_node(&peers, size, echo, faults)?)
+        }
         Command::DemoWorker { name, socket, slot, reader } => {
             return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)
         }
@@ -254,6 +258,10 @@ enum DsmCommand {
         /// Notes each node allocates and puts on the list.
         #[arg(long, default_value_t = 200)]
         posts: u64,
+        /// How faults are caught: auto (userfaultfd where it can be had), userfaultfd,
+        /// or signals (mprotect and SIGSEGV; regions of at most 64 MiB).
+        #[arg(long, default_value = "auto", value_parser = parse_faults)]
+        faults: shmpool_dsm::region::FaultCapture,
     },
     /// Start three local nodes (processes over loopback TCP) that put the shmpool heap
     /// on one distributed region and build a shared list on it, and check what each saw.
@@ -261,7 +269,20 @@ enum DsmCommand {
         /// Notes per node.
         #[arg(long, default_value_t = 200)]
         posts: u64,
+        /// How the nodes catch faults (auto, userfaultfd, signals).
+        #[arg(long, default_value = "auto", value_parser = parse_faults)]
+        faults: shmpool_dsm::region::FaultCapture,
     },
+}
+
+fn parse_faults(text: &str) -> Result<shmpool_dsm::region::FaultCapture, String> {
+    use shmpool_dsm::region::FaultCapture;
+    match text {
+        "auto" => Ok(FaultCapture::Auto),
+        "userfaultfd" => Ok(FaultCapture::Userfaultfd),
+        "signals" => Ok(FaultCapture::Signals),
+        _ => Err(format!("invalid fault capture {text:?}: expected auto, userfaultfd or signals")),
+    }
 }
 
 fn parse_address(text: &str) -> Result<u64, String> {

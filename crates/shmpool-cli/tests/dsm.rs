@@ -39,6 +39,14 @@ fn three_node_processes_build_one_list_on_the_heap_of_a_distributed_region() {
 }
 
 #[test]
+fn the_demo_runs_with_faults_caught_by_page_protection_too() {
+    let out = run(&["dsm", "demo", "--posts", "100", "--faults", "signals"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("by_author=100,100,100 corrupt=0 freed=100 faults=signals").count(), 3, "{text}");
+}
+
+#[test]
 fn a_node_with_a_bad_id_or_base_is_refused_with_a_message() {
     let peers = "127.0.0.1:1,127.0.0.1:2";
     let out = run(&["dsm", "node", "--id", "5", "--peers", peers]);

@@ -361,6 +361,9 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     pub(crate) fn acquire(&self, page: Page, write: bool) -> Result<MutexGuard<'_, State<M>>, Fault> {
         let mut s = self.lock();
         loop {
+            if s.closed {
+                return Err(Fault::Lost(page)); // left: nothing serves the page any more
+            }
             let asked = s.asked[page as usize];
             let req = if asked { None } else { s.node.fault(page, write)? };
             match req {

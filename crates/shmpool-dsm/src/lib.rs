@@ -20,5 +20,6 @@ pub mod board;
 pub mod driver;
 pub mod protocol;
 pub mod region;
+pub mod signals;
 pub mod transport;
 pub mod uffd;

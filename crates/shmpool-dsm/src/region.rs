@@ -37,6 +37,7 @@ use crate::driver::NodeDriver;
 use crate::protocol::{Access, Fault, Memory, NodeId, Page};
 use crate::uffd::Uffd;
 use core::ptr::NonNull;
+use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use shmpool::segment::{Backend, BackendKind, GrowError, IpcHandle, Segment};
@@ -50,6 +51,20 @@ use std::time::Duration;
 /// a program, its heap, its libraries and its other mappings.
 pub const DEFAULT_BASE: usize = 0x2000_0000_0000;
 
+/// How a node learns that a thread touched a page it may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultCapture {
+    /// userfaultfd where the kernel gives it, else page protection. The default.
+    #[default]
+    Auto,
+    /// userfaultfd (missing and write-protect faults), served by a handler thread.
+    Userfaultfd,
+    /// Page protection (`mprotect`) and a `SIGSEGV` handler on the faulting thread:
+    /// for kernels or sandboxes without userfaultfd; at most
+    /// [`signals::MAX_PAGES`](crate::signals::MAX_PAGES) pages.
+    Signals,
+}
+
 /// How to map a region and join its nodes.
 #[derive(Debug, Clone)]
 pub struct RegionOptions {
@@ -59,12 +74,15 @@ pub struct RegionOptions {
     pub len: usize,
     /// How long to wait for the other nodes to come up.
     pub wait: Duration,
+    /// How faults are caught (each node chooses for itself).
+    pub faults: FaultCapture,
 }
 
 impl RegionOptions {
-    /// `len` bytes at [`DEFAULT_BASE`], waiting up to 30 s for the peers.
+    /// `len` bytes at [`DEFAULT_BASE`], waiting up to 30 s for the peers, faults caught
+    /// with userfaultfd where it can be had.
     pub fn new(len: usize) -> Self {
-        RegionOptions { base: DEFAULT_BASE, len, wait: Duration::from_secs(30) }
+        RegionOptions { base: DEFAULT_BASE, len, wait: Duration::from_secs(30), faults: FaultCapture::Auto }
     }
 }
 
@@ -216,6 +234,61 @@ impl Memory<Vec<u8>> for Mapped {
     }
 }
 
+/// A node's pages that can be made to fail (poisoned, or sealed off) for good.
+pub(crate) trait Failing: Memory<Vec<u8>> + Send + 'static {
+    /// Every later access to `page` fails, and the threads waiting on it are told.
+    fn fail(&mut self, page: Page);
+}
+
+impl Failing for Mapped {
+    fn fail(&mut self, page: Page) {
+        Mapped::fail(self, page);
+    }
+}
+
+impl Failing for crate::signals::Protected {
+    fn fail(&mut self, page: Page) {
+        crate::signals::Protected::fail(self, page);
+    }
+}
+
+/// A node's driver, whatever its memory.
+trait Engine: Send + Sync {
+    fn id(&self) -> NodeId;
+    fn dead(&self) -> u32;
+    fn stats(&self) -> crate::driver::Stats;
+    fn acquire(&self, page: Page, write: bool) -> Result<(), Fault>;
+    fn leave(&self, wait: Duration) -> bool;
+    fn close(&self);
+}
+
+impl<M: Failing> Engine for NodeDriver<M> {
+    fn id(&self) -> NodeId {
+        NodeDriver::id(self)
+    }
+    fn dead(&self) -> u32 {
+        NodeDriver::dead(self)
+    }
+    fn stats(&self) -> crate::driver::Stats {
+        NodeDriver::stats(self)
+    }
+    fn acquire(&self, page: Page, write: bool) -> Result<(), Fault> {
+        NodeDriver::acquire(self, page, write).map(drop)
+    }
+    fn leave(&self, wait: Duration) -> bool {
+        let ok = NodeDriver::leave(self, wait);
+        let mut s = self.lock();
+        let crate::driver::State { asked, pages, .. } = &mut *s;
+        for (p, _) in asked.iter().enumerate().filter(|(_, a)| **a) {
+            pages.fail(p as Page); // a grant that will never come
+        }
+        ok
+    }
+    fn close(&self) {
+        NodeDriver::close(self);
+    }
+}
+
 /// What the handler thread does with a fault on `page`.
 fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
     let mut s = driver.lock();
@@ -238,14 +311,19 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
 }
 
 struct Inner {
-    driver: Arc<NodeDriver<Mapped>>,
+    driver: Arc<dyn Engine>,
     base: usize,
     len: usize,
     page: usize,
     nodes: u16,
+    capture: FaultCapture,
     kernel_faults: bool,
+    /// The userfaultfd handler thread, and its stop flag.
     stop: Arc<AtomicBool>,
     handler: Mutex<Option<JoinHandle<()>>>,
+    /// Page protection: the signal handler's slot, and the driver's alias mapping.
+    slot: Option<usize>,
+    alias: Option<usize>,
 }
 
 impl Drop for Inner {
@@ -256,11 +334,17 @@ impl Drop for Inner {
         }
         // After `close` no message touches the mapping, so it can go.
         self.driver.close();
-        // SAFETY: the mapping is this region's own (mapped in `join_tcp`), and neither
-        // the handler nor the driver touches it any more; no segment on it lives (a
-        // segment's backend holds this value).
+        if let Some(slot) = self.slot {
+            crate::signals::unregister(slot);
+        }
+        // SAFETY: the mappings are this region's own (mapped in `join_tcp`), and neither
+        // a handler nor the driver touches them any more; no segment on the region
+        // lives (a segment's backend holds this value).
         unsafe {
             let _ = rustix::mm::munmap(self.base as *mut _, self.len);
+            if let Some(alias) = self.alias {
+                let _ = rustix::mm::munmap(alias as *mut _, self.len);
+            }
         }
     }
 }
@@ -285,7 +369,7 @@ impl std::fmt::Debug for Region {
 
 impl Region {
     /// Maps the region and joins the nodes at `addrs` over TCP as node `id` (this node
-    /// listens on `addrs[id]`). Every node must give the same options.
+    /// listens on `addrs[id]`). Every node must give the same base and length.
     pub fn join_tcp(id: NodeId, addrs: &[SocketAddr], opts: &RegionOptions) -> Result<Region, RegionError> {
         let page = rustix::param::page_size();
         let (base, len) = (opts.base, opts.len);
@@ -300,28 +384,61 @@ impl Region {
         }
         let pages = u32::try_from(len / page)
             .map_err(|_| RegionError::Geometry(format!("{len} bytes is too many pages")))?;
-        let uffd = Arc::new(Uffd::open().map_err(RegionError::NoUserfaultfd)?);
+        match opts.faults {
+            FaultCapture::Userfaultfd => Self::join_uffd(id, addrs, opts, pages),
+            FaultCapture::Signals => Self::join_signals(id, addrs, opts, pages),
+            FaultCapture::Auto => match Self::join_uffd(id, addrs, opts, pages) {
+                Err(RegionError::NoUserfaultfd(_)) => Self::join_signals(id, addrs, opts, pages),
+                other => other,
+            },
+        }
+    }
+
+    /// Maps `len` bytes at `base` (`fd`: shared, of that file; else private anonymous),
+    /// never over anything of this process.
+    fn map_fixed(base: usize, len: usize, prot: ProtFlags, fd: Option<&OwnedFd>) -> Result<(), RegionError> {
         // SAFETY: MAP_FIXED_NOREPLACE maps at `base` only if nothing of this process is
         // there (else EEXIST): no mapping is replaced.
         let got = unsafe {
-            rustix::mm::mmap_anonymous(
-                base as *mut _,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
-            )
+            match fd {
+                None => rustix::mm::mmap_anonymous(
+                    base as *mut _,
+                    len,
+                    prot,
+                    MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+                ),
+                Some(fd) => rustix::mm::mmap(
+                    base as *mut _,
+                    len,
+                    prot,
+                    MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+                    fd,
+                    0,
+                ),
+            }
         };
         match got {
-            Ok(p) if p as usize == base => {}
+            Ok(p) if p as usize == base => Ok(()),
             Ok(p) => {
                 // An old kernel that ignores the flag placed it elsewhere.
                 // SAFETY: `p` is the mapping just made, used by nothing.
                 unsafe { rustix::mm::munmap(p, len).ok() };
-                return Err(RegionError::AddressTaken { base, len });
+                Err(RegionError::AddressTaken { base, len })
             }
-            Err(Errno::EXIST) => return Err(RegionError::AddressTaken { base, len }),
-            Err(errno) => return Err(RegionError::Os { op: "mmap", errno }),
+            Err(Errno::EXIST) => Err(RegionError::AddressTaken { base, len }),
+            Err(errno) => Err(RegionError::Os { op: "mmap", errno }),
         }
+    }
+
+    fn join_uffd(
+        id: NodeId,
+        addrs: &[SocketAddr],
+        opts: &RegionOptions,
+        pages: u32,
+    ) -> Result<Region, RegionError> {
+        let (base, len, page) = (opts.base, opts.len, rustix::param::page_size());
+        let uffd = Arc::new(Uffd::open().map_err(RegionError::NoUserfaultfd)?);
+        Self::map_fixed(base, len, ProtFlags::READ | ProtFlags::WRITE, None)?;
         let unmap = || {
             // SAFETY: the mapping just made, used by nothing yet.
             unsafe { rustix::mm::munmap(base as *mut _, len).ok() };
@@ -365,11 +482,90 @@ impl Region {
                 len,
                 page,
                 nodes: addrs.len() as u16,
+                capture: FaultCapture::Userfaultfd,
                 kernel_faults: uffd.kernel_faults(),
                 stop,
                 handler: Mutex::new(Some(handler)),
+                slot: None,
+                alias: None,
             }),
         })
+    }
+
+    fn join_signals(
+        id: NodeId,
+        addrs: &[SocketAddr],
+        opts: &RegionOptions,
+        pages: u32,
+    ) -> Result<Region, RegionError> {
+        let (base, len, page) = (opts.base, opts.len, rustix::param::page_size());
+        if pages as usize > crate::signals::MAX_PAGES {
+            return Err(RegionError::Geometry(format!(
+                "{pages} pages: faults caught by page protection allow at most {}",
+                crate::signals::MAX_PAGES
+            )));
+        }
+        let os = |op| move |errno| RegionError::Os { op, errno };
+        let fd = rustix::fs::memfd_create("shmpool-dsm", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(os("memfd_create"))?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(os("ftruncate"))?;
+        Self::map_fixed(base, len, ProtFlags::empty(), Some(&fd))?;
+        // SAFETY: a fresh shared mapping of the memfd wherever the kernel puts it:
+        // nothing is replaced.
+        let alias = unsafe {
+            rustix::mm::mmap(
+                core::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        };
+        let unmap = |alias: Option<usize>| {
+            // SAFETY: the mappings just made, used by nothing yet.
+            unsafe {
+                rustix::mm::munmap(base as *mut _, len).ok();
+                alias.map(|a| rustix::mm::munmap(a as *mut _, len).ok());
+            }
+        };
+        let alias = match alias {
+            Ok(a) => a as usize,
+            Err(errno) => {
+                unmap(None);
+                return Err(RegionError::Os { op: "mmap", errno });
+            }
+        };
+        let mem = crate::signals::Protected::new(base, alias, page, pages as usize);
+        let driver = NodeDriver::join_tcp_with(id, addrs, pages, mem, opts.wait)
+            .inspect_err(|_| unmap(Some(alias)))?;
+        let Some(slot) = crate::signals::register(base, len, driver.clone()) else {
+            driver.close();
+            unmap(Some(alias));
+            return Err(RegionError::Geometry(
+                "too many regions with faults caught by page protection".into(),
+            ));
+        };
+        Ok(Region {
+            inner: Arc::new(Inner {
+                driver,
+                base,
+                len,
+                page,
+                nodes: addrs.len() as u16,
+                capture: FaultCapture::Signals,
+                kernel_faults: false,
+                stop: Arc::new(AtomicBool::new(false)),
+                handler: Mutex::new(None),
+                slot: Some(slot),
+                alias: Some(alias),
+            }),
+        })
+    }
+
+    /// How this node catches faults.
+    pub fn fault_capture(&self) -> FaultCapture {
+        self.inner.capture
     }
 
     /// The region's first byte (the same address in every node).
@@ -419,13 +615,7 @@ impl Region {
     /// is no longer kept coherent: touching a page this node does not hold then raises
     /// `SIGBUS`.
     pub fn leave(&self, wait: Duration) -> bool {
-        let ok = self.inner.driver.leave(wait);
-        let mut s = self.inner.driver.lock();
-        let crate::driver::State { asked, pages, .. } = &mut *s;
-        for (p, _) in asked.iter().enumerate().filter(|(_, a)| **a) {
-            pages.fail(p as Page); // a grant that will never come
-        }
-        ok
+        self.inner.driver.leave(wait)
     }
 
     /// Whether faults taken inside system calls (a `read(2)` into the region, a futex
@@ -446,7 +636,7 @@ impl Region {
     pub fn acquire(&self, offset: usize, len: usize, write: bool) -> Result<(), Fault> {
         let end = offset.saturating_add(len.max(1)).min(self.inner.len);
         for page in (offset / self.inner.page)..end.div_ceil(self.inner.page) {
-            drop(self.inner.driver.acquire(page as Page, write)?);
+            self.inner.driver.acquire(page as Page, write)?;
         }
         Ok(())
     }

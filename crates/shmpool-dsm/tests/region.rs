@@ -3,7 +3,7 @@
 //! environment), over loopback TCP, and checks what they print. Every node touches the
 //! region with plain loads, stores and atomics; the faults move the pages.
 
-use shmpool_dsm::region::{Region, RegionOptions};
+use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -35,6 +35,35 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 /// Starts `n` nodes running `workload` with `args`, each mapping `len` bytes at `base`.
 fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
+    start_with(n, workload, args, len, base, FAULTS.with(|f| f.get()))
+}
+
+thread_local! {
+    /// How the nodes the current test starts catch faults.
+    static FAULTS: std::cell::Cell<&'static str> = const { std::cell::Cell::new("userfaultfd") };
+}
+
+/// Each test twice: nodes catching faults with userfaultfd, and with page protection.
+macro_rules! both_captures {
+    ($(fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            use super::*;
+            fn run() $body
+            #[test]
+            fn userfaultfd() {
+                FAULTS.with(|f| f.set("userfaultfd"));
+                run()
+            }
+            #[test]
+            fn signals() {
+                FAULTS.with(|f| f.set("signals"));
+                run()
+            }
+        }
+    )*};
+}
+
+fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, faults: &str) -> Run {
     let addrs = free_addrs(n);
     let peers = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let children = (0..n)
@@ -47,6 +76,7 @@ fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
                 .env("DSM_ARGS", args)
                 .env("DSM_LEN", len.to_string())
                 .env("DSM_BASE", base.to_string())
+                .env("DSM_FAULTS", faults)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -150,7 +180,12 @@ fn node_main() {
     let addrs: Vec<SocketAddr> = env("DSM_PEERS").split(',').map(|a| a.parse().unwrap()).collect();
     let mut opts = RegionOptions::new(env("DSM_LEN").parse().unwrap());
     opts.base = env("DSM_BASE").parse().unwrap();
+    opts.faults = match env("DSM_FAULTS").as_str() {
+        "signals" => FaultCapture::Signals,
+        _ => FaultCapture::Userfaultfd,
+    };
     let region = Region::join_tcp(id, &addrs, &opts).unwrap();
+    assert_eq!(region.fault_capture(), opts.faults);
     let args = env("DSM_ARGS");
     let out = match workload.as_str() {
         "counter" => counter(&region, args.parse().unwrap()),
@@ -345,14 +380,20 @@ fn checksums(region: &Region, rounds: u64) -> Vec<String> {
 /// touched) still counts, 500 adds each. When let go, node 1 touches page 4 (`SIGBUS`).
 fn survive(region: &Region) -> Vec<String> {
     barrier(region, 0);
+    // Page 3 (home 0, never written by node 2) counts the survivors past the barrier:
+    // node 2 may die only then (the barrier's page may be its own by now).
     if region.id() == 2 {
         word(region, 4 * PAGE).store(4, Ordering::SeqCst);
         word(region, 5 * PAGE).store(5, Ordering::SeqCst);
+        while word(region, 3 * PAGE).load(Ordering::SeqCst) < 2 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         println!("DSM-DONE");
         loop {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+    word(region, 3 * PAGE).fetch_add(1, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(60);
     while region.dead() == 0 {
         assert!(Instant::now() < deadline, "node 2 never died");
@@ -384,15 +425,16 @@ fn survive(region: &Region) -> Vec<String> {
 
 const BASE: usize = 0x3000_0000_0000;
 
-#[test]
+both_captures! {
 fn a_counter_added_to_by_three_nodes_sums_exactly() {
     let out = results_ok(start(3, "counter", "300", 16 * PAGE, BASE));
     for (i, lines) in out.iter().enumerate() {
         assert_eq!(lines, &vec!["900 900 1000,1001,1002".to_string()], "node {i}");
     }
 }
+}
 
-#[test]
+both_captures! {
 fn message_passing_sees_the_data_with_the_flag() {
     let out = results_ok(start(3, "mp", "2000", 16 * PAGE, BASE + (1 << 30)));
     for lines in &out[1..] {
@@ -401,8 +443,9 @@ fn message_passing_sees_the_data_with_the_flag() {
         assert!(seen.parse::<u64>().unwrap() >= 1);
     }
 }
+}
 
-#[test]
+both_captures! {
 fn store_buffering_never_reads_both_old() {
     const ROUNDS: usize = 100;
     let out = results_ok(start(3, "sb", &ROUNDS.to_string(), (2 * ROUNDS + 3) * PAGE, BASE + (2 << 30)));
@@ -413,13 +456,15 @@ fn store_buffering_never_reads_both_old() {
         assert!(a[r] == 1 || b[r] == 1, "round {r}: both nodes read the old value");
     }
 }
+}
 
-#[test]
+both_captures! {
 fn torn_pages_are_never_seen() {
     let out = results_ok(start(3, "checksums", "400", 8 * PAGE, BASE + (3 << 30)));
     for lines in &out {
         assert_eq!(lines, &vec!["0".to_string()]);
     }
+}
 }
 
 /// An event of a history: node, index in its program order.
@@ -501,14 +546,15 @@ fn sequentially_consistent(histories: &[Vec<String>]) -> Result<(), String> {
     }
 }
 
-#[test]
+both_captures! {
 fn random_histories_are_sequentially_consistent() {
     let out = results_ok(start(3, "history", "400", 8 * PAGE, BASE + (4 << 30)));
     assert!(out.iter().all(|h| h.len() == 400));
     sequentially_consistent(&out).unwrap();
 }
+}
 
-#[test]
+both_captures! {
 fn the_heap_runs_on_a_distributed_region() {
     let out = results_ok(start(3, "board", "200", 64 << 20, BASE + (5 << 30)));
     for (i, lines) in out.iter().enumerate() {
@@ -520,8 +566,9 @@ fn the_heap_runs_on_a_distributed_region() {
     assert_eq!(before, after, "the heap's allocated bytes are back where they started");
     assert!(out[1][0].ends_with("None") && out[2][0].ends_with("None"));
 }
+}
 
-#[test]
+both_captures! {
 fn a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost() {
     use std::os::unix::process::ExitStatusExt;
     let mut run = start(3, "survive", "", 8 * PAGE, BASE + (6 << 30));
@@ -538,6 +585,7 @@ fn a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost() {
     assert!(out[0].0.success());
     const SIGBUS: i32 = 7; // on Linux (x86, ARM, RISC-V)
     assert_eq!(out[1].0.signal(), Some(SIGBUS), "node 1 touching a lost page: {}", out[1].0);
+}
 }
 
 #[test]

@@ -19,7 +19,7 @@
 //! in page 0, node 1 acknowledges it in page 1.
 
 use super::{Plan, Spread};
-use shmpool_dsm::region::{Region, RegionOptions};
+use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -173,9 +173,15 @@ impl Orders {
 }
 
 /// Node 1 (the child process): carries out node 0's orders until told to quit.
-pub fn bench_node(peers: &[SocketAddr], size: u64, echo_at: SocketAddr) -> Result<(), String> {
+pub fn bench_node(
+    peers: &[SocketAddr],
+    size: u64,
+    echo_at: SocketAddr,
+    faults: FaultCapture,
+) -> Result<(), String> {
     std::thread::spawn(move || echo(echo_at));
-    let opts = RegionOptions::new(size as usize);
+    let mut opts = RegionOptions::new(size as usize);
+    opts.faults = faults;
     let region = Region::join_tcp(1, peers, &opts).map_err(|e| e.to_string())?;
     let mut last = 0;
     loop {
@@ -218,9 +224,18 @@ pub fn bench_node(peers: &[SocketAddr], size: u64, echo_at: SocketAddr) -> Resul
 }
 
 pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
-    // 2,000 accesses and 256 MiB at the default --handoffs; less for a quick run.
+    // 2,000 accesses and 256 MiB at the default --handoffs; less for a quick run. Faults
+    // caught by page protection allow 64 MiB regions: their sequential range is 48 MiB.
     let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
-    let seq_pages = (((plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize) << 20) >> 12;
+    let mib = (plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize;
+    let mut out = run(plan, n, mib, FaultCapture::Userfaultfd, "")?;
+    out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals")?.into_iter().skip(1));
+    Ok(out)
+}
+
+/// The lines of one pair of nodes catching faults with `faults` (`suffix` on the names).
+fn run(plan: &Plan, n: usize, mib: usize, faults: FaultCapture, suffix: &str) -> Result<Vec<String>, String> {
+    let seq_pages = (mib << 20) / PAGE;
     let size = (SEQ + seq_pages) * PAGE;
     let addrs = free_addrs(2)?;
     let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
@@ -229,10 +244,13 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
     let echo_at = echo.local_addr().map_err(|e| e.to_string())?.to_string();
     let mut child = Command::new(exe)
         .args(["__dsm-bench-node", "--peers", &list, "--size", &size.to_string(), "--echo", &echo_at])
+        .args(["--faults", crate::dsm::faults_arg(faults)])
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting node 1: {e}"))?;
-    let joined = Region::join_tcp(0, &addrs, &RegionOptions::new(size)).map_err(|e| e.to_string());
+    let mut opts = RegionOptions::new(size);
+    opts.faults = faults;
+    let joined = Region::join_tcp(0, &addrs, &opts).map_err(|e| e.to_string());
     let region = match joined {
         Ok(r) => r,
         Err(e) => {
@@ -246,7 +264,7 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
         .accept()
         .and_then(|(c, _)| c.set_nodelay(true).map(|()| c))
         .map_err(|e| format!("node 1's echo: {e}"))
-        .and_then(|mut c| measure(&mut o, &mut c, plan, n, seq_pages));
+        .and_then(|mut c| measure(&mut o, &mut c, plan, n, seq_pages, suffix));
     let _ = o.order(OP_QUIT, 0);
     o.region.leave(Duration::from_secs(10));
     let _ = child.wait();
@@ -259,6 +277,7 @@ fn measure(
     plan: &Plan,
     n: usize,
     seq_pages: usize,
+    suffix: &str,
 ) -> Result<Vec<String>, String> {
     tcp_rtt(tcp_link, n / 4)?;
     o.reads_and_upgrades(n / 4)?; // warm-up
@@ -287,19 +306,19 @@ fn measure(
             tcp.median, tcp.min, tcp.max, plan.reps
         ),
         format!(
-            "shmpool dsm-read p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
+            "shmpool dsm-read{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
             p50.median, p99.median, p50.min, p50.max, plan.reps, vs.median
         ),
         format!(
-            "shmpool dsm-upgrade p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
+            "shmpool dsm-upgrade{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
             up50.median, up99.median, up50.min, up50.max, plan.reps, upvs.median
         ),
         format!(
-            "shmpool dsm-pingpong transfers_s={:.0} min={:.0} max={:.0} reps={}",
+            "shmpool dsm-pingpong{suffix} transfers_s={:.0} min={:.0} max={:.0} reps={}",
             xfer.median, xfer.min, xfer.max, plan.reps
         ),
         format!(
-            "shmpool dsm-seqread mib_s={:.1} min={:.1} max={:.1} reps={} region_mib={}",
+            "shmpool dsm-seqread{suffix} mib_s={:.1} min={:.1} max={:.1} reps={} region_mib={}",
             seq.median,
             seq.min,
             seq.max,

@@ -1,0 +1,261 @@
+//! Fault capture by page protection, where userfaultfd cannot be had: `mprotect` and a
+//! `SIGSEGV` handler.
+//!
+//! Layer: shmpool-dsm, under `region`. The region is a memfd mapped twice: the
+//! application's view at the region's address, whose pages are `PROT_NONE` (Invalid),
+//! `PROT_READ` (Shared) or read-write (Modified), and a private read-write alias
+//! through which the driver installs and copies out pages (so a page being installed
+//! is never visible half-written). A thread touching a page its protection forbids
+//! gets `SIGSEGV`; the handler, on that thread, asks the protocol for the page (the
+//! same [`NodeDriver::acquire`] the explicit API uses) and returns once it is granted,
+//! and the access is retried. A page that can no longer be served raises `SIGBUS`.
+//!
+//! Costs and limits, against userfaultfd:
+//! - every protection change of a page splits the mapping, and a process may hold at
+//!   most `vm.max_map_count` (65,530 by default) mappings: regions here have at most
+//!   [`MAX_PAGES`] pages, so that even alternating protections stay below it;
+//! - a system call touching a protected page fails with `EFAULT` (no signal is sent);
+//! - the handler runs the protocol on the faulting thread (no handler-thread hop), so a
+//!   fault costs one wake-up less.
+#![allow(unsafe_code)]
+
+use crate::driver::NodeDriver;
+use crate::protocol::{Access, Memory, Page};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use rustix::io::Errno;
+use rustix::mm::MprotectFlags;
+use std::sync::Once;
+
+/// The most pages of a region whose faults are caught by protection (64 MiB of 4 KiB
+/// pages).
+pub const MAX_PAGES: usize = 16 << 10;
+
+/// A node's pages, in a memfd mapped twice.
+pub struct Protected {
+    app: usize,
+    alias: usize,
+    page: usize,
+    access: Vec<Access>,
+    staged: Option<(Page, Vec<u8>)>,
+    failed: Vec<bool>,
+}
+
+impl Protected {
+    /// Pages at `app` (the application's view) and `alias` (the driver's), both
+    /// mappings of one memfd of `pages` pages of `page` bytes, the first `PROT_NONE`.
+    pub(crate) fn new(app: usize, alias: usize, page: usize, pages: usize) -> Self {
+        Protected {
+            app,
+            alias,
+            page,
+            access: vec![Access::Invalid; pages],
+            staged: None,
+            failed: vec![false; pages],
+        }
+    }
+
+    fn set_prot(&self, page: Page, access: Access) -> Result<(), Errno> {
+        let prot = match access {
+            Access::Invalid => MprotectFlags::empty(),
+            Access::Shared => MprotectFlags::READ,
+            Access::Modified => MprotectFlags::READ | MprotectFlags::WRITE,
+        };
+        // SAFETY: the page is inside the application's view of the region, which the
+        // region owns; changing its protection touches no memory.
+        unsafe { rustix::mm::mprotect((self.app + page as usize * self.page) as *mut _, self.page, prot) }
+    }
+
+    fn alias(&self, page: Page) -> *mut u8 {
+        (self.alias + page as usize * self.page) as *mut u8
+    }
+
+    /// Every later access to `page` fails (`SIGBUS`, from the handler).
+    pub(crate) fn fail(&mut self, page: Page) {
+        self.failed[page as usize] = true;
+        self.access[page as usize] = Access::Invalid;
+        let _ = self.set_prot(page, Access::Invalid);
+    }
+}
+
+impl Memory<Vec<u8>> for Protected {
+    /// The page's bytes, for a recall: a Modified page is made read-only first (which
+    /// waits out writes under way: `mprotect` shoots down every TLB entry of it).
+    fn read(&self, page: Page) -> Vec<u8> {
+        if self.access[page as usize] == Access::Modified {
+            let r = self.set_prot(page, Access::Shared);
+            assert!(r.is_ok(), "mprotect: {r:?} (more mappings than vm.max_map_count?)");
+        }
+        let mut out = vec![0u8; self.page];
+        // SAFETY: the alias maps the page read-write for the region's life; no thread
+        // writes it (its application view is read-only now), and `out` is a page.
+        unsafe { core::ptr::copy_nonoverlapping(self.alias(page), out.as_mut_ptr(), self.page) };
+        out
+    }
+
+    fn write(&mut self, page: Page, data: Vec<u8>) {
+        self.staged = Some((page, data));
+    }
+
+    fn protect(&mut self, page: Page, access: Access) {
+        self.access[page as usize] = access;
+        if self.failed[page as usize] {
+            return;
+        }
+        if let Some((p, data)) = self.staged.take() {
+            debug_assert_eq!(p, page);
+            let dst = self.alias(page);
+            // SAFETY: the alias maps the page read-write; the application's view of it
+            // is `PROT_NONE` (a grant carries bytes only to a node without a copy), so
+            // no thread sees it until the protection below.
+            unsafe {
+                if data.is_empty() {
+                    core::ptr::write_bytes(dst, 0, self.page);
+                } else {
+                    core::ptr::copy_nonoverlapping(data.as_ptr(), dst, self.page);
+                }
+            }
+        }
+        let r = self.set_prot(page, access);
+        assert!(r.is_ok(), "mprotect: {r:?} (more mappings than vm.max_map_count?)");
+    }
+
+    fn lost(&mut self, page: Page) {
+        if self.access[page as usize] != Access::Modified {
+            self.fail(page);
+        }
+    }
+}
+
+/// A region whose faults this handler serves.
+struct Slot {
+    base: AtomicUsize,
+    len: AtomicUsize,
+    driver: AtomicPtr<NodeDriver<Protected>>,
+}
+
+const SLOTS: usize = 16;
+#[allow(clippy::declare_interior_mutable_const)] // a template for the array below
+const EMPTY: Slot = Slot {
+    base: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    driver: AtomicPtr::new(core::ptr::null_mut()),
+};
+static REGIONS: [Slot; SLOTS] = [EMPTY; SLOTS];
+/// The handler that was there before ours (for faults outside every region).
+static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
+static INSTALL: Once = Once::new();
+
+/// Serves the faults of `[base, base + len)` with `driver` from now on; the slot to
+/// give back with [`unregister`]. `None` if every slot is taken.
+pub(crate) fn register(
+    base: usize,
+    len: usize,
+    driver: std::sync::Arc<NodeDriver<Protected>>,
+) -> Option<usize> {
+    INSTALL.call_once(install);
+    let raw = std::sync::Arc::into_raw(driver).cast_mut();
+    for (i, s) in REGIONS.iter().enumerate() {
+        // SYNC: AcqRel claims the slot; the Release store of `base` below publishes the
+        // driver and length to the handler's Acquire load of `base`.
+        if s.driver.compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            s.len.store(len, Ordering::Relaxed);
+            s.base.store(base, Ordering::Release);
+            return Some(i);
+        }
+    }
+    // SAFETY: `raw` came from `into_raw` above and was stored nowhere.
+    drop(unsafe { std::sync::Arc::from_raw(raw) });
+    None
+}
+
+/// Stops serving slot `i`'s faults.
+pub(crate) fn unregister(i: usize) {
+    let s = &REGIONS[i];
+    s.base.store(0, Ordering::Release);
+    // SYNC: AcqRel, pairs with the claim in `register`.
+    let raw = s.driver.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !raw.is_null() {
+        // SAFETY: the slot held the reference `register` made with `into_raw`; no
+        // fault of the region is served any more (it is left and about to be unmapped).
+        drop(unsafe { std::sync::Arc::from_raw(raw) });
+    }
+}
+
+fn install() {
+    // SAFETY: a zeroed `sigaction` is a valid empty one; `on_fault` has the
+    // SA_SIGINFO handler's signature; the previous action is kept for chaining.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = on_fault as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        let old: *mut libc::sigaction = Box::into_raw(Box::new(core::mem::zeroed()));
+        libc::sigaction(libc::SIGSEGV, &sa, old);
+        PREVIOUS.store(old, Ordering::Release);
+    }
+}
+
+/// Whether the faulting access was a write, where the CPU says (x86-64's page-fault
+/// error code); elsewhere, `None`.
+#[cfg(target_arch = "x86_64")]
+fn was_write(ctx: *mut libc::c_void) -> Option<bool> {
+    // SAFETY: the kernel passes the interrupted context as a `ucontext_t`.
+    let uc = unsafe { &*ctx.cast::<libc::ucontext_t>() };
+    Some(uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn was_write(_ctx: *mut libc::c_void) -> Option<bool> {
+    None
+}
+
+extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid `siginfo_t` for a SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for s in &REGIONS {
+        // SYNC: Acquire pairs with the Release store in `register`.
+        let base = s.base.load(Ordering::Acquire);
+        if base == 0 || addr < base || addr >= base + s.len.load(Ordering::Relaxed) {
+            continue;
+        }
+        let driver = s.driver.load(Ordering::Acquire);
+        if driver.is_null() {
+            break;
+        }
+        // SAFETY: the slot holds a strong reference to the driver until `unregister`,
+        // which runs only once the region's faults are no longer served.
+        let driver = unsafe { &*driver };
+        let page = ((addr - base) / rustix::param::page_size()) as Page;
+        // Where the CPU does not say, an access to a readable page is a write.
+        let write = was_write(ctx).unwrap_or_else(|| driver.lock().node.access(page) == Access::Shared);
+        if driver.acquire(page, write).is_ok() {
+            return; // granted: the access is retried
+        }
+        // Lost: the access ends in SIGBUS, never stale bytes.
+        // SAFETY: restoring the default action and raising a signal on this thread.
+        unsafe {
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+            libc::raise(libc::SIGBUS);
+        }
+        return;
+    }
+    // Not ours: whoever handled it before (Rust's stack-overflow report, say), or the
+    // default action once the access is retried.
+    let prev = PREVIOUS.load(Ordering::Acquire);
+    // SAFETY: `prev` is the action saved when ours was installed (never freed); calling
+    // it as it was registered, or restoring the default.
+    unsafe {
+        let h = if prev.is_null() { libc::SIG_DFL } else { (*prev).sa_sigaction };
+        if h == libc::SIG_DFL || h == libc::SIG_IGN {
+            libc::signal(sig, libc::SIG_DFL);
+        } else if (*prev).sa_flags & libc::SA_SIGINFO != 0 {
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                core::mem::transmute(h);
+            f(sig, info, ctx);
+        } else {
+            let f: extern "C" fn(libc::c_int) = core::mem::transmute(h);
+            f(sig);
+        }
+    }
+}
