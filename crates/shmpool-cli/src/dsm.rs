@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub struct NodeArgs {
     pub id: u16,
     pub peers: Vec<SocketAddr>,
+    pub listen: Option<SocketAddr>,
     pub size: u64,
     pub base: Option<u64>,
     pub posts: u64,
@@ -40,6 +41,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
         opts.base = usize::try_from(base).map_err(|_| "--base is too large")?;
     }
     opts.faults = a.faults;
+    opts.listen = a.listen;
     let region = Region::join_tcp(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;

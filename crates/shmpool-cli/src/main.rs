@@ -220,8 +220,8 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node { id, peers, size, base, posts, faults }) => {
-            return Ok(dsm::node(&dsm::NodeArgs { id, peers, size, base, posts, faults })?)
+        Command::Dsm(DsmCommand::Node { id, peers, listen, size, base, posts, faults }) => {
+            return Ok(dsm::node(&dsm::NodeArgs { id, peers, listen, size, base, posts, faults })?)
         }
         Command::Dsm(DsmCommand::Demo { posts, faults }) => return Ok(dsm::demo(posts, faults)?),
         Command::DsmBenchNode { peers, size, echo, faults } => {
@@ -248,6 +248,9 @@ enum DsmCommand {
         /// Every node's address, in order, comma separated (HOST:PORT).
         #[arg(long, value_delimiter = ',', required = true)]
         peers: Vec<std::net::SocketAddr>,
+        /// Where this node listens (default: its own entry of PEERS), e.g. 0.0.0.0:7000.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// The region's size (K, M, G suffixes); the same on every node.
         #[arg(long, default_value = "64M", value_parser = units::parse_size)]
         size: u64,

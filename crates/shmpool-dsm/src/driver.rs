@@ -14,8 +14,12 @@ use crate::transport::{read_frame, write_frame, Frame};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// How long an access waiting for a page spins before it sleeps.
+const ACQUIRE_SPIN: Duration = Duration::from_micros(150);
 
 /// A link's writing end (Unix socket or TCP), which can also be shut down.
 pub trait Link: Write + Send {
@@ -109,6 +113,9 @@ pub struct NodeDriver<M = Pages> {
     outbox: Vec<Mutex<std::collections::VecDeque<Frame>>>,
     /// Held while this node's messages to itself are handled.
     self_turn: Mutex<()>,
+    /// Messages handled (and deaths learnt): moves, under the lock, whenever a waiting
+    /// access may have become allowed.
+    handled: AtomicU64,
     stats: Mutex<Stats>,
 }
 
@@ -180,6 +187,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             if let Some(p) = page {
                 asked[p as usize] = false;
             }
+            self.handled.fetch_add(1, Ordering::Relaxed);
             self.enqueue(out);
         }
         self.changed.notify_all();
@@ -213,6 +221,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             }),
             outbox: (0..nodes).map(|_| Mutex::default()).collect(),
             self_turn: Mutex::new(()),
+            handled: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
             changed: Condvar::new(),
             links: links.into_iter().map(|l| l.map(Mutex::new)).collect(),
@@ -235,6 +244,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             let State { node, pages, asked, .. } = &mut *s;
             let epoch = node.epoch() + 1;
             let out = node.node_died(peer, epoch, pages);
+            self.handled.fetch_add(1, Ordering::Relaxed);
             for (p, a) in asked.iter_mut().enumerate() {
                 if node.is_lost(p as Page) || crate::protocol::home(p as Page, node.nodes()) == peer {
                     *a = false;
@@ -252,11 +262,13 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     }
 
     /// Joins the nodes at `addrs` (by index: this node is `addrs[id]`) over TCP with its
-    /// pages in `mem`: listens on its own address, connects to every other (waiting up
+    /// pages in `mem`: listens on `listen` (by default its own address: another where
+    /// the peers reach it through a translation, or on every interface), connects to every other (waiting up
     /// to `wait` for them to come up).
     pub fn join_tcp_with(
         id: NodeId,
         addrs: &[SocketAddr],
+        listen: Option<SocketAddr>,
         pages: u32,
         mem: M,
         wait: Duration,
@@ -268,7 +280,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 format!("node {id} of {n} (at most 64)"),
             ));
         }
-        let listener = TcpListener::bind(addrs[id as usize])?;
+        let listener = TcpListener::bind(listen.unwrap_or(addrs[id as usize]))?;
         let deadline = Instant::now() + wait;
         let mut links: Vec<Option<Writer>> = (0..n).map(|_| None).collect();
         let mut readers: Vec<(NodeId, Reader)> = Vec::new();
@@ -378,7 +390,20 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                     continue;
                 }
             }
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            // The answer usually comes within a round trip: spin for it a while (a
+            // sleeping thread costs a wake-up, dear in a VM), then sleep.
+            let seen = self.handled.load(Ordering::Relaxed);
+            drop(s);
+            let until = Instant::now() + ACQUIRE_SPIN;
+            while self.handled.load(Ordering::Relaxed) == seen && Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            s = self.lock();
+            // The counter moves under the lock: unchanged here, the next message's
+            // notification comes after this wait begins.
+            if self.handled.load(Ordering::Relaxed) == seen {
+                s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
         }
     }
 
@@ -407,7 +432,7 @@ impl NodeDriver<Pages> {
         page_size: usize,
         wait: Duration,
     ) -> std::io::Result<Arc<Self>> {
-        Self::join_tcp_with(id, addrs, pages, Pages::new(pages, page_size), wait)
+        Self::join_tcp_with(id, addrs, None, pages, Pages::new(pages, page_size), wait)
     }
 
     /// Runs `f` on the page's bytes once this node may (`write`: hold it Modified).

@@ -76,13 +76,21 @@ pub struct RegionOptions {
     pub wait: Duration,
     /// How faults are caught (each node chooses for itself).
     pub faults: FaultCapture,
+    /// Where this node listens for its peers (default: its own entry of the peers).
+    pub listen: Option<SocketAddr>,
 }
 
 impl RegionOptions {
     /// `len` bytes at [`DEFAULT_BASE`], waiting up to 30 s for the peers, faults caught
     /// with userfaultfd where it can be had.
     pub fn new(len: usize) -> Self {
-        RegionOptions { base: DEFAULT_BASE, len, wait: Duration::from_secs(30), faults: FaultCapture::Auto }
+        RegionOptions {
+            base: DEFAULT_BASE,
+            len,
+            wait: Duration::from_secs(30),
+            faults: FaultCapture::Auto,
+            listen: None,
+        }
     }
 }
 
@@ -458,7 +466,8 @@ impl Region {
             failed: vec![false; pages as usize],
             zero: vec![0; page],
         };
-        let driver = NodeDriver::join_tcp_with(id, addrs, pages, mem, opts.wait).inspect_err(|_| unmap())?;
+        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, mem, opts.wait)
+            .inspect_err(|_| unmap())?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler = {
             let (driver, stop, uffd) = (driver.clone(), stop.clone(), uffd.clone());
@@ -537,7 +546,7 @@ impl Region {
             }
         };
         let mem = crate::signals::Protected::new(base, alias, page, pages as usize);
-        let driver = NodeDriver::join_tcp_with(id, addrs, pages, mem, opts.wait)
+        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, mem, opts.wait)
             .inspect_err(|_| unmap(Some(alias)))?;
         let Some(slot) = crate::signals::register(base, len, driver.clone()) else {
             driver.close();
