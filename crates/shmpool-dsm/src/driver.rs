@@ -1,13 +1,15 @@
-//! A node driver in software: the protocol, the transport and a node's pages in one
-//! process, with explicit accesses (`read`, `write`, `cas_u64`) standing where the
-//! page-fault handler will: an access this node's copy does not allow sends the
-//! request and waits for the grant, as a faulting thread will.
+//! A node: the protocol, its links and its memory ([`Memory`]: a mapped region's, or
+//! [`Pages`] of ordinary memory with explicit accesses `read`, `write` and `cas_u64`).
+//! An access this node's copy does not allow sends the request and waits for the grant
+//! ([`NodeDriver::acquire`], which the fault handlers use too).
 //!
 //! Layer: shmpool-dsm, above `protocol` and `transport`. One thread per incoming link
-//! reads frames and hands them to the protocol under the node's lock; replies are sent
-//! after the lock is released (a node never blocks on a socket while holding it).
-//! [`Cluster::local`] wires several nodes of one process together over Unix socket
-//! pairs, for tests and the demo.
+//! reads frames and hands them to the protocol under the node's lock. What the protocol
+//! answers is queued under that lock and sent after it is released (a node never
+//! blocks on a socket while holding it), in the order made, by whichever thread gets
+//! to the link first: the protocol relies on FIFO links, and several threads handle
+//! messages. A node's messages to itself are handled on the spot. [`Cluster::local`]
+//! wires several nodes of one process together over Unix socket pairs, for tests.
 
 use crate::protocol::{Access, Fault, Memory, Msg, Node, NodeId, Page};
 use crate::transport::{read_frame, write_frame, Frame};

@@ -229,7 +229,7 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
     let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
     let mib = (plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize;
     let mut out = run(plan, n, mib, FaultCapture::Userfaultfd, "")?;
-    out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals")?.into_iter().skip(1));
+    out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals")?);
     Ok(out)
 }
 
@@ -302,7 +302,7 @@ fn measure(
         [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq].map(Spread::of);
     Ok(vec![
         format!(
-            "tcp rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, loopback)",
+            "tcp{suffix} rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, loopback)",
             tcp.median, tcp.min, tcp.max, plan.reps
         ),
         format!(
