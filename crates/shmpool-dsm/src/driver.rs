@@ -379,7 +379,12 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 return Err(Fault::Lost(page)); // left: nothing serves the page any more
             }
             let asked = s.asked[page as usize];
-            let req = if asked { None } else { s.node.fault(page, write)? };
+            let req = if asked {
+                None
+            } else {
+                let State { node, pages, .. } = &mut *s;
+                node.fault(page, write, pages)?
+            };
             match req {
                 None if !asked => return Ok(s),
                 None => {}

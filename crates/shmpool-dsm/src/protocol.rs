@@ -19,8 +19,13 @@
 //! transaction, and no acknowledgement of the grant is sent (IVY's confirmation
 //! message, which the model showed unneeded over FIFO links).
 //!
+//! A read of a page no other node holds is granted Exclusive (the only copy, mapped
+//! read-only; the first write makes it Modified here without a message), and an owner
+//! that wrote its copy gives it up whole when another node reads it, so a page passed
+//! between writers costs one transaction per hand-over, not a read and an upgrade.
+//!
 //! Invariants (checked by the exhaustive model in the tests, 3 nodes × 2 pages): at most
-//! one Modified copy of a page, and none Shared beside it; every valid copy holds the
+//! one owner (Exclusive or Modified) of a page, and no Shared copy beside it; every valid copy holds the
 //! last value written (so a read returns the last write); and no state is stuck with a
 //! request unserved.
 //!
@@ -47,8 +52,19 @@ pub enum Access {
     Invalid,
     /// A read-only copy; other nodes may hold one too.
     Shared,
-    /// The only copy, writable.
+    /// The only copy, not written since it was granted: mapped read-only, and the first
+    /// write makes it Modified here, without a message (MESI's exclusive-clean). A read
+    /// of a page no other node holds is granted this.
+    Exclusive,
+    /// The only copy, writable, and written.
     Modified,
+}
+
+impl Access {
+    /// Whether this is the page's only copy (Exclusive or Modified).
+    pub fn is_owner(self) -> bool {
+        matches!(self, Access::Exclusive | Access::Modified)
+    }
 }
 
 /// A protocol message.
@@ -56,11 +72,13 @@ pub enum Access {
 pub enum Msg<D> {
     /// To the home: `from` faulted on `page`, to write it or to read it.
     Request { page: Page, from: NodeId, write: bool },
-    /// From the home to the Modified holder: send the page back, and drop it
-    /// (`invalidate`) or keep it Shared.
+    /// From the home to the page's owner: send the page back, and drop it
+    /// (`invalidate`), or keep it Shared for a reader. An owner that wrote the page
+    /// drops it either way: a page written by one node and then read by another
+    /// migrates whole, so the reader may write it next without another transaction.
     Recall { page: Page, invalidate: bool },
-    /// To the home: the recalled page's bytes.
-    Recalled { page: Page, from: NodeId, data: D },
+    /// To the home: the recalled page's bytes, and whether the owner kept a Shared copy.
+    Recalled { page: Page, from: NodeId, data: D, kept: bool },
     /// From the home to a Shared holder: drop your copy.
     Invalidate { page: Page },
     /// To the home: dropped.
@@ -200,8 +218,17 @@ impl<D: Clone> Node<D> {
     /// A thread touched `page` (to write it, or to read it) and faulted, or would: the
     /// request to send, or `None` if this node's access already allows it; `Fault::Lost`
     /// if the page can no longer be served.
-    pub fn fault(&mut self, page: Page, write: bool) -> Result<Option<Envelope<D>>, Fault> {
+    pub fn fault(
+        &mut self,
+        page: Page,
+        write: bool,
+        mem: &mut impl Memory<D>,
+    ) -> Result<Option<Envelope<D>>, Fault> {
         let have = self.access(page);
+        if write && have == Access::Exclusive {
+            self.set(page, Access::Modified, mem); // the only copy: written without asking
+            return Ok(None);
+        }
         let enough = if write { have == Access::Modified } else { have != Access::Invalid };
         if enough {
             return Ok(None);
@@ -301,9 +328,9 @@ impl<D: Clone> Node<D> {
             Msg::Request { page, from, write } => self.request(page, from, write),
             Msg::Recall { page, invalidate } => {
                 let data = mem.read(page);
-                let access = if invalidate { Access::Invalid } else { Access::Shared };
-                self.set(page, access, mem);
-                vec![self.send(env.from, Msg::Recalled { page, from: self.id, data })]
+                let kept = !invalidate && self.access(page) != Access::Modified;
+                self.set(page, if kept { Access::Shared } else { Access::Invalid }, mem);
+                vec![self.send(env.from, Msg::Recalled { page, from: self.id, data, kept })]
             }
             Msg::Invalidate { page } => {
                 self.set(page, Access::Invalid, mem);
@@ -316,12 +343,11 @@ impl<D: Clone> Node<D> {
                 self.set(page, access, mem);
                 Vec::new()
             }
-            Msg::Recalled { page, from, data } => {
+            Msg::Recalled { page, from, data, kept } => {
                 let dir = self.dir(page);
                 dir.clean = Some(data);
                 dir.owner = None;
-                let keep = dir.txn.as_ref().is_some_and(|t| !t.write);
-                if keep {
+                if kept {
                     dir.sharers |= 1 << from; // downgraded, not dropped
                 }
                 self.answered(page, from)
@@ -421,11 +447,18 @@ impl<D: Clone> Node<D> {
         // The requester's copy is current if it holds one (the page is not Modified
         // elsewhere: that was recalled).
         let data = if holds { None } else { dir.clean.clone() };
-        let access = if write {
+        // A reader of a page no other node holds gets it Exclusive: its first write
+        // then needs no transaction.
+        let alone = dir.sharers & !(1 << to) == 0;
+        let access = if write || alone {
             dir.owner = Some(to);
             dir.sharers = 0;
             dir.clean = None;
-            Access::Modified
+            if write {
+                Access::Modified
+            } else {
+                Access::Exclusive
+            }
         } else {
             dir.sharers |= 1 << to;
             Access::Shared

@@ -214,7 +214,7 @@ impl Memory<Vec<u8>> for Mapped {
                 let bytes = if data.is_empty() { &self.zero } else { &data };
                 // SAFETY: the page is in the registered range, absent (this node held
                 // no copy: a grant carries bytes only then), and `bytes` is a page.
-                match unsafe { self.uffd.copy(at, bytes, a == Access::Shared) } {
+                match unsafe { self.uffd.copy(at, bytes, a != Access::Modified) } {
                     Err(Errno::EXIST) => self.wake(page),
                     r => r,
                 }
@@ -225,7 +225,7 @@ impl Memory<Vec<u8>> for Mapped {
                 self.uffd.protect(at, self.page, false)
             },
             // SAFETY: as above; a Modified copy downgraded (already protected by `read`).
-            (None, Access::Shared) if old == Access::Modified => unsafe {
+            (None, Access::Shared | Access::Exclusive) if old == Access::Modified => unsafe {
                 self.uffd.protect(at, self.page, true)
             },
             (_, Access::Invalid) => self.drop_copy(page),
@@ -235,8 +235,8 @@ impl Memory<Vec<u8>> for Mapped {
     }
 
     fn lost(&mut self, page: Page) {
-        // A Modified copy is the page's only one and stays usable; any other access fails.
-        if self.access[page as usize] != Access::Modified {
+        // An owner's copy is the page's only one and stays usable; any other fails.
+        if !self.access[page as usize].is_owner() {
             self.fail(page);
         }
     }
@@ -306,15 +306,16 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
     if s.asked[page as usize] {
         return; // the grant on its way wakes this thread too; it faults again if need be
     }
-    match s.node.fault(page, write) {
-        Ok(None) => drop(s.pages.wake(page)), // a grant came first
+    let crate::driver::State { node, pages, .. } = &mut *s;
+    match node.fault(page, write, pages) {
+        Ok(None) => drop(pages.wake(page)), // a grant came first, or a local upgrade
         Ok(Some(req)) => {
             s.asked[page as usize] = true;
             driver.enqueue(vec![req]);
             drop(s);
             driver.pump();
         }
-        Err(Fault::Lost(_)) => s.pages.fail(page),
+        Err(Fault::Lost(_)) => pages.fail(page),
     }
 }
 

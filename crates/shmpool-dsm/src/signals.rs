@@ -57,7 +57,7 @@ impl Protected {
     fn set_prot(&self, page: Page, access: Access) -> Result<(), Errno> {
         let prot = match access {
             Access::Invalid => MprotectFlags::empty(),
-            Access::Shared => MprotectFlags::READ,
+            Access::Shared | Access::Exclusive => MprotectFlags::READ,
             Access::Modified => MprotectFlags::READ | MprotectFlags::WRITE,
         };
         // SAFETY: the page is inside the application's view of the region, which the
@@ -120,7 +120,7 @@ impl Memory<Vec<u8>> for Protected {
     }
 
     fn lost(&mut self, page: Page) {
-        if self.access[page as usize] != Access::Modified {
+        if !self.access[page as usize].is_owner() {
             self.fail(page);
         }
     }
@@ -228,7 +228,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         let driver = unsafe { &*driver };
         let page = ((addr - base) / rustix::param::page_size()) as Page;
         // Where the CPU does not say, an access to a readable page is a write.
-        let write = was_write(ctx).unwrap_or_else(|| driver.lock().node.access(page) == Access::Shared);
+        let write = was_write(ctx).unwrap_or_else(|| driver.lock().node.access(page) != Access::Invalid);
         if driver.acquire(page, write).is_ok() {
             return; // granted: the access is retried
         }

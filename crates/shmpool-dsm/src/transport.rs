@@ -89,10 +89,11 @@ mod tests {
         vec![
             m(Msg::Request { page: 7, from: 1, write: true }),
             m(Msg::Recall { page: 7, invalidate: false }),
-            m(Msg::Recalled { page: 7, from: 1, data: (0..=255).cycle().take(4096).collect() }),
+            m(Msg::Recalled { page: 7, from: 1, data: (0..=255).cycle().take(4096).collect(), kept: true }),
             m(Msg::Invalidate { page: 9 }),
             m(Msg::Invalidated { page: 9, from: 2 }),
             m(Msg::Grant { page: 7, access: Access::Modified, data: None }),
+            m(Msg::Grant { page: 7, access: Access::Exclusive, data: Some(Vec::new()) }),
             m(Msg::Grant { page: 7, access: Access::Shared, data: Some(vec![5; 4096]) }),
             m(Msg::Lost { page: 7 }),
             m(Msg::Leave),

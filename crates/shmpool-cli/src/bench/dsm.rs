@@ -8,8 +8,12 @@
 //!   reference;
 //! - `dsm-read`: node 1 writes a page, node 0 reads it (a missing fault: recall from
 //!   node 1, grant with the bytes), p50 and p99;
-//! - `dsm-upgrade`: node 0 then writes the page it reads (a write-protect fault: node
-//!   1's copy invalidated, a grant without bytes);
+//! - `dsm-local-upgrade`: node 0 then writes the page it read, which it holds
+//!   Exclusive (node 1 had written it, so it moved whole): a write-protect fault that
+//!   sends no message;
+//! - `dsm-upgrade`: node 1 reads the pages too (both hold them Shared), and node 0
+//!   writes each again (a write-protect fault: node 1's copy invalidated, a grant
+//!   without bytes);
 //! - `dsm-pingpong`: the two nodes write one word alternately, each waiting to see the
 //!   other's write: page transfers per second;
 //! - `dsm-seqread`: node 1 writes a whole range (256 MiB at the default `--handoffs`),
@@ -42,6 +46,7 @@ const OP_WRITE: u64 = 1;
 const OP_PINGPONG: u64 = 2;
 const OP_FILL: u64 = 3;
 const OP_QUIT: u64 = 4;
+const OP_READ: u64 = 5;
 
 fn word(region: &Region, at: usize) -> &AtomicU64 {
     assert!(at + 8 <= region.len());
@@ -109,9 +114,12 @@ impl Orders {
         Ok(())
     }
 
-    /// Node 1 writes pages `FIRST..FIRST + n`; node 0 reads each (timed), then writes
-    /// each (timed): the read and upgrade times, ns.
-    fn reads_and_upgrades(&mut self, n: usize) -> Result<(Vec<u64>, Vec<u64>), String> {
+    /// Node 1 writes pages `FIRST..FIRST + n`; node 0 reads each (timed: a remote read,
+    /// which moves the page here, Exclusive, as node 1 wrote it), writes each (timed: a
+    /// local upgrade, no message); node 1 then reads them all (both hold them Shared),
+    /// and node 0 writes each again (timed: an upgrade that invalidates node 1's copy).
+    /// The three times, ns.
+    fn reads_and_upgrades(&mut self, n: usize) -> Result<[Vec<u64>; 3], String> {
         self.order(OP_WRITE, n as u64)?;
         let stamp = self.seq;
         let mut reads = Vec::with_capacity(n);
@@ -124,14 +132,20 @@ impl Orders {
                 return Err(format!("page {p} read {v}, node 1 wrote {stamp}"));
             }
         }
-        let mut ups = Vec::with_capacity(n);
-        for p in FIRST..FIRST + n {
-            let w = word(&self.region, p * PAGE + 8);
-            let s = Instant::now();
-            w.store(stamp, Ordering::Relaxed);
-            ups.push(s.elapsed().as_nanos() as u64);
-        }
-        Ok((reads, ups))
+        let writes = |region: &Region, at: usize| -> Vec<u64> {
+            (FIRST..FIRST + n)
+                .map(|p| {
+                    let w = word(region, p * PAGE + at);
+                    let s = Instant::now();
+                    w.store(stamp, Ordering::Relaxed);
+                    s.elapsed().as_nanos() as u64
+                })
+                .collect()
+        };
+        let local = writes(&self.region, 8);
+        self.order(OP_READ, n as u64)?;
+        let remote = writes(&self.region, 16);
+        Ok([reads, local, remote])
     }
 
     /// `n` round trips of the ping-pong word: transfers per second.
@@ -195,6 +209,12 @@ pub fn bench_node(
         match op {
             OP_WRITE => (FIRST..FIRST + arg as usize)
                 .for_each(|p| word(&region, p * PAGE).store(seq, Ordering::Relaxed)),
+            OP_READ => {
+                let sum: u64 = (FIRST..FIRST + arg as usize)
+                    .map(|p| word(&region, p * PAGE).load(Ordering::Relaxed))
+                    .sum();
+                std::hint::black_box(sum);
+            }
             OP_PINGPONG => {
                 word(&region, ACK).store(order, Ordering::SeqCst);
                 let w = word(&region, PING);
@@ -284,10 +304,12 @@ fn measure(
     o.ping_pong(n as u64 / 4)?;
     let (mut tcp, mut p50, mut p99, mut vs) = (vec![], vec![], vec![], vec![]);
     let (mut up50, mut up99, mut upvs, mut xfer, mut seq) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut local = vec![];
     for _ in 0..plan.reps {
         let rtt = tcp_rtt(tcp_link, n)?;
-        let (mut r, mut u) = o.reads_and_upgrades(n)?;
+        let [mut r, mut l, mut u] = o.reads_and_upgrades(n)?;
         let (r50, u50) = (percentile(&mut r, 50), percentile(&mut u, 50));
+        local.push(percentile(&mut l, 50));
         tcp.push(rtt);
         p50.push(r50);
         p99.push(percentile(&mut r, 99));
@@ -298,8 +320,8 @@ fn measure(
         xfer.push(o.ping_pong(n as u64)?);
         seq.push(o.seq_read(seq_pages)?);
     }
-    let [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq] =
-        [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq].map(Spread::of);
+    let [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq, local] =
+        [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq, local].map(Spread::of);
     Ok(vec![
         format!(
             "tcp{suffix} rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, loopback)",
@@ -312,6 +334,10 @@ fn measure(
         format!(
             "shmpool dsm-upgrade{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
             up50.median, up99.median, up50.min, up50.max, plan.reps, upvs.median
+        ),
+        format!(
+            "shmpool dsm-local-upgrade{suffix} p50_ns={:.0} min={:.0} max={:.0} reps={} (the first write to an Exclusive copy)",
+            local.median, local.min, local.max, plan.reps
         ),
         format!(
             "shmpool dsm-pingpong{suffix} transfers_s={:.0} min={:.0} max={:.0} reps={}",

@@ -110,7 +110,7 @@ impl World {
             Op::Read(p) => (p, false),
             Op::Write(p) => (p, true),
         };
-        match self.nodes[n].fault(page, write) {
+        match self.nodes[n].fault(page, write, &mut self.mems[n]) {
             // Lost for good: the access fails (a SIGBUS in the real system), never stale.
             Err(Fault::Lost(_)) => self.pc[n] += 1,
             Ok(Some(req)) => {
@@ -153,7 +153,7 @@ impl World {
             let holders: Vec<Access> = (0..NODES as usize)
                 .map(|n| if self.alive(n) { self.nodes[n].access(p) } else { Access::Invalid })
                 .collect();
-            let writers = holders.iter().filter(|&&a| a == Access::Modified).count();
+            let writers = holders.iter().filter(|&&a| a.is_owner()).count();
             let readers = holders.iter().filter(|&&a| a == Access::Shared).count();
             assert!(writers <= 1, "two writers of page {p}: {holders:?}");
             assert!(writers == 0 || readers == 0, "a writer beside readers of page {p}: {holders:?}");
