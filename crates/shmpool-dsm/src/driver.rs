@@ -42,6 +42,19 @@ impl Link for UnixStream {
 }
 
 type Writer = Box<dyn Link>;
+
+/// The first bytes on a link: the sender's id, the number of nodes, pages and the page
+/// size, which every node must agree on.
+const HELLO: usize = 12;
+
+fn hello(id: NodeId, nodes: u16, pages: u32, page_size: usize) -> [u8; HELLO] {
+    let mut h = [0u8; HELLO];
+    h[0..2].copy_from_slice(&id.to_le_bytes());
+    h[2..4].copy_from_slice(&nodes.to_le_bytes());
+    h[4..8].copy_from_slice(&pages.to_le_bytes());
+    h[8..12].copy_from_slice(&(page_size as u32).to_le_bytes());
+    h
+}
 type Reader = Box<dyn Read + Send>;
 
 /// A node's pages in ordinary memory, with their protection (the explicit-access
@@ -107,6 +120,9 @@ pub struct Stats {
 /// One node: its protocol state and memory, and its links to every node (itself too).
 pub struct NodeDriver<M = Pages> {
     id: NodeId,
+    nodes: u16,
+    pages: u32,
+    page_size: usize,
     state: Mutex<State<M>>,
     changed: Condvar,
     /// The link to each other node (none to itself).
@@ -206,6 +222,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         id: NodeId,
         nodes: u16,
         pages: u32,
+        page_size: usize,
         mem: M,
         links: Vec<Option<Writer>>,
         readers: Vec<(NodeId, Reader)>,
@@ -214,6 +231,9 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         let node = Node::new(id, nodes, pages, Vec::new());
         let me = Arc::new(NodeDriver {
             id,
+            nodes,
+            pages,
+            page_size,
             state: Mutex::new(State {
                 node,
                 pages: mem,
@@ -272,6 +292,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         addrs: &[SocketAddr],
         listen: Option<SocketAddr>,
         pages: u32,
+        page_size: usize,
         mem: M,
         wait: Duration,
     ) -> std::io::Result<Arc<Self>> {
@@ -295,17 +316,46 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 }
             };
             s.set_nodelay(true)?;
-            s.write_all(&id.to_le_bytes())?;
+            s.write_all(&hello(id, n as u16, pages, page_size))?;
             links[j] = Some(Box::new(s));
         }
-        for _ in 1..n {
-            let (mut s, _) = listener.accept()?;
+        listener.set_nonblocking(true)?;
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        while readers.len() < n - 1 {
+            let (mut s, from) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} of {} nodes connected in {wait:?}", readers.len() + 1, n),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+            s.set_nonblocking(false)?;
             s.set_nodelay(true)?;
-            let mut hello = [0u8; 2];
-            s.read_exact(&mut hello)?;
-            readers.push((u16::from_le_bytes(hello), Box::new(s)));
+            s.set_read_timeout(Some(
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)),
+            ))?;
+            let mut got = [0u8; HELLO];
+            s.read_exact(&mut got)?;
+            s.set_read_timeout(None)?;
+            let peer = u16::from_le_bytes([got[0], got[1]]);
+            if got[2..] != hello(peer, n as u16, pages, page_size)[2..] {
+                return Err(bad(format!(
+                    "{from} (node {peer}) has another geometry: nodes, pages or page size differ"
+                )));
+            }
+            if peer as usize >= n || peer == id || readers.iter().any(|(p, _)| *p == peer) {
+                return Err(bad(format!("{from} says it is node {peer}, which is not a peer of node {id}")));
+            }
+            readers.push((peer, Box::new(s)));
         }
-        Ok(Self::start(id, n as u16, pages, mem, links, readers))
+        Ok(Self::start(id, n as u16, pages, page_size, mem, links, readers))
     }
 
     /// Handles frames from `peer` until the link closes, which is its death.
@@ -314,6 +364,10 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         // one read.
         let mut from = std::io::BufReader::with_capacity(64 << 10, from);
         while let Ok(env) = read_frame(&mut from) {
+            if let Err(why) = self.check(peer, &env) {
+                eprintln!("shmpool-dsm node {}: dropping node {peer}: {why}", self.id);
+                break;
+            }
             let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             st.received += 1;
             st.page_bytes_in += match &env.msg {
@@ -329,7 +383,48 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             self.handle(env);
             self.pump();
         }
+        // Gone, or talking nonsense: dead to this node, and told so (its link closes).
+        if let Some(l) = &self.links[peer as usize] {
+            l.lock().unwrap_or_else(|e| e.into_inner()).shut();
+        }
         self.peer_died(peer);
+    }
+
+    /// Whether `env`, read from `peer`'s link, is one this node can take: from that
+    /// peer, to this node, about a page of the region, with a page's bytes or none.
+    fn check(&self, peer: NodeId, env: &Frame) -> Result<(), String> {
+        if env.from != peer || env.to != self.id {
+            return Err(format!("a message from {} to {} on its link", env.from, env.to));
+        }
+        let (page, data, from) = match &env.msg {
+            Msg::Request { page, from, .. } => (Some(*page), None, Some(*from)),
+            Msg::Recalled { page, from, data, .. } => (Some(*page), Some(data), Some(*from)),
+            Msg::Invalidated { page, from } => (Some(*page), None, Some(*from)),
+            Msg::Grant { page, data, .. } => (Some(*page), data.as_ref(), None),
+            Msg::Recall { page, .. } | Msg::Invalidate { page } | Msg::Lost { page } => {
+                (Some(*page), None, None)
+            }
+            Msg::Leave => (None, None, None),
+        };
+        if page.is_some_and(|p| p >= self.pages) {
+            return Err(format!("page {page:?} of a region of {} pages", self.pages));
+        }
+        if data.is_some_and(|d| !d.is_empty() && d.len() != self.page_size) {
+            return Err(format!(
+                "a page of {} bytes (pages are {})",
+                data.map_or(0, Vec::len),
+                self.page_size
+            ));
+        }
+        if from.is_some_and(|f| f != peer) {
+            return Err(format!("a message of node {peer} on behalf of node {from:?}"));
+        }
+        // Messages a home answers must be for a page homed here.
+        let homed = matches!(env.msg, Msg::Request { .. } | Msg::Recalled { .. } | Msg::Invalidated { .. });
+        if homed && page.is_some_and(|p| crate::protocol::home(p, self.nodes) != self.id) {
+            return Err(format!("a home's message for page {page:?}, not homed here"));
+        }
+        Ok(())
     }
 
     /// What the driver has done so far.
@@ -418,6 +513,9 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// its memory from now on.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        // Accesses waiting for a page fail now (`acquire` sees `closed`).
+        self.changed.notify_all();
         for l in self.links.iter().flatten() {
             l.lock().unwrap_or_else(|e| e.into_inner()).shut();
         }
@@ -439,7 +537,7 @@ impl NodeDriver<Pages> {
         page_size: usize,
         wait: Duration,
     ) -> std::io::Result<Arc<Self>> {
-        Self::join_tcp_with(id, addrs, None, pages, Pages::new(pages, page_size), wait)
+        Self::join_tcp_with(id, addrs, None, pages, page_size, Pages::new(pages, page_size), wait)
     }
 
     /// Runs `f` on the page's bytes once this node may (`write`: hold it Modified).
@@ -499,7 +597,9 @@ impl Cluster {
             .into_iter()
             .zip(readers)
             .enumerate()
-            .map(|(i, (w, r))| NodeDriver::start(i as NodeId, n, pages, Pages::new(pages, page_size), w, r))
+            .map(|(i, (w, r))| {
+                NodeDriver::start(i as NodeId, n, pages, page_size, Pages::new(pages, page_size), w, r)
+            })
             .collect();
         Ok(Cluster { nodes })
     }
@@ -620,5 +720,94 @@ mod tcp_tests {
             n1.write(page, 0, &i.to_le_bytes()).unwrap();
             assert_eq!(n0.read(page, 0, 8).unwrap(), i.to_le_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+    use crate::transport::write_frame;
+
+    /// Node 0 over TCP, and a hand-made node 1 (this test's own sockets) that says
+    /// hello and then does what the test says: node 0's driver, and node 1's two ends.
+    fn node0_and_fake_peer() -> (Arc<NodeDriver>, TcpStream, TcpStream) {
+        let addrs: Vec<SocketAddr> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+            .collect();
+        let listener = TcpListener::bind(addrs[1]).unwrap();
+        let a0 = addrs[0];
+        let fake = std::thread::spawn(move || {
+            let mut to0 = loop {
+                match TcpStream::connect(a0) {
+                    Ok(s) => break s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            to0.write_all(&hello(1, 2, 8, 64)).unwrap();
+            let (mut from0, _) = listener.accept().unwrap();
+            let mut h = [0u8; HELLO];
+            from0.read_exact(&mut h).unwrap();
+            assert_eq!(h, hello(0, 2, 8, 64));
+            (to0, from0)
+        });
+        let n0 = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(10)).unwrap();
+        let (to0, from0) = fake.join().unwrap();
+        (n0, to0, from0)
+    }
+
+    /// A thread waiting for a page that never comes is let go by `close`, with an error.
+    #[test]
+    fn close_fails_the_accesses_waiting_for_a_page() {
+        let (n0, _to0, _from0) = node0_and_fake_peer(); // node 1 never answers
+        let reader = {
+            let n0 = n0.clone();
+            std::thread::spawn(move || n0.read(1, 0, 8)) // page 1: homed at node 1
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!reader.is_finished(), "the read waits for node 1");
+        n0.close();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reader.is_finished() {
+            assert!(Instant::now() < deadline, "a waiting access outlived close");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(reader.join().unwrap(), Err(Fault::Lost(1)));
+    }
+
+    /// A grant with a page of the wrong length, or about a page past the region, is not
+    /// taken: the peer counts dead, and its link is closed.
+    #[test]
+    fn a_peer_sending_a_malformed_page_is_cut_off() {
+        for bad in [
+            Msg::Grant { page: 1, access: Access::Shared, data: Some(vec![7; 100]) },
+            Msg::Grant { page: 99, access: Access::Shared, data: None },
+            Msg::Recalled { page: 1, from: 1, data: vec![0; 64], kept: false }, // page 1 is not homed at 0
+        ] {
+            let (n0, mut to0, mut from0) = node0_and_fake_peer();
+            write_frame(&mut to0, &Frame { from: 1, to: 0, epoch: 0, msg: bad.clone() }).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while n0.dead() == 0 {
+                assert!(Instant::now() < deadline, "{bad:?} was taken");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Node 0 closed its link to node 1: node 1 reads the end of it.
+            let mut rest = Vec::new();
+            from0.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert!(from0.read_to_end(&mut rest).is_ok(), "{bad:?}: the link to the peer was not closed");
+        }
+    }
+
+    /// A peer whose geometry differs is refused when it joins.
+    #[test]
+    fn a_peer_of_another_geometry_is_refused() {
+        let addrs: Vec<SocketAddr> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+            .collect();
+        let a2 = addrs.clone();
+        let other = std::thread::spawn(move || NodeDriver::join_tcp(1, &a2, 16, 64, Duration::from_secs(5)));
+        let n0 = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(5));
+        let e = n0.err().expect("node 0 refuses a node of 16 pages");
+        assert!(e.to_string().contains("another geometry"), "{e}");
+        assert!(other.join().unwrap().is_err());
     }
 }

@@ -95,10 +95,14 @@ pub enum Msg<D> {
 }
 
 /// Why an access cannot be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Fault {
     /// The page's only valid copy, or its home, was on a node that died.
+    #[error("page {0} was lost with the node that held it (or was its home)")]
     Lost(Page),
+    /// A byte past the region's end was asked for (`Region::acquire`).
+    #[error("offset {0} is past the region's end")]
+    OutOfRange(usize),
 }
 
 /// A message with its route and the sender's membership epoch.
@@ -257,6 +261,14 @@ impl<D: Clone> Node<D> {
     /// The nodes known dead, a bit each.
     pub fn dead_mask(&self) -> u64 {
         self.dead
+    }
+
+    /// This node dropped its copy of `page`, which is lost (a write to it failed): its
+    /// access is Invalid from now on, so every access fails as the mapping's does.
+    pub fn forget(&mut self, page: Page) {
+        if self.lost[page as usize] && !self.access(page).is_owner() {
+            self.access[page as usize] = Access::Invalid;
+        }
     }
 
     /// Whether `page` is lost to this node.

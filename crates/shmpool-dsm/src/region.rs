@@ -188,7 +188,7 @@ impl Memory<Vec<u8>> for Mapped {
         if self.access[page as usize] == Access::Modified {
             // SAFETY: the page is in the registered range.
             let r = unsafe { self.uffd.protect(at, self.page, true) };
-            debug_assert!(r.is_ok(), "write-protect: {r:?}");
+            fatal(r, page, "write-protecting it for a recall");
         }
         let mut out = vec![0u8; self.page];
         // SAFETY: this node holds the page (a recall goes to its holder), so it is
@@ -205,19 +205,18 @@ impl Memory<Vec<u8>> for Mapped {
     fn protect(&mut self, page: Page, access: Access) {
         let at = self.addr(page);
         let old = std::mem::replace(&mut self.access[page as usize], access);
+        let staged = self.staged.take();
         if self.failed[page as usize] {
             return;
         }
-        let r = match (self.staged.take(), access) {
+        let r = match (staged, access) {
             (Some((p, data)), a) if a != Access::Invalid => {
                 debug_assert_eq!(p, page);
                 let bytes = if data.is_empty() { &self.zero } else { &data };
                 // SAFETY: the page is in the registered range, absent (this node held
-                // no copy: a grant carries bytes only then), and `bytes` is a page.
-                match unsafe { self.uffd.copy(at, bytes, a != Access::Modified) } {
-                    Err(Errno::EXIST) => self.wake(page),
-                    r => r,
-                }
+                // no copy: a grant carries bytes only then), and `bytes` is a page (the
+                // driver refuses frames with any other length).
+                unsafe { self.uffd.copy(at, bytes, a != Access::Modified) }
             }
             // SAFETY: the page is in the registered range: lifting the protection of a
             // Shared copy now held Modified (which wakes the writers waiting).
@@ -231,14 +230,26 @@ impl Memory<Vec<u8>> for Mapped {
             (_, Access::Invalid) => self.drop_copy(page),
             _ => Ok(()),
         };
-        debug_assert!(r.is_ok(), "installing page {page} as {access:?}: {r:?}");
+        fatal(r, page, "changing its mapping");
     }
 
     fn lost(&mut self, page: Page) {
-        // An owner's copy is the page's only one and stays usable; any other fails.
-        if !self.access[page as usize].is_owner() {
-            self.fail(page);
+        // A copy held here stays valid (no write can be granted any more): only an
+        // absent page fails. A writer waiting on a Shared copy faults again, and fails.
+        match self.access[page as usize] {
+            Access::Invalid => self.fail(page),
+            _ => drop(self.wake(page)),
         }
+    }
+}
+
+/// The mapping and the protocol disagree once a page operation fails: nothing can be
+/// trusted after that, so the node stops here, saying why, rather than serve wrong
+/// bytes or hang.
+pub(crate) fn fatal(r: Result<(), Errno>, page: Page, what: &str) {
+    if let Err(e) = r {
+        eprintln!("shmpool-dsm: page {page}: {what} failed ({e}); the node cannot go on");
+        std::process::abort();
     }
 }
 
@@ -315,7 +326,10 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
             drop(s);
             driver.pump();
         }
-        Err(Fault::Lost(_)) => pages.fail(page),
+        Err(_) => {
+            node.forget(page); // a write to a Shared copy of a lost page: the copy goes
+            pages.fail(page);
+        }
     }
 }
 
@@ -337,14 +351,15 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Closed first: a fault from now on fails (the handler poisons the page) rather
+        // than wait; after `close` no message touches the mapping either.
+        self.driver.close();
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handler.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
-        // After `close` no message touches the mapping, so it can go.
-        self.driver.close();
         if let Some(slot) = self.slot {
-            crate::signals::unregister(slot);
+            crate::signals::unregister(slot, self.len / self.page);
         }
         // SAFETY: the mappings are this region's own (mapped in `join_tcp`), and neither
         // a handler nor the driver touches them any more; no segment on the region
@@ -467,7 +482,7 @@ impl Region {
             failed: vec![false; pages as usize],
             zero: vec![0; page],
         };
-        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, mem, opts.wait)
+        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap())?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler = {
@@ -479,7 +494,12 @@ impl Region {
                         match uffd.next_fault(100) {
                             Ok(Some(f)) => on_fault(&driver, ((f.address - base) / page) as Page, f.write),
                             Ok(None) => {}
-                            Err(e) => panic!("reading userfaultfd: {e}"),
+                            Err(e) => {
+                                eprintln!(
+                                    "shmpool-dsm: reading userfaultfd failed ({e}); the node cannot go on"
+                                );
+                                std::process::abort();
+                            }
                         }
                     }
                 })
@@ -547,14 +567,23 @@ impl Region {
             }
         };
         let mem = crate::signals::Protected::new(base, alias, page, pages as usize);
-        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, mem, opts.wait)
+        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap(Some(alias)))?;
-        let Some(slot) = crate::signals::register(base, len, driver.clone()) else {
-            driver.close();
-            unmap(Some(alias));
-            return Err(RegionError::Geometry(
-                "too many regions with faults caught by page protection".into(),
-            ));
+        let slot = match crate::signals::register(base, len, pages as usize, driver.clone()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                driver.close();
+                unmap(Some(alias));
+                return Err(RegionError::Geometry(match e {
+                    crate::signals::RegisterError::NoSlot => {
+                        "16 regions of this process catch faults by page protection already".into()
+                    }
+                    crate::signals::RegisterError::TooManyPages(used) => format!(
+                        "{pages} pages more than the {used} this process's regions catch by page protection: at most {} in all",
+                        crate::signals::MAX_PAGES
+                    ),
+                }));
+            }
         };
         Ok(Region {
             inner: Arc::new(Inner {
@@ -641,10 +670,12 @@ impl Region {
 
     /// Makes this node's copy of every page of `offset..offset + len` readable (or
     /// writable), through the protocol rather than a fault: [`Fault::Lost`] where a page
-    /// can no longer be served, where touching it would raise `SIGBUS`. The access can
-    /// be taken away again as soon as this returns.
+    /// can no longer be served, where touching it would raise `SIGBUS`;
+    /// [`Fault::OutOfRange`] for a range past the region's end. The access can be taken
+    /// away again as soon as this returns.
     pub fn acquire(&self, offset: usize, len: usize, write: bool) -> Result<(), Fault> {
-        let end = offset.saturating_add(len.max(1)).min(self.inner.len);
+        let end = offset.checked_add(len.max(1)).filter(|&e| e <= self.inner.len);
+        let Some(end) = end else { return Err(Fault::OutOfRange(offset.saturating_add(len))) };
         for page in (offset / self.inner.page)..end.div_ceil(self.inner.page) {
             self.inner.driver.acquire(page as Page, write)?;
         }
@@ -702,6 +733,9 @@ impl Backend for RegionBackend {
     }
     fn backing_len(&self) -> Result<u64, Errno> {
         Ok(self.region.len() as u64)
+    }
+    fn local_liveness(&self) -> bool {
+        false // nodes on other hosts: their pids mean nothing here
     }
     fn grow(&self, len: u64) -> Result<(), GrowError> {
         // The whole region is usable from the start.

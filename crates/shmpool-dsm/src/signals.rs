@@ -26,8 +26,8 @@ use rustix::io::Errno;
 use rustix::mm::MprotectFlags;
 use std::sync::Once;
 
-/// The most pages of a region whose faults are caught by protection (64 MiB of 4 KiB
-/// pages).
+/// The most pages, over all the regions of a process, whose faults are caught by
+/// protection (64 MiB of 4 KiB pages).
 pub const MAX_PAGES: usize = 16 << 10;
 
 /// A node's pages, in a memfd mapped twice.
@@ -82,8 +82,7 @@ impl Memory<Vec<u8>> for Protected {
     /// waits out writes under way: `mprotect` shoots down every TLB entry of it).
     fn read(&self, page: Page) -> Vec<u8> {
         if self.access[page as usize] == Access::Modified {
-            let r = self.set_prot(page, Access::Shared);
-            assert!(r.is_ok(), "mprotect: {r:?} (more mappings than vm.max_map_count?)");
+            crate::region::fatal(self.set_prot(page, Access::Shared), page, "mprotect for a recall");
         }
         let mut out = vec![0u8; self.page];
         // SAFETY: the alias maps the page read-write for the region's life; no thread
@@ -98,15 +97,17 @@ impl Memory<Vec<u8>> for Protected {
 
     fn protect(&mut self, page: Page, access: Access) {
         self.access[page as usize] = access;
+        let staged = self.staged.take();
         if self.failed[page as usize] {
             return;
         }
-        if let Some((p, data)) = self.staged.take() {
+        if let Some((p, data)) = staged {
             debug_assert_eq!(p, page);
             let dst = self.alias(page);
             // SAFETY: the alias maps the page read-write; the application's view of it
             // is `PROT_NONE` (a grant carries bytes only to a node without a copy), so
-            // no thread sees it until the protection below.
+            // no thread sees it until the protection below; `data` is empty or a page
+            // (the driver refuses frames with any other length).
             unsafe {
                 if data.is_empty() {
                     core::ptr::write_bytes(dst, 0, self.page);
@@ -115,12 +116,14 @@ impl Memory<Vec<u8>> for Protected {
                 }
             }
         }
-        let r = self.set_prot(page, access);
-        assert!(r.is_ok(), "mprotect: {r:?} (more mappings than vm.max_map_count?)");
+        crate::region::fatal(self.set_prot(page, access), page, "mprotect");
     }
 
     fn lost(&mut self, page: Page) {
-        if !self.access[page as usize].is_owner() {
+        // A copy held here stays valid (no write can be granted any more): only an
+        // absent page fails; a writer waiting on a Shared copy is woken by the driver
+        // and fails.
+        if self.access[page as usize] == Access::Invalid {
             self.fail(page);
         }
     }
@@ -131,6 +134,8 @@ struct Slot {
     base: AtomicUsize,
     len: AtomicUsize,
     driver: AtomicPtr<NodeDriver<Protected>>,
+    /// Handlers looking at the slot now: `unregister` waits for none.
+    inflight: AtomicUsize,
 }
 
 const SLOTS: usize = 16;
@@ -139,47 +144,75 @@ const EMPTY: Slot = Slot {
     base: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
     driver: AtomicPtr::new(core::ptr::null_mut()),
+    inflight: AtomicUsize::new(0),
 };
 static REGIONS: [Slot; SLOTS] = [EMPTY; SLOTS];
+/// Pages of all the regions of this process whose faults are caught here: at most
+/// [`MAX_PAGES`], as they share the process's mapping count.
+static PAGES_IN_USE: AtomicUsize = AtomicUsize::new(0);
 /// The handler that was there before ours (for faults outside every region).
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
 static INSTALL: Once = Once::new();
 
-/// Serves the faults of `[base, base + len)` with `driver` from now on; the slot to
-/// give back with [`unregister`]. `None` if every slot is taken.
+/// Why a region's faults cannot be caught here.
+#[derive(Debug)]
+pub(crate) enum RegisterError {
+    /// Sixteen regions are served already.
+    NoSlot,
+    /// The process's regions would have more than [`MAX_PAGES`] pages (this many are
+    /// in use).
+    TooManyPages(usize),
+}
+
+/// Serves the faults of `[base, base + len)` (`pages` pages) with `driver` from now on;
+/// the slot to give back with [`unregister`].
 pub(crate) fn register(
     base: usize,
     len: usize,
+    pages: usize,
     driver: std::sync::Arc<NodeDriver<Protected>>,
-) -> Option<usize> {
+) -> Result<usize, RegisterError> {
     INSTALL.call_once(install);
+    // Relaxed: a budget, not a publication.
+    let before = PAGES_IN_USE.fetch_add(pages, Ordering::Relaxed);
+    if before + pages > MAX_PAGES {
+        PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
+        return Err(RegisterError::TooManyPages(before));
+    }
     let raw = std::sync::Arc::into_raw(driver).cast_mut();
     for (i, s) in REGIONS.iter().enumerate() {
-        // SYNC: AcqRel claims the slot; the Release store of `base` below publishes the
-        // driver and length to the handler's Acquire load of `base`.
+        // SYNC: AcqRel claims the slot; the SeqCst store of `base` below publishes the
+        // driver and length to the handler's SeqCst load of `base`.
         if s.driver.compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
             s.len.store(len, Ordering::Relaxed);
-            s.base.store(base, Ordering::Release);
-            return Some(i);
+            s.base.store(base, Ordering::SeqCst);
+            return Ok(i);
         }
     }
+    PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
     // SAFETY: `raw` came from `into_raw` above and was stored nowhere.
     drop(unsafe { std::sync::Arc::from_raw(raw) });
-    None
+    Err(RegisterError::NoSlot)
 }
 
-/// Stops serving slot `i`'s faults.
-pub(crate) fn unregister(i: usize) {
+/// Stops serving slot `i`'s faults (its region had `pages` pages), once no handler
+/// looks at it any more.
+pub(crate) fn unregister(i: usize, pages: usize) {
     let s = &REGIONS[i];
-    s.base.store(0, Ordering::Release);
-    // SYNC: AcqRel, pairs with the claim in `register`.
-    let raw = s.driver.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    // SYNC: SeqCst, with the handler's SeqCst increment of `inflight` and load of
+    // `base`: a handler either sees the slot empty, or is counted before the wait.
+    s.base.store(0, Ordering::SeqCst);
+    let raw = s.driver.swap(core::ptr::null_mut(), Ordering::SeqCst);
+    while s.inflight.load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now(); // a handler finishing (the driver is closed: it fails)
+    }
     if !raw.is_null() {
-        // SAFETY: the slot held the reference `register` made with `into_raw`; no
-        // fault of the region is served any more (it is left and about to be unmapped).
+        // SAFETY: the slot held the reference `register` made with `into_raw`, and no
+        // handler uses it any more (none in flight, and new ones see the slot empty).
         drop(unsafe { std::sync::Arc::from_raw(raw) });
     }
+    PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
 }
 
 fn install() {
@@ -211,20 +244,41 @@ fn was_write(_ctx: *mut libc::c_void) -> Option<bool> {
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // The interrupted code's errno survives the handler.
+    // SAFETY: this thread's errno location, read and written back by this thread.
+    let errno = unsafe { *libc::__errno_location() };
+    serve(sig, info, ctx);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Holds a slot's `inflight` count while a handler uses its driver.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // SYNC: SeqCst, pairs with `unregister`'s wait.
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid `siginfo_t` for a SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
     for s in &REGIONS {
-        // SYNC: Acquire pairs with the Release store in `register`.
-        let base = s.base.load(Ordering::Acquire);
+        // SYNC: SeqCst, pairs with `unregister`: counted first, then the slot looked at.
+        s.inflight.fetch_add(1, Ordering::SeqCst);
+        let _counted = InFlight(&s.inflight);
+        let base = s.base.load(Ordering::SeqCst);
         if base == 0 || addr < base || addr >= base + s.len.load(Ordering::Relaxed) {
             continue;
         }
-        let driver = s.driver.load(Ordering::Acquire);
+        let driver = s.driver.load(Ordering::SeqCst);
         if driver.is_null() {
             break;
         }
-        // SAFETY: the slot holds a strong reference to the driver until `unregister`,
-        // which runs only once the region's faults are no longer served.
+        // SAFETY: the slot holds a strong reference to the driver, and `unregister`
+        // waits for this handler (counted in `inflight`) before it drops it.
         let driver = unsafe { &*driver };
         let page = ((addr - base) / rustix::param::page_size()) as Page;
         // Where the CPU does not say, an access to a readable page is a write.

@@ -3,6 +3,7 @@
 //! environment), over loopback TCP, and checks what they print. Every node touches the
 //! region with plain loads, stores and atomics; the faults move the pages.
 
+use shmpool_dsm::protocol::Fault;
 use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,16 +95,27 @@ type Outcome = (std::process::ExitStatus, Vec<String>);
 /// Reads every node's output on a thread of its own: each node's `RESULT` lines are
 /// sent when it says it is done (or ends).
 fn collect(run: &mut Run) -> std::sync::mpsc::Receiver<(usize, Vec<String>)> {
+    collect_with_ready(run).0
+}
+
+/// As `collect`, and each node's "ready" (a line `DSM-READY`) on a second channel.
+fn collect_with_ready(
+    run: &mut Run,
+) -> (std::sync::mpsc::Receiver<(usize, Vec<String>)>, std::sync::mpsc::Receiver<usize>) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for (i, c) in run.children.iter_mut().enumerate() {
         let out = c.stdout.take().unwrap();
-        let tx = tx.clone();
+        let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
         std::thread::spawn(move || {
             let mut lines = Vec::new();
             let mut done = false;
             // Read to the end (the harness prints after the node is let go), but report
             // at "done".
             for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                if l.contains("DSM-READY") {
+                    let _ = ready_tx.send(i);
+                }
                 if l.contains("DSM-DONE") && !done {
                     done = true;
                     let _ = tx.send((i, std::mem::take(&mut lines)));
@@ -117,7 +129,7 @@ fn collect(run: &mut Run) -> std::sync::mpsc::Receiver<(usize, Vec<String>)> {
             }
         });
     }
-    rx
+    (rx, ready_rx)
 }
 
 /// Waits (watchdog: 120 s from `since`) for `count` more nodes to be done.
@@ -375,25 +387,30 @@ fn checksums(region: &Region, rounds: u64) -> Vec<String> {
 }
 
 /// Node 2 takes pages 4 (home 1) and 5 (its own) Modified, says it is done and stalls
-/// until the test kills it. The survivors wait for its death, then: pages 4 and 5 are
+/// until the test kills it, once the survivors hold page 2 (its own) Shared. The survivors wait for its death, then: pages 4 and 5 are
 /// lost to them (`Fault::Lost` through `acquire`); page 6 (home 0, which node 2 never
 /// touched) still counts, 500 adds each. When let go, node 1 touches page 4 (`SIGBUS`).
 fn survive(region: &Region) -> Vec<String> {
     barrier(region, 0);
-    // Page 3 (home 0, never written by node 2) counts the survivors past the barrier:
-    // node 2 may die only then (the barrier's page may be its own by now).
+    // Node 2 must not touch a page the survivors need after its death (a page it read
+    // last may have moved to it whole): the test kills it once both survivors are
+    // ready, which they say on stdout.
     if region.id() == 2 {
         word(region, 4 * PAGE).store(4, Ordering::SeqCst);
         word(region, 5 * PAGE).store(5, Ordering::SeqCst);
-        while word(region, 3 * PAGE).load(Ordering::SeqCst) < 2 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
         println!("DSM-DONE");
         loop {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+    // Page 2 (home 2, never written): both survivors hold a Shared copy when it dies.
+    assert_eq!(word(region, 2 * PAGE).load(Ordering::SeqCst), 0);
     word(region, 3 * PAGE).fetch_add(1, Ordering::SeqCst);
+    while word(region, 3 * PAGE).load(Ordering::SeqCst) < 2 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(word(region, 2 * PAGE).load(Ordering::SeqCst), 0);
+    println!("DSM-READY");
     let deadline = Instant::now() + Duration::from_secs(60);
     while region.dead() == 0 {
         assert!(Instant::now() < deadline, "node 2 never died");
@@ -401,6 +418,20 @@ fn survive(region: &Region) -> Vec<String> {
     }
     let lost = |page: usize| format!("{:?}", region.acquire(page * PAGE, 8, false));
     let (l4, l5) = (lost(4), lost(5));
+    // A Shared copy of a page whose home died stays readable (no write can be granted
+    // any more); a write to it fails; and a range past the end is refused.
+    let shared = (
+        region.acquire(2 * PAGE, 8, false),
+        word(region, 2 * PAGE).load(Ordering::SeqCst),
+        region.acquire(2 * PAGE, 8, true),
+        region.acquire(region.len(), 1, false),
+    );
+    assert_eq!(
+        shared,
+        (Ok(()), 0, Err(Fault::Lost(2)), Err(Fault::OutOfRange(region.len() + 1))),
+        "node {}",
+        region.id()
+    );
     for _ in 0..500 {
         word(region, 6 * PAGE).fetch_add(1, Ordering::SeqCst);
     }
@@ -572,10 +603,13 @@ both_captures! {
 fn a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost() {
     use std::os::unix::process::ExitStatusExt;
     let mut run = start(3, "survive", "", 8 * PAGE, BASE + (6 << 30));
-    let (rx, since) = (collect(&mut run), Instant::now());
+    let ((rx, ready), since) = (collect_with_ready(&mut run), Instant::now());
     let mut got = vec![None; 3];
     wait_done(&rx, &mut got, 1, since);
     assert!(got[2].is_some(), "node 2 is the one to stall first");
+    for _ in 0..2 {
+        ready.recv_timeout(Duration::from_secs(60)).expect("watchdog: the survivors were not ready in 60 s");
+    }
     run.children[2].kill().unwrap(); // SIGKILL, holding pages 4 and 5
     wait_done(&rx, &mut got, 2, since);
     let out = release(&mut run, got);

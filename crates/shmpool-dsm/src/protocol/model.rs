@@ -112,7 +112,7 @@ impl World {
         };
         match self.nodes[n].fault(page, write, &mut self.mems[n]) {
             // Lost for good: the access fails (a SIGBUS in the real system), never stale.
-            Err(Fault::Lost(_)) => self.pc[n] += 1,
+            Err(_) => self.pc[n] += 1,
             Ok(Some(req)) => {
                 self.post([req]);
                 self.waiting[n] = true;

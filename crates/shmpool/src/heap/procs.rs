@@ -181,8 +181,9 @@ impl Inner {
     /// Whether the holder `tag` names is gone: its registration ended, or its process is
     /// no longer running (see [`holder_alive`]).
     pub(crate) fn holder_dead(&self, tag: u32) -> bool {
+        let local = self.seg.local_liveness();
         if tag & TAG_PID != 0 {
-            return !holder_alive(tag & !TAG_PID, 0);
+            return local && !holder_alive(tag & !TAG_PID, 0);
         }
         let slot = (tag & TAG_SLOT_MASK).wrapping_sub(1);
         if slot >= MAX_PROCS {
@@ -195,7 +196,8 @@ impl Inner {
         if state & 3 != PROC_LIVE || (state >> 2) & TAG_GEN_MASK != tag >> TAG_SLOT_BITS {
             return true; // the registration ended (a holder does not unregister)
         }
-        !holder_alive(p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed))
+        // Memory shared with other hosts: a pid says nothing here (judged alive).
+        local && !holder_alive(p.pid.load(Ordering::Relaxed), p.start.load(Ordering::Relaxed))
     }
 }
 
@@ -237,8 +239,11 @@ impl Inner {
         }
         let mut report = RecoveryReport::default();
         let mut seen = std::collections::HashMap::new();
-        let mut alive =
-            |pid: u32, start: u64| *seen.entry((pid, start)).or_insert_with(|| holder_alive(pid, start));
+        // Memory shared with other hosts: nobody can be judged dead from here.
+        let local = self.seg.local_liveness();
+        let mut alive = |pid: u32, start: u64| {
+            !local || *seen.entry((pid, start)).or_insert_with(|| holder_alive(pid, start))
+        };
         // Registry slots of dead processes first, so that a recoverer short of a slot
         // gets one (and a tag that waiters can judge). Their thread heaps are found by
         // their owners' identity below, not through the slots.

@@ -153,4 +153,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn huge_fallback(&self) -> Option<&HugeFallback> {
         None
     }
+    /// Whether this host's `/proc` tells whether the processes sharing the memory still
+    /// run. `false` for memory shared with other hosts, where another host's pid would
+    /// look dead here: then nothing is ever taken over from a process judged dead (no
+    /// recovery of others, no lock takeover), as nothing can be judged.
+    fn local_liveness(&self) -> bool {
+        true
+    }
 }

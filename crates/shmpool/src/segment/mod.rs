@@ -359,6 +359,12 @@ impl Segment {
         self.backend.kind()
     }
 
+    /// Whether this host can tell if the segment's other processes run (see
+    /// [`Backend::local_liveness`]).
+    pub fn local_liveness(&self) -> bool {
+        self.backend.local_liveness()
+    }
+
     /// Whether this process may write.
     pub fn is_writable(&self) -> bool {
         self.writable
