@@ -257,11 +257,13 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
 fn run(plan: &Plan, n: usize, mib: usize, faults: FaultCapture, suffix: &str) -> Result<Vec<String>, String> {
     let seq_pages = (mib << 20) / PAGE;
     let size = (SEQ + seq_pages) * PAGE;
+    // The echo's port first: the nodes' are free ports released again, which a later
+    // bind could be given.
+    let echo = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let echo_at = echo.local_addr().map_err(|e| e.to_string())?.to_string();
     let addrs = free_addrs(2)?;
     let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let echo = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let echo_at = echo.local_addr().map_err(|e| e.to_string())?.to_string();
     let mut child = Command::new(exe)
         .args(["__dsm-bench-node", "--peers", &list, "--size", &size.to_string(), "--echo", &echo_at])
         .args(["--faults", crate::dsm::faults_arg(faults)])
