@@ -486,13 +486,13 @@ impl Region {
             .inspect_err(|_| unmap())?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler = {
-            let (driver, stop, uffd) = (driver.clone(), stop.clone(), uffd.clone());
+            let (node, stop, uffd) = (driver.clone(), stop.clone(), uffd.clone());
             std::thread::Builder::new()
                 .name(format!("dsm-faults-{id}"))
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         match uffd.next_fault(100) {
-                            Ok(Some(f)) => on_fault(&driver, ((f.address - base) / page) as Page, f.write),
+                            Ok(Some(f)) => on_fault(&node, ((f.address - base) / page) as Page, f.write),
                             Ok(None) => {}
                             Err(e) => {
                                 eprintln!(
@@ -503,7 +503,11 @@ impl Region {
                         }
                     }
                 })
-                .map_err(RegionError::Join)?
+                .map_err(|e| {
+                    driver.close();
+                    unmap();
+                    RegionError::Join(e)
+                })?
         };
         Ok(Region {
             inner: Arc::new(Inner {
