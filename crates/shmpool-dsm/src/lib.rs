@@ -38,10 +38,19 @@
 //! # Ok(()) }
 //! ```
 
+// Under `--cfg loom` only the lock-free slot and its model are built.
+#[cfg(not(loom))]
 pub mod board;
+#[cfg(not(loom))]
 pub mod driver;
+#[cfg(not(loom))]
 pub mod protocol;
+#[cfg(not(loom))]
 pub mod region;
+#[cfg(not(loom))]
 pub mod signals;
+mod slot;
+#[cfg(not(loom))]
 pub mod transport;
+#[cfg(not(loom))]
 pub mod uffd;

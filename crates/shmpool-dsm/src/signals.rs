@@ -21,6 +21,7 @@
 
 use crate::driver::NodeDriver;
 use crate::protocol::{Access, Memory, Page};
+use crate::slot::Slot;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use rustix::io::Errno;
 use rustix::mm::MprotectFlags;
@@ -129,24 +130,11 @@ impl Memory<Vec<u8>> for Protected {
     }
 }
 
-/// A region whose faults this handler serves.
-struct Slot {
-    base: AtomicUsize,
-    len: AtomicUsize,
-    driver: AtomicPtr<NodeDriver<Protected>>,
-    /// Handlers looking at the slot now: `unregister` waits for none.
-    inflight: AtomicUsize,
-}
-
 const SLOTS: usize = 16;
 #[allow(clippy::declare_interior_mutable_const)] // a template for the array below
-const EMPTY: Slot = Slot {
-    base: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    driver: AtomicPtr::new(core::ptr::null_mut()),
-    inflight: AtomicUsize::new(0),
-};
-static REGIONS: [Slot; SLOTS] = [EMPTY; SLOTS];
+const EMPTY: Slot<NodeDriver<Protected>> = Slot::new();
+/// The regions whose faults this handler serves.
+static REGIONS: [Slot<NodeDriver<Protected>>; SLOTS] = [EMPTY; SLOTS];
 /// Pages of all the regions of this process whose faults are caught here: at most
 /// [`MAX_PAGES`], as they share the process's mapping count.
 static PAGES_IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -179,39 +167,21 @@ pub(crate) fn register(
         PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
         return Err(RegisterError::TooManyPages(before));
     }
-    let raw = std::sync::Arc::into_raw(driver).cast_mut();
+    let mut driver = driver;
     for (i, s) in REGIONS.iter().enumerate() {
-        // SYNC: AcqRel claims the slot; the SeqCst store of `base` below publishes the
-        // driver and length to the handler's SeqCst load of `base`.
-        if s.driver.compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-        {
-            s.len.store(len, Ordering::Relaxed);
-            s.base.store(base, Ordering::SeqCst);
-            return Ok(i);
+        match s.claim(base, len, driver) {
+            Ok(()) => return Ok(i),
+            Err(back) => driver = back,
         }
     }
     PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
-    // SAFETY: `raw` came from `into_raw` above and was stored nowhere.
-    drop(unsafe { std::sync::Arc::from_raw(raw) });
     Err(RegisterError::NoSlot)
 }
 
 /// Stops serving slot `i`'s faults (its region had `pages` pages), once no handler
-/// looks at it any more.
+/// uses its driver any more.
 pub(crate) fn unregister(i: usize, pages: usize) {
-    let s = &REGIONS[i];
-    // SYNC: SeqCst, with the handler's SeqCst increment of `inflight` and load of
-    // `base`: a handler either sees the slot empty, or is counted before the wait.
-    s.base.store(0, Ordering::SeqCst);
-    let raw = s.driver.swap(core::ptr::null_mut(), Ordering::SeqCst);
-    while s.inflight.load(Ordering::SeqCst) != 0 {
-        std::thread::yield_now(); // a handler finishing (the driver is closed: it fails)
-    }
-    if !raw.is_null() {
-        // SAFETY: the slot held the reference `register` made with `into_raw`, and no
-        // handler uses it any more (none in flight, and new ones see the slot empty).
-        drop(unsafe { std::sync::Arc::from_raw(raw) });
-    }
+    drop(REGIONS[i].retire());
     PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
 }
 
@@ -252,35 +222,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// Holds a slot's `inflight` count while a handler uses its driver.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        // SYNC: SeqCst, pairs with `unregister`'s wait.
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn serve(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid `siginfo_t` for a SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
-    for s in &REGIONS {
-        // SYNC: SeqCst, pairs with `unregister`: counted first, then the slot looked at.
-        s.inflight.fetch_add(1, Ordering::SeqCst);
-        let _counted = InFlight(&s.inflight);
-        let base = s.base.load(Ordering::SeqCst);
-        if base == 0 || addr < base || addr >= base + s.len.load(Ordering::Relaxed) {
-            continue;
-        }
-        let driver = s.driver.load(Ordering::SeqCst);
-        if driver.is_null() {
-            break;
-        }
-        // SAFETY: the slot holds a strong reference to the driver, and `unregister`
-        // waits for this handler (counted in `inflight`) before it drops it.
-        let driver = unsafe { &*driver };
-        let page = ((addr - base) / rustix::param::page_size()) as Page;
+    if let Some(driver) = REGIONS.iter().find_map(|s| s.enter(addr)) {
+        let page = ((addr - driver.base()) / rustix::param::page_size()) as Page;
         // Where the CPU does not say, an access to a readable page is a write.
         let write = was_write(ctx).unwrap_or_else(|| driver.lock().node.access(page) != Access::Invalid);
         if driver.acquire(page, write).is_ok() {
