@@ -2,7 +2,8 @@
 //! Node 0 (this process) and node 1 (a child: this program with `child`) map one region;
 //! node 0 times first touches of pages homed at itself (no message leaves the node), of
 //! pages homed at node 1 that nobody wrote (one round trip, no bytes), and of pages node
-//! 1 wrote (a recall), and prints the medians.
+//! 1 wrote (a recall), and prints the medians. `FAULTS=signals` catches faults by page
+//! protection instead of userfaultfd.
 
 use shmpool_dsm::region::{Region, RegionOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +25,14 @@ fn main() {
     } else {
         (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect()
     };
-    let opts = RegionOptions::new(8 * N * PAGE);
+    let mut opts = RegionOptions::new(8 * N * PAGE);
+    // `FAULTS=signals` for page protection.
+    if std::env::var("FAULTS").as_deref() == Ok("signals") {
+        opts.faults = shmpool_dsm::region::FaultCapture::Signals; // 16,000 pages: allowed
+    }
     if child {
         let r = Region::join_tcp(1, &peers, &opts).unwrap();
-        for p in (4 * N..6 * N).step_by(1) {
+        for p in 4 * N..6 * N {
             word(&r, p * PAGE).store(p as u64, Ordering::Relaxed);
         }
         word(&r, 8).store(1, Ordering::SeqCst);
