@@ -28,6 +28,7 @@ pub fn faults_arg(f: FaultCapture) -> &'static str {
         FaultCapture::Auto => "auto",
         FaultCapture::Userfaultfd => "userfaultfd",
         FaultCapture::Signals => "signals",
+        FaultCapture::UserfaultfdSigbus => "userfaultfd-sigbus",
     }
 }
 

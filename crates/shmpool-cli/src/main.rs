@@ -261,8 +261,9 @@ enum DsmCommand {
         /// Notes each node allocates and puts on the list.
         #[arg(long, default_value_t = 200)]
         posts: u64,
-        /// How faults are caught: auto (userfaultfd where it can be had), userfaultfd,
-        /// or signals (mprotect and SIGSEGV; regions of at most 64 MiB).
+        /// How faults are caught: auto (userfaultfd where it can be had), userfaultfd
+        /// (a handler thread), userfaultfd-sigbus (the faulting thread, on SIGBUS), or
+        /// signals (mprotect and SIGSEGV; regions of at most 64 MiB).
         #[arg(long, default_value = "auto", value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
     },
@@ -272,7 +273,7 @@ enum DsmCommand {
         /// Notes per node.
         #[arg(long, default_value_t = 200)]
         posts: u64,
-        /// How the nodes catch faults (auto, userfaultfd, signals).
+        /// How the nodes catch faults (auto, userfaultfd, userfaultfd-sigbus, signals).
         #[arg(long, default_value = "auto", value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
     },
@@ -284,7 +285,10 @@ fn parse_faults(text: &str) -> Result<shmpool_dsm::region::FaultCapture, String>
         "auto" => Ok(FaultCapture::Auto),
         "userfaultfd" => Ok(FaultCapture::Userfaultfd),
         "signals" => Ok(FaultCapture::Signals),
-        _ => Err(format!("invalid fault capture {text:?}: expected auto, userfaultfd or signals")),
+        "userfaultfd-sigbus" => Ok(FaultCapture::UserfaultfdSigbus),
+        _ => Err(format!(
+            "invalid fault capture {text:?}: expected auto, userfaultfd, userfaultfd-sigbus or signals"
+        )),
     }
 }
 

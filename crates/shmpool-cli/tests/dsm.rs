@@ -40,11 +40,14 @@ fn three_node_processes_build_one_list_on_the_heap_of_a_distributed_region() {
 }
 
 #[test]
-fn the_demo_runs_with_faults_caught_by_page_protection_too() {
-    let out = run(&["dsm", "demo", "--posts", "100", "--faults", "signals"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.matches("by_author=100,100,100 corrupt=0 freed=100 faults=signals").count(), 3, "{text}");
+fn the_demo_runs_with_every_fault_capture() {
+    for faults in ["userfaultfd", "userfaultfd-sigbus", "signals"] {
+        let out = run(&["dsm", "demo", "--posts", "100", "--faults", faults]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{faults}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        let want = format!("by_author=100,100,100 corrupt=0 freed=100 faults={faults}");
+        assert_eq!(text.matches(&want).count(), 3, "{text}");
+    }
 }
 
 #[test]

@@ -58,7 +58,13 @@ pub enum FaultCapture {
     #[default]
     Auto,
     /// userfaultfd (missing and write-protect faults), served by a handler thread.
+    /// Faults taken in system calls are served too (with root or `CAP_SYS_PTRACE`).
     Userfaultfd,
+    /// userfaultfd's page-by-page mapping, with each fault delivered to the faulting
+    /// thread as `SIGBUS` (`UFFD_FEATURE_SIGBUS`): the thread runs the protocol itself,
+    /// with no handler-thread hop. A system call that touches an absent page fails
+    /// with `EFAULT`.
+    UserfaultfdSigbus,
     /// Page protection (`mprotect`) and a `SIGSEGV` handler on the faulting thread:
     /// for kernels or sandboxes without userfaultfd; at most
     /// [`signals::MAX_PAGES`](crate::signals::MAX_PAGES) pages.
@@ -346,6 +352,8 @@ struct Inner {
     handler: Mutex<Option<JoinHandle<()>>>,
     /// Page protection: the signal handler's slot, and the driver's alias mapping.
     slot: Option<usize>,
+    /// userfaultfd with SIGBUS: the signal handler's slot.
+    uffd_slot: Option<usize>,
     alias: Option<usize>,
 }
 
@@ -360,6 +368,9 @@ impl Drop for Inner {
         }
         if let Some(slot) = self.slot {
             crate::signals::unregister(slot, self.len / self.page);
+        }
+        if let Some(slot) = self.uffd_slot {
+            crate::signals::unregister_uffd(slot);
         }
         // SAFETY: the mappings are this region's own (mapped in `join_tcp`), and neither
         // a handler nor the driver touches them any more; no segment on the region
@@ -409,9 +420,10 @@ impl Region {
         let pages = u32::try_from(len / page)
             .map_err(|_| RegionError::Geometry(format!("{len} bytes is too many pages")))?;
         match opts.faults {
-            FaultCapture::Userfaultfd => Self::join_uffd(id, addrs, opts, pages),
+            FaultCapture::Userfaultfd => Self::join_uffd(id, addrs, opts, pages, false),
+            FaultCapture::UserfaultfdSigbus => Self::join_uffd(id, addrs, opts, pages, true),
             FaultCapture::Signals => Self::join_signals(id, addrs, opts, pages),
-            FaultCapture::Auto => match Self::join_uffd(id, addrs, opts, pages) {
+            FaultCapture::Auto => match Self::join_uffd(id, addrs, opts, pages, false) {
                 Err(RegionError::NoUserfaultfd(_)) => Self::join_signals(id, addrs, opts, pages),
                 other => other,
             },
@@ -459,9 +471,11 @@ impl Region {
         addrs: &[SocketAddr],
         opts: &RegionOptions,
         pages: u32,
+        sigbus: bool,
     ) -> Result<Region, RegionError> {
         let (base, len, page) = (opts.base, opts.len, rustix::param::page_size());
-        let uffd = Arc::new(Uffd::open().map_err(RegionError::NoUserfaultfd)?);
+        let uffd = if sigbus { Uffd::open_sigbus() } else { Uffd::open() };
+        let uffd = Arc::new(uffd.map_err(RegionError::NoUserfaultfd)?);
         Self::map_fixed(base, len, ProtFlags::READ | ProtFlags::WRITE, None)?;
         let unmap = || {
             // SAFETY: the mapping just made, used by nothing yet.
@@ -485,6 +499,35 @@ impl Region {
         let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap())?;
         let stop = Arc::new(AtomicBool::new(false));
+        if sigbus {
+            // The faulting threads serve their own faults, in the SIGBUS handler.
+            let slot = match crate::signals::register_uffd(base, len, driver.clone()) {
+                Ok(slot) => slot,
+                Err(_) => {
+                    driver.close();
+                    unmap();
+                    return Err(RegionError::Geometry(
+                        "16 regions of this process take faults as SIGBUS already".into(),
+                    ));
+                }
+            };
+            return Ok(Region {
+                inner: Arc::new(Inner {
+                    driver,
+                    base,
+                    len,
+                    page,
+                    nodes: addrs.len() as u16,
+                    capture: FaultCapture::UserfaultfdSigbus,
+                    kernel_faults: false,
+                    stop,
+                    handler: Mutex::new(None),
+                    slot: None,
+                    uffd_slot: Some(slot),
+                    alias: None,
+                }),
+            });
+        }
         let handler = {
             let (node, stop, uffd) = (driver.clone(), stop.clone(), uffd.clone());
             std::thread::Builder::new()
@@ -521,6 +564,7 @@ impl Region {
                 stop,
                 handler: Mutex::new(Some(handler)),
                 slot: None,
+                uffd_slot: None,
                 alias: None,
             }),
         })
@@ -601,6 +645,7 @@ impl Region {
                 stop: Arc::new(AtomicBool::new(false)),
                 handler: Mutex::new(None),
                 slot: Some(slot),
+                uffd_slot: None,
                 alias: Some(alias),
             }),
         })

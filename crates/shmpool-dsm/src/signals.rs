@@ -138,9 +138,15 @@ static REGIONS: [Slot<NodeDriver<Protected>>; SLOTS] = [EMPTY; SLOTS];
 /// Pages of all the regions of this process whose faults are caught here: at most
 /// [`MAX_PAGES`], as they share the process's mapping count.
 static PAGES_IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// Regions whose userfaultfd delivers faults as `SIGBUS` to the faulting thread.
+#[allow(clippy::declare_interior_mutable_const)] // a template for the array below
+const EMPTY_UFFD: Slot<NodeDriver<crate::region::Mapped>> = Slot::new();
+static UFFD_REGIONS: [Slot<NodeDriver<crate::region::Mapped>>; SLOTS] = [EMPTY_UFFD; SLOTS];
 /// The handler that was there before ours (for faults outside every region).
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
+static PREVIOUS_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
 static INSTALL: Once = Once::new();
+static INSTALL_BUS: Once = Once::new();
 
 /// Why a region's faults cannot be caught here.
 #[derive(Debug)]
@@ -185,18 +191,73 @@ pub(crate) fn unregister(i: usize, pages: usize) {
     PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
 }
 
+/// Serves the `SIGBUS` faults of a userfaultfd region `[base, base + len)` with
+/// `driver` from now on; the slot to give back with [`unregister_uffd`].
+pub(crate) fn register_uffd(
+    base: usize,
+    len: usize,
+    driver: std::sync::Arc<NodeDriver<crate::region::Mapped>>,
+) -> Result<usize, RegisterError> {
+    INSTALL_BUS.call_once(|| install_on(libc::SIGBUS, on_bus as *const () as usize, &PREVIOUS_BUS));
+    let mut driver = driver;
+    for (i, s) in UFFD_REGIONS.iter().enumerate() {
+        match s.claim(base, len, driver) {
+            Ok(()) => return Ok(i),
+            Err(back) => driver = back,
+        }
+    }
+    Err(RegisterError::NoSlot)
+}
+
+/// Stops serving userfaultfd slot `i`'s faults, once no handler uses its driver.
+pub(crate) fn unregister_uffd(i: usize) {
+    drop(UFFD_REGIONS[i].retire());
+}
+
 fn install() {
-    // SAFETY: a zeroed `sigaction` is a valid empty one; `on_fault` has the
-    // SA_SIGINFO handler's signature; the previous action is kept for chaining.
+    install_on(libc::SIGSEGV, on_fault as *const () as usize, &PREVIOUS);
+}
+
+/// Installs `handler` (an SA_SIGINFO handler) for `sig`, keeping the previous action in
+/// `previous` for chaining.
+fn install_on(sig: libc::c_int, handler: usize, previous: &AtomicPtr<libc::sigaction>) {
+    // SAFETY: a zeroed `sigaction` is a valid empty one; `handler` has the SA_SIGINFO
+    // handler's signature; the previous action is kept (never freed) for chaining.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_fault as *const () as usize;
+        sa.sa_sigaction = handler;
         sa.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut sa.sa_mask);
         let old: *mut libc::sigaction = Box::into_raw(Box::new(core::mem::zeroed()));
-        libc::sigaction(libc::SIGSEGV, &sa, old);
-        PREVIOUS.store(old, Ordering::Release);
+        libc::sigaction(sig, &sa, old);
+        // SYNC: Release pairs with the handlers' Acquire load of the previous action.
+        previous.store(old, Ordering::Release);
     }
+}
+
+extern "C" fn on_bus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: this thread's errno location, read and written back by this thread.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid `siginfo_t` for a SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if let Some(driver) = UFFD_REGIONS.iter().find_map(|s| s.enter(addr)) {
+        let page = ((addr - driver.base()) / rustix::param::page_size()) as Page;
+        // A fault on a readable page is a write, whatever the CPU says.
+        let readable = driver.lock().node.access(page) != Access::Invalid;
+        let write = readable || was_write(ctx).unwrap_or(false);
+        if driver.acquire(page, write).is_err() {
+            // Lost (the page is poisoned): the access, retried with SIGBUS blocked in
+            // this handler, ends the process with SIGBUS, never stale bytes.
+            // SAFETY: restoring the default action for this signal.
+            unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+        }
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
+        return; // granted (installed by UFFDIO_COPY): the access is retried
+    }
+    chain(sig, info, ctx, &PREVIOUS_BUS);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// Whether the faulting access was a write, where the CPU says (x86-64's page-fault
@@ -227,8 +288,9 @@ fn serve(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let addr = unsafe { (*info).si_addr() } as usize;
     if let Some(driver) = REGIONS.iter().find_map(|s| s.enter(addr)) {
         let page = ((addr - driver.base()) / rustix::param::page_size()) as Page;
-        // Where the CPU does not say, an access to a readable page is a write.
-        let write = was_write(ctx).unwrap_or_else(|| driver.lock().node.access(page) != Access::Invalid);
+        // A fault on a readable page is a write, whatever the CPU says.
+        let readable = driver.lock().node.access(page) != Access::Invalid;
+        let write = readable || was_write(ctx).unwrap_or(false);
         if driver.acquire(page, write).is_ok() {
             return; // granted: the access is retried
         }
@@ -242,7 +304,19 @@ fn serve(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     }
     // Not ours: whoever handled it before (Rust's stack-overflow report, say), or the
     // default action once the access is retried.
-    let prev = PREVIOUS.load(Ordering::Acquire);
+    chain(sig, info, ctx, &PREVIOUS);
+}
+
+/// Hands a signal that is not ours to the action that was there before ours (or the
+/// default action, once the access is retried).
+fn chain(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+    previous: &AtomicPtr<libc::sigaction>,
+) {
+    // SYNC: Acquire pairs with the Release store in `install_on`.
+    let prev = previous.load(Ordering::Acquire);
     // SAFETY: `prev` is the action saved when ours was installed (never freed); calling
     // it as it was registered, or restoring the default.
     unsafe {

@@ -50,8 +50,19 @@ impl Uffd {
     /// Opens a non-blocking userfaultfd with write-protect faults (and page poisoning
     /// where the kernel has it, 6.6 and later).
     pub fn open() -> Result<Uffd, Errno> {
+        Self::open_with(0)
+    }
+
+    /// As [`open`](Self::open), but a fault is not reported here: the faulting thread
+    /// gets `SIGBUS` instead (`UFFD_FEATURE_SIGBUS`), and resolves it itself. A system
+    /// call that touches an absent page then fails with `EFAULT`.
+    pub fn open_sigbus() -> Result<Uffd, Errno> {
+        Self::open_with(u64::from(sys::UFFD_FEATURE_SIGBUS))
+    }
+
+    fn open_with(extra: u64) -> Result<Uffd, Errno> {
         let base = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
-        let want = u64::from(sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP);
+        let want = u64::from(sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP) | extra;
         let poison = u64::from(sys::UFFD_FEATURE_POISON);
         let mut last = Errno::NOSYS;
         for (user_only, features) in
@@ -74,7 +85,10 @@ impl Uffd {
             let mut api = sys::uffdio_api { api: u64::from(sys::UFFD_API), features, ioctls: 0 };
             // SAFETY: UFFDIO_API reads and writes a `uffdio_api`, which `api` is.
             match unsafe { rustix::ioctl::ioctl(&fd, Updater::<API, _>::new(&mut api)) } {
-                Ok(()) => return Ok(Uffd { fd, kernel_faults: !user_only, poison: features & poison != 0 }),
+                Ok(()) => {
+                    let kernel_faults = !user_only && extra == 0;
+                    return Ok(Uffd { fd, kernel_faults, poison: features & poison != 0 });
+                }
                 Err(e) => last = e,
             }
         }

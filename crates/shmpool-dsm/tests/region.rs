@@ -44,7 +44,8 @@ thread_local! {
     static FAULTS: std::cell::Cell<&'static str> = const { std::cell::Cell::new("userfaultfd") };
 }
 
-/// Each test twice: nodes catching faults with userfaultfd, and with page protection.
+/// Each test three times: nodes catching faults with userfaultfd (a handler thread, or
+/// SIGBUS on the faulting thread), and with page protection.
 macro_rules! both_captures {
     ($(fn $name:ident() $body:block)*) => {$(
         mod $name {
@@ -58,6 +59,11 @@ macro_rules! both_captures {
             #[test]
             fn signals() {
                 FAULTS.with(|f| f.set("signals"));
+                run()
+            }
+            #[test]
+            fn userfaultfd_sigbus() {
+                FAULTS.with(|f| f.set("userfaultfd-sigbus"));
                 run()
             }
         }
@@ -194,6 +200,7 @@ fn node_main() {
     opts.base = env("DSM_BASE").parse().unwrap();
     opts.faults = match env("DSM_FAULTS").as_str() {
         "signals" => FaultCapture::Signals,
+        "userfaultfd-sigbus" => FaultCapture::UserfaultfdSigbus,
         _ => FaultCapture::Userfaultfd,
     };
     let region = Region::join_tcp(id, &addrs, &opts).unwrap();

@@ -19,6 +19,10 @@
 //! - `dsm-seqread`: node 1 writes a whole range (256 MiB at the default `--handoffs`),
 //!   node 0 reads it through, page after page: MiB/s.
 //!
+//! Each set of lines is measured three times: faults caught with userfaultfd by a
+//! handler thread (no suffix), by the faulting thread on SIGBUS (`-sigbus`), and by page
+//! protection (`-signals`, whose sequential range is 48 MiB at most).
+//!
 //! The nodes talk through control words in the region itself: node 0 posts an order
 //! in page 0, node 1 acknowledges it in page 1.
 
@@ -249,6 +253,7 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
     let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
     let mib = (plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize;
     let mut out = run(plan, n, mib, FaultCapture::Userfaultfd, "")?;
+    out.extend(run(plan, n, mib, FaultCapture::UserfaultfdSigbus, "-sigbus")?);
     out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals")?);
     Ok(out)
 }
