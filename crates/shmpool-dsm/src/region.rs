@@ -357,6 +357,26 @@ struct Inner {
     alias: Option<usize>,
 }
 
+impl Inner {
+    /// A region's state with no handler thread, slot or alias yet.
+    fn new(driver: Arc<dyn Engine>, opts: &RegionOptions, nodes: usize, capture: FaultCapture) -> Inner {
+        Inner {
+            driver,
+            base: opts.base,
+            len: opts.len,
+            page: rustix::param::page_size(),
+            nodes: nodes as u16,
+            capture,
+            kernel_faults: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            handler: Mutex::new(None),
+            slot: None,
+            uffd_slot: None,
+            alias: None,
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closed first: a fault from now on fails (the handler poisons the page) rather
@@ -511,22 +531,9 @@ impl Region {
                     ));
                 }
             };
-            return Ok(Region {
-                inner: Arc::new(Inner {
-                    driver,
-                    base,
-                    len,
-                    page,
-                    nodes: addrs.len() as u16,
-                    capture: FaultCapture::UserfaultfdSigbus,
-                    kernel_faults: false,
-                    stop,
-                    handler: Mutex::new(None),
-                    slot: None,
-                    uffd_slot: Some(slot),
-                    alias: None,
-                }),
-            });
+            let mut inner = Inner::new(driver, opts, addrs.len(), FaultCapture::UserfaultfdSigbus);
+            inner.uffd_slot = Some(slot);
+            return Ok(Region { inner: Arc::new(inner) });
         }
         let handler = {
             let (node, stop, uffd) = (driver.clone(), stop.clone(), uffd.clone());
@@ -552,22 +559,11 @@ impl Region {
                     RegionError::Join(e)
                 })?
         };
-        Ok(Region {
-            inner: Arc::new(Inner {
-                driver,
-                base,
-                len,
-                page,
-                nodes: addrs.len() as u16,
-                capture: FaultCapture::Userfaultfd,
-                kernel_faults: uffd.kernel_faults(),
-                stop,
-                handler: Mutex::new(Some(handler)),
-                slot: None,
-                uffd_slot: None,
-                alias: None,
-            }),
-        })
+        let mut inner = Inner::new(driver, opts, addrs.len(), FaultCapture::Userfaultfd);
+        inner.kernel_faults = uffd.kernel_faults();
+        inner.stop = stop;
+        inner.handler = Mutex::new(Some(handler));
+        Ok(Region { inner: Arc::new(inner) })
     }
 
     fn join_signals(
@@ -633,22 +629,10 @@ impl Region {
                 }));
             }
         };
-        Ok(Region {
-            inner: Arc::new(Inner {
-                driver,
-                base,
-                len,
-                page,
-                nodes: addrs.len() as u16,
-                capture: FaultCapture::Signals,
-                kernel_faults: false,
-                stop: Arc::new(AtomicBool::new(false)),
-                handler: Mutex::new(None),
-                slot: Some(slot),
-                uffd_slot: None,
-                alias: Some(alias),
-            }),
-        })
+        let mut inner = Inner::new(driver, opts, addrs.len(), FaultCapture::Signals);
+        inner.slot = Some(slot);
+        inner.alias = Some(alias);
+        Ok(Region { inner: Arc::new(inner) })
     }
 
     /// How this node catches faults.

@@ -235,17 +235,27 @@ fn install_on(sig: libc::c_int, handler: usize, previous: &AtomicPtr<libc::sigac
     }
 }
 
+/// Asks for the page holding `addr` (whose region `driver` serves, from `base()`) as
+/// the faulting access needs it: whether it was granted (else it is lost).
+fn resolve<M: Memory<Vec<u8>> + Send + 'static>(
+    driver: &crate::slot::Entered<'_, NodeDriver<M>>,
+    addr: usize,
+    ctx: *mut libc::c_void,
+) -> bool {
+    let page = ((addr - driver.base()) / rustix::param::page_size()) as Page;
+    // A fault on a readable page is a write, whatever the CPU says.
+    let readable = driver.lock().node.access(page) != Access::Invalid;
+    let write = readable || was_write(ctx).unwrap_or(false);
+    driver.acquire(page, write).is_ok()
+}
+
 extern "C" fn on_bus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: this thread's errno location, read and written back by this thread.
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid `siginfo_t` for a SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
     if let Some(driver) = UFFD_REGIONS.iter().find_map(|s| s.enter(addr)) {
-        let page = ((addr - driver.base()) / rustix::param::page_size()) as Page;
-        // A fault on a readable page is a write, whatever the CPU says.
-        let readable = driver.lock().node.access(page) != Access::Invalid;
-        let write = readable || was_write(ctx).unwrap_or(false);
-        if driver.acquire(page, write).is_err() {
+        if !resolve(&driver, addr, ctx) {
             // Lost (the page is poisoned): the access, retried with SIGBUS blocked in
             // this handler, ends the process with SIGBUS, never stale bytes.
             // SAFETY: restoring the default action for this signal.
@@ -287,11 +297,7 @@ fn serve(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid `siginfo_t` for a SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
     if let Some(driver) = REGIONS.iter().find_map(|s| s.enter(addr)) {
-        let page = ((addr - driver.base()) / rustix::param::page_size()) as Page;
-        // A fault on a readable page is a write, whatever the CPU says.
-        let readable = driver.lock().node.access(page) != Access::Invalid;
-        let write = readable || was_write(ctx).unwrap_or(false);
-        if driver.acquire(page, write).is_ok() {
+        if resolve(&driver, addr, ctx) {
             return; // granted: the access is retried
         }
         // Lost: the access ends in SIGBUS, never stale bytes.
