@@ -25,7 +25,6 @@ use crate::slot::Slot;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use rustix::io::Errno;
 use rustix::mm::MprotectFlags;
-use std::sync::Once;
 
 /// The most pages, over all the regions of a process, whose faults are caught by
 /// protection (64 MiB of 4 KiB pages).
@@ -145,8 +144,8 @@ static UFFD_REGIONS: [Slot<NodeDriver<crate::region::Mapped>>; SLOTS] = [EMPTY_U
 /// The handler that was there before ours (for faults outside every region).
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
 static PREVIOUS_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null_mut());
-static INSTALL: Once = Once::new();
-static INSTALL_BUS: Once = Once::new();
+/// Held while a handler is installed (so two regions joining at once install it once).
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why a region's faults cannot be caught here.
 #[derive(Debug)]
@@ -166,7 +165,7 @@ pub(crate) fn register(
     pages: usize,
     driver: std::sync::Arc<NodeDriver<Protected>>,
 ) -> Result<usize, RegisterError> {
-    INSTALL.call_once(install);
+    ensure_installed(libc::SIGSEGV, on_fault as *const () as usize, &PREVIOUS);
     // Relaxed: a budget, not a publication.
     let before = PAGES_IN_USE.fetch_add(pages, Ordering::Relaxed);
     if before + pages > MAX_PAGES {
@@ -198,7 +197,7 @@ pub(crate) fn register_uffd(
     len: usize,
     driver: std::sync::Arc<NodeDriver<crate::region::Mapped>>,
 ) -> Result<usize, RegisterError> {
-    INSTALL_BUS.call_once(|| install_on(libc::SIGBUS, on_bus as *const () as usize, &PREVIOUS_BUS));
+    ensure_installed(libc::SIGBUS, on_bus as *const () as usize, &PREVIOUS_BUS);
     let mut driver = driver;
     for (i, s) in UFFD_REGIONS.iter().enumerate() {
         match s.claim(base, len, driver) {
@@ -214,8 +213,19 @@ pub(crate) fn unregister_uffd(i: usize) {
     drop(UFFD_REGIONS[i].retire());
 }
 
-fn install() {
-    install_on(libc::SIGSEGV, on_fault as *const () as usize, &PREVIOUS);
+/// Installs `handler` for `sig` unless it is the action already: at the first region,
+/// and again if other code installed its own handler since (ours then chains to it).
+fn ensure_installed(sig: libc::c_int, handler: usize, previous: &AtomicPtr<libc::sigaction>) {
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: reading the current action into a zeroed `sigaction`, changing nothing.
+    let current = unsafe {
+        let mut cur: libc::sigaction = core::mem::zeroed();
+        libc::sigaction(sig, core::ptr::null(), &mut cur);
+        cur.sa_sigaction
+    };
+    if current != handler {
+        install_on(sig, handler, previous);
+    }
 }
 
 /// Installs `handler` (an SA_SIGINFO handler) for `sig`, keeping the previous action in

@@ -646,3 +646,27 @@ fn the_consistency_check_catches_a_stale_read() {
     let ok = vec![vec![format!("w 0 {} 0", 1u64 << 32 | 1)], vec![format!("r 0 {}", 1u64 << 32 | 1)]];
     assert!(sequentially_consistent(&ok).is_ok());
 }
+
+/// A `SIGSEGV` handler another library installs after a region's replaces ours; the
+/// next region joined puts ours back in front of it, and both regions work again.
+#[test]
+fn a_later_sigsegv_handler_is_put_behind_ours_at_the_next_join() {
+    extern "C" fn theirs(_: i32) {
+        std::process::abort(); // a region fault must never reach it
+    }
+    let single = |base: usize| {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut opts = RegionOptions::new(16 * PAGE);
+        opts.base = base;
+        opts.faults = FaultCapture::Signals;
+        Region::join_tcp(0, &[addr], &opts).unwrap()
+    };
+    let a = single(BASE + (7 << 30));
+    word(&a, 0).store(1, Ordering::SeqCst); // a fault, served
+                                            // SAFETY: installing a plain handler for SIGSEGV, as another library might.
+    unsafe { libc::signal(libc::SIGSEGV, theirs as *const () as libc::sighandler_t) };
+    let b = single(BASE + (8 << 30));
+    word(&b, PAGE).store(2, Ordering::SeqCst);
+    word(&a, 2 * PAGE).store(3, Ordering::SeqCst);
+    assert_eq!((word(&a, 0).load(Ordering::SeqCst), word(&b, PAGE).load(Ordering::SeqCst)), (1, 2));
+}
