@@ -51,6 +51,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     let mut out =
         format!("node {}: summary: by_author={authors} corrupt={} freed={}", a.id, r.corrupt, r.freed);
     out.push_str(&format!(" faults={}", faults_arg(region.fault_capture())));
+    out.push_str(&format!(" shared_pages={}", r.shared_pages));
     if let Some((before, after)) = r.allocated {
         out.push_str(&format!(" allocated={before}->{after}"));
     }
@@ -134,6 +135,7 @@ pub fn demo(posts: u64, faults: FaultCapture) -> Result<(), String> {
         if !out.status.success()
             || field(summary, "by_author") != Some(&want)
             || field(summary, "corrupt") != Some("0")
+            || field(summary, "shared_pages") != Some("0")
             || !heap_ok
         {
             eprintln!(

@@ -13,8 +13,7 @@ const PAGE: usize = 4096;
 const N: usize = 2000;
 
 fn word(r: &Region, at: usize) -> &AtomicU64 {
-    // SAFETY: inside the region, 8-aligned.
-    unsafe { &*r.as_ptr().add(at).cast::<AtomicU64>() }
+    r.atomic_u64(at).expect("a word of the region")
 }
 
 fn main() {

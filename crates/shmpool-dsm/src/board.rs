@@ -6,8 +6,9 @@
 //!
 //! 1. every node allocates `posts` notes from the heap (its own pages) and pushes each
 //!    onto one shared list with a CAS on the list's head (a heap root);
-//! 2. every node walks the whole list, checks each note's checksum and counts the notes
-//!    by author;
+//! 2. every node walks the whole list, checks each note's checksum, counts the notes
+//!    by author, and checks that no page holds notes of two authors (each node
+//!    allocates from its own pages);
 //! 3. every node frees the notes of the next node (`(id + 1) % nodes`): frees into
 //!    another node's pages, which reach their owner lock-free;
 //! 4. node 0 checks the heap: its allocated bytes are back where they started.
@@ -40,6 +41,9 @@ pub struct Report {
     pub by_author: Vec<u64>,
     /// Notes whose checksum was wrong.
     pub corrupt: u64,
+    /// Pages holding notes of more than one author: each node allocates from its own
+    /// pages, so none.
+    pub shared_pages: u64,
     /// Notes this node freed.
     pub freed: u64,
     /// On node 0: the heap's allocated bytes before the notes and at the end.
@@ -149,6 +153,8 @@ pub fn build(region: &Region, posts: u64) -> Result<Report, BoardError> {
     }
     barrier(&heap, barriers, nodes, 2)?;
     let (mut by_author, mut corrupt, mut mine) = (vec![0u64; nodes as usize], 0, Vec::new());
+    let mut page_author = std::collections::HashMap::new();
+    let mut shared = std::collections::HashSet::new();
     let mut at = word(&heap, head).load(Ordering::SeqCst);
     while at != 0 {
         let (ptr, _) = heap.resolve(at).map_err(|e| alloc(format!("a note at {at}: {e}")))?;
@@ -161,6 +167,10 @@ pub fn build(region: &Region, posts: u64) -> Result<Report, BoardError> {
         }
         if n.author == (me + 1) % u64::from(nodes) {
             mine.push(at);
+        }
+        let page = at / region.page_size() as u64;
+        if *page_author.entry(page).or_insert(n.author) != n.author {
+            shared.insert(page);
         }
         at = n.next.load(Ordering::SeqCst);
     }
@@ -183,5 +193,5 @@ pub fn build(region: &Region, posts: u64) -> Result<Report, BoardError> {
         None => None,
     };
     barrier(&heap, barriers, nodes, 6)?;
-    Ok(Report { by_author, corrupt, freed: mine.len() as u64, allocated })
+    Ok(Report { by_author, corrupt, shared_pages: shared.len() as u64, freed: mine.len() as u64, allocated })
 }

@@ -133,7 +133,8 @@ pub struct Stats {
     pub received: u64,
     /// Page bytes received (in grants and recalls).
     pub page_bytes_in: u64,
-    /// Requests this node made for a page it could not access.
+    /// Requests this node made for a page it could not access (to any home, itself
+    /// included).
     pub requests: u64,
 }
 
@@ -157,7 +158,16 @@ pub struct NodeDriver<M = Pages> {
     /// When each page was last granted here (ns since `started`).
     installed: Vec<AtomicU64>,
     started: Instant,
-    stats: Mutex<Stats>,
+    counters: Counters,
+}
+
+/// [`Stats`] as they are counted (Relaxed: figures for a report, ordering nothing).
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    page_bytes_in: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
@@ -168,6 +178,10 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// is released.
     pub(crate) fn enqueue(&self, out: Vec<Frame>) {
         for env in out {
+            if matches!(env.msg, Msg::Request { .. }) {
+                // Every request is this node's own (to its home, which may be itself).
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            }
             self.outbox[env.to as usize].lock().unwrap_or_else(|e| e.into_inner()).push_back(env);
         }
     }
@@ -195,10 +209,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                     Some(link) => {
                         let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
                         while let Some(env) = pop(j) {
-                            let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-                            st.sent += 1;
-                            st.requests += u64::from(matches!(env.msg, Msg::Request { .. }));
-                            drop(st);
+                            self.counters.sent.fetch_add(1, Ordering::Relaxed);
                             // A closed link is a dead peer: its death reaches the
                             // protocol through the membership, not here.
                             let _ = write_frame(&mut *link, &env);
@@ -284,7 +295,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             handled: AtomicU64::new(0),
             installed: (0..pages).map(|_| AtomicU64::new(0)).collect(),
             started: Instant::now(),
-            stats: Mutex::new(Stats::default()),
+            counters: Counters::default(),
             changed: Condvar::new(),
             links: links.into_iter().map(|l| l.map(Mutex::new)).collect(),
         });
@@ -307,8 +318,10 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             let epoch = node.epoch() + 1;
             let out = node.node_died(peer, epoch, pages);
             self.handled.fetch_add(1, Ordering::Relaxed);
+            // The pages homed at `peer` are lost now too: their requests will never be
+            // answered.
             for (p, a) in asked.iter_mut().enumerate() {
-                if node.is_lost(p as Page) || crate::protocol::home(p as Page, node.nodes()) == peer {
+                if node.is_lost(p as Page) {
                     *a = false;
                 }
             }
@@ -408,13 +421,12 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 eprintln!("shmpool-dsm node {}: dropping node {peer}: {why}", self.id);
                 break;
             }
-            let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            st.received += 1;
-            st.page_bytes_in += match &env.msg {
+            let page_bytes = match &env.msg {
                 Msg::Grant { data: Some(d), .. } | Msg::Recalled { data: d, .. } => d.len() as u64,
                 _ => 0,
             };
-            drop(st);
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            self.counters.page_bytes_in.fetch_add(page_bytes, Ordering::Relaxed);
             if matches!(env.msg, Msg::Leave) {
                 self.lock().leaving |= 1 << env.from;
                 self.changed.notify_all();
@@ -469,7 +481,13 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
 
     /// What the driver has done so far.
     pub fn stats(&self) -> Stats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        let c = &self.counters;
+        Stats {
+            sent: c.sent.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            page_bytes_in: c.page_bytes_in.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Leaves the region once every node is done with it: tells every other node this

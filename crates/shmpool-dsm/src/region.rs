@@ -26,9 +26,7 @@
 //! let addrs = ["127.0.0.1:7000".parse()?, "127.0.0.1:7001".parse()?];
 //! // On node 0 (node 1 runs the same with id 1):
 //! let region = Region::join_tcp(0, &addrs, &RegionOptions::new(1 << 20))?;
-//! let counter = region.as_ptr().cast::<std::sync::atomic::AtomicU64>();
-//! // SAFETY: the region maps 1 MiB at `as_ptr` for as long as it lives.
-//! unsafe { &*counter }.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//! region.atomic_u64(8)?.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 //! # Ok(()) }
 //! ```
 #![allow(unsafe_code)]
@@ -42,7 +40,7 @@ use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use shmpool::segment::{Backend, BackendKind, GrowError, IpcHandle, Segment};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -164,26 +162,6 @@ impl Mapped {
             rustix::mm::madvise(self.addr(page) as *mut _, self.page, rustix::mm::Advice::LinuxDontNeed)
         }
     }
-
-    /// Makes every access to `page` fail from now on, and wakes its waiters to fail.
-    fn fail(&mut self, page: Page) {
-        if self.failed[page as usize] {
-            let _ = self.wake(page);
-            return;
-        }
-        self.failed[page as usize] = true;
-        let _ = self.drop_copy(page);
-        self.access[page as usize] = Access::Invalid;
-        // SAFETY: the page is in the registered range and absent (just dropped).
-        if unsafe { self.uffd.poison(self.addr(page), self.page) }.is_err() {
-            // No poisoning in this kernel: an inaccessible page (`SIGSEGV` instead).
-            // SAFETY: the page is inside this node's mapping; nothing else is there.
-            let _ = unsafe {
-                rustix::mm::mprotect(self.addr(page) as *mut _, self.page, rustix::mm::MprotectFlags::empty())
-            };
-            let _ = self.wake(page);
-        }
-    }
 }
 
 impl Memory<Vec<u8>> for Mapped {
@@ -267,13 +245,22 @@ pub(crate) trait Failing: Memory<Vec<u8>> + Send + 'static {
 
 impl Failing for Mapped {
     fn fail(&mut self, page: Page) {
-        Mapped::fail(self, page);
-    }
-}
-
-impl Failing for crate::signals::Protected {
-    fn fail(&mut self, page: Page) {
-        crate::signals::Protected::fail(self, page);
+        if self.failed[page as usize] {
+            let _ = self.wake(page);
+            return;
+        }
+        self.failed[page as usize] = true;
+        let _ = self.drop_copy(page);
+        self.access[page as usize] = Access::Invalid;
+        // SAFETY: the page is in the registered range and absent (just dropped).
+        if unsafe { self.uffd.poison(self.addr(page), self.page) }.is_err() {
+            // No poisoning in this kernel: an inaccessible page (`SIGSEGV` instead).
+            // SAFETY: the page is inside this node's mapping; nothing else is there.
+            let _ = unsafe {
+                rustix::mm::mprotect(self.addr(page) as *mut _, self.page, rustix::mm::MprotectFlags::empty())
+            };
+            let _ = self.wake(page);
+        }
     }
 }
 
@@ -694,6 +681,20 @@ impl Region {
     /// on it) are served too; without, such a call fails with `EFAULT` on an absent page.
     pub fn kernel_faults(&self) -> bool {
         self.inner.kernel_faults
+    }
+
+    /// The shared `u64` at `offset` (8-aligned), as an atomic: loads, stores and
+    /// read-modify-writes on it are sequentially consistent across the nodes (with
+    /// `SeqCst`, or any ordering for a single word). `Fault::OutOfRange` past the end or
+    /// off alignment.
+    pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, Fault> {
+        if !offset.is_multiple_of(8) || offset.checked_add(8).is_none_or(|end| end > self.inner.len) {
+            return Err(Fault::OutOfRange(offset));
+        }
+        // SAFETY: the region maps `len` bytes at its base for as long as `self` lives
+        // (the borrow), and the word is inside and 8-aligned (the base is page-aligned);
+        // every access to it goes through atomics.
+        Ok(unsafe { &*(self.inner.base as *const u8).add(offset).cast::<AtomicU64>() })
     }
 
     /// The page holding byte `offset`.

@@ -21,6 +21,7 @@
 
 use crate::driver::NodeDriver;
 use crate::protocol::{Access, Memory, Page};
+use crate::region::Failing as _;
 use crate::slot::Slot;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use rustix::io::Errno;
@@ -68,9 +69,11 @@ impl Protected {
     fn alias(&self, page: Page) -> *mut u8 {
         (self.alias + page as usize * self.page) as *mut u8
     }
+}
 
+impl crate::region::Failing for Protected {
     /// Every later access to `page` fails (`SIGBUS`, from the handler).
-    pub(crate) fn fail(&mut self, page: Page) {
+    fn fail(&mut self, page: Page) {
         self.failed[page as usize] = true;
         self.access[page as usize] = Access::Invalid;
         let _ = self.set_prot(page, Access::Invalid);

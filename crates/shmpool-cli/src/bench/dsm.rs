@@ -53,10 +53,7 @@ const OP_QUIT: u64 = 4;
 const OP_READ: u64 = 5;
 
 fn word(region: &Region, at: usize) -> &AtomicU64 {
-    assert!(at + 8 <= region.len());
-    // SAFETY: the region maps `len` bytes at `as_ptr` for its life; `at` is inside and
-    // 8-aligned (every offset here is).
-    unsafe { &*region.as_ptr().add(at).cast::<AtomicU64>() }
+    region.atomic_u64(at).expect("a word of the region")
 }
 
 fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
