@@ -341,6 +341,9 @@ struct Inner {
     slot: Option<usize>,
     /// userfaultfd with SIGBUS: the signal handler's slot.
     uffd_slot: Option<usize>,
+    /// Page protection: this region's share of the process's pages (given back after
+    /// the slot, as the fields drop).
+    budget: Option<crate::signals::PageBudget>,
     alias: Option<usize>,
 }
 
@@ -359,6 +362,7 @@ impl Inner {
             handler: Mutex::new(None),
             slot: None,
             uffd_slot: None,
+            budget: None,
             alias: None,
         }
     }
@@ -374,7 +378,7 @@ impl Drop for Inner {
             let _ = h.join();
         }
         if let Some(slot) = self.slot {
-            crate::signals::unregister(slot, self.len / self.page);
+            crate::signals::unregister(slot);
         }
         if let Some(slot) = self.uffd_slot {
             crate::signals::unregister_uffd(slot);
@@ -508,15 +512,12 @@ impl Region {
         let stop = Arc::new(AtomicBool::new(false));
         if sigbus {
             // The faulting threads serve their own faults, in the SIGBUS handler.
-            let slot = match crate::signals::register_uffd(base, len, driver.clone()) {
-                Ok(slot) => slot,
-                Err(_) => {
-                    driver.close();
-                    unmap();
-                    return Err(RegionError::Geometry(
-                        "16 regions of this process take faults as SIGBUS already".into(),
-                    ));
-                }
+            let Some(slot) = crate::signals::register_uffd(base, len, driver.clone()) else {
+                driver.close();
+                unmap();
+                return Err(RegionError::Geometry(
+                    "16 regions of this process take faults as SIGBUS already".into(),
+                ));
             };
             let mut inner = Inner::new(driver, opts, addrs.len(), FaultCapture::UserfaultfdSigbus);
             inner.uffd_slot = Some(slot);
@@ -560,12 +561,14 @@ impl Region {
         pages: u32,
     ) -> Result<Region, RegionError> {
         let (base, len, page) = (opts.base, opts.len, rustix::param::page_size());
-        if pages as usize > crate::signals::MAX_PAGES {
-            return Err(RegionError::Geometry(format!(
-                "{pages} pages: faults caught by page protection allow at most {}",
+        // The process's page budget first, before anything is mapped or joined.
+        let budget = crate::signals::PageBudget::reserve(pages as usize).map_err(|used| {
+            RegionError::Geometry(format!(
+                "{pages} pages, with the {used} this process's regions already have: faults caught by page \
+                 protection allow at most {} in all",
                 crate::signals::MAX_PAGES
-            )));
-        }
+            ))
+        })?;
         let os = |op| move |errno| RegionError::Os { op, errno };
         let fd = rustix::fs::memfd_create("shmpool-dsm", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(os("memfd_create"))?;
@@ -600,25 +603,17 @@ impl Region {
         let mem = crate::signals::Protected::new(base, alias, page, pages as usize);
         let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap(Some(alias)))?;
-        let slot = match crate::signals::register(base, len, pages as usize, driver.clone()) {
-            Ok(slot) => slot,
-            Err(e) => {
-                driver.close();
-                unmap(Some(alias));
-                return Err(RegionError::Geometry(match e {
-                    crate::signals::RegisterError::NoSlot => {
-                        "16 regions of this process catch faults by page protection already".into()
-                    }
-                    crate::signals::RegisterError::TooManyPages(used) => format!(
-                        "{pages} pages more than the {used} this process's regions catch by page protection: at most {} in all",
-                        crate::signals::MAX_PAGES
-                    ),
-                }));
-            }
+        let Some(slot) = crate::signals::register(base, len, driver.clone()) else {
+            driver.close();
+            unmap(Some(alias));
+            return Err(RegionError::Geometry(
+                "16 regions of this process catch faults by page protection already".into(),
+            ));
         };
         let mut inner = Inner::new(driver, opts, addrs.len(), FaultCapture::Signals);
         inner.slot = Some(slot);
         inner.alias = Some(alias);
+        inner.budget = Some(budget);
         Ok(Region { inner: Arc::new(inner) })
     }
 
@@ -695,11 +690,6 @@ impl Region {
         // (the borrow), and the word is inside and 8-aligned (the base is page-aligned);
         // every access to it goes through atomics.
         Ok(unsafe { &*(self.inner.base as *const u8).add(offset).cast::<AtomicU64>() })
-    }
-
-    /// The page holding byte `offset`.
-    pub fn page_of(&self, offset: usize) -> Option<Page> {
-        (offset < self.inner.len).then(|| (offset / self.inner.page) as Page)
     }
 
     /// Makes this node's copy of every page of `offset..offset + len` readable (or

@@ -150,65 +150,67 @@ static PREVIOUS_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(core::ptr::null
 /// Held while a handler is installed (so two regions joining at once install it once).
 static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Why a region's faults cannot be caught here.
-#[derive(Debug)]
-pub(crate) enum RegisterError {
-    /// Sixteen regions are served already.
-    NoSlot,
-    /// The process's regions would have more than [`MAX_PAGES`] pages (this many are
-    /// in use).
-    TooManyPages(usize),
+/// A region's share of [`MAX_PAGES`], taken before it joins its peers and given back
+/// when it is dropped.
+pub(crate) struct PageBudget(usize);
+
+impl PageBudget {
+    /// `pages` more pages for this process's regions; the pages already in use if
+    /// that would pass [`MAX_PAGES`].
+    pub(crate) fn reserve(pages: usize) -> Result<PageBudget, usize> {
+        // Relaxed: a budget, not a publication.
+        let before = PAGES_IN_USE.fetch_add(pages, Ordering::Relaxed);
+        if before + pages > MAX_PAGES {
+            PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
+            return Err(before);
+        }
+        Ok(PageBudget(pages))
+    }
 }
 
-/// Serves the faults of `[base, base + len)` (`pages` pages) with `driver` from now on;
-/// the slot to give back with [`unregister`].
+impl Drop for PageBudget {
+    fn drop(&mut self) {
+        PAGES_IN_USE.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Serves the faults of `[base, base + len)` with `driver` from now on: the slot to
+/// give back with [`unregister`], or `None` if every slot is taken.
 pub(crate) fn register(
     base: usize,
     len: usize,
-    pages: usize,
     driver: std::sync::Arc<NodeDriver<Protected>>,
-) -> Result<usize, RegisterError> {
+) -> Option<usize> {
     ensure_installed(libc::SIGSEGV, on_fault as *const () as usize, &PREVIOUS);
-    // Relaxed: a budget, not a publication.
-    let before = PAGES_IN_USE.fetch_add(pages, Ordering::Relaxed);
-    if before + pages > MAX_PAGES {
-        PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
-        return Err(RegisterError::TooManyPages(before));
-    }
-    let mut driver = driver;
-    for (i, s) in REGIONS.iter().enumerate() {
-        match s.claim(base, len, driver) {
-            Ok(()) => return Ok(i),
-            Err(back) => driver = back,
-        }
-    }
-    PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
-    Err(RegisterError::NoSlot)
+    claim_any(&REGIONS, base, len, driver)
 }
 
-/// Stops serving slot `i`'s faults (its region had `pages` pages), once no handler
-/// uses its driver any more.
-pub(crate) fn unregister(i: usize, pages: usize) {
+/// Claims the first free slot of `slots` for the region, if any.
+fn claim_any<T>(slots: &[Slot<T>], base: usize, len: usize, value: std::sync::Arc<T>) -> Option<usize> {
+    let mut value = value;
+    for (i, s) in slots.iter().enumerate() {
+        match s.claim(base, len, value) {
+            Ok(()) => return Some(i),
+            Err(back) => value = back,
+        }
+    }
+    None
+}
+
+/// Stops serving slot `i`'s faults, once no handler uses its driver any more.
+pub(crate) fn unregister(i: usize) {
     drop(REGIONS[i].retire());
-    PAGES_IN_USE.fetch_sub(pages, Ordering::Relaxed);
 }
 
 /// Serves the `SIGBUS` faults of a userfaultfd region `[base, base + len)` with
-/// `driver` from now on; the slot to give back with [`unregister_uffd`].
+/// `driver` from now on: the slot to give back with [`unregister_uffd`], or `None`.
 pub(crate) fn register_uffd(
     base: usize,
     len: usize,
     driver: std::sync::Arc<NodeDriver<crate::region::Mapped>>,
-) -> Result<usize, RegisterError> {
+) -> Option<usize> {
     ensure_installed(libc::SIGBUS, on_bus as *const () as usize, &PREVIOUS_BUS);
-    let mut driver = driver;
-    for (i, s) in UFFD_REGIONS.iter().enumerate() {
-        match s.claim(base, len, driver) {
-            Ok(()) => return Ok(i),
-            Err(back) => driver = back,
-        }
-    }
-    Err(RegisterError::NoSlot)
+    claim_any(&UFFD_REGIONS, base, len, driver)
 }
 
 /// Stops serving userfaultfd slot `i`'s faults, once no handler uses its driver.

@@ -668,3 +668,27 @@ fn a_later_sigsegv_handler_is_put_behind_ours_at_the_next_join() {
     word(&a, 2 * PAGE).store(3, Ordering::SeqCst);
     assert_eq!((word(&a, 0).load(Ordering::SeqCst), word(&b, PAGE).load(Ordering::SeqCst)), (1, 2));
 }
+
+/// Page protection splits mappings, so a process's regions under it hold at most
+/// `signals::MAX_PAGES` pages in all: more is refused before anything is joined, and a
+/// region dropped gives its pages back.
+#[test]
+fn page_protection_keeps_to_its_page_budget() {
+    let max = shmpool_dsm::signals::MAX_PAGES;
+    let join = |base: usize, pages: usize| {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut opts = RegionOptions::new(pages * PAGE);
+        opts.base = base;
+        opts.faults = FaultCapture::Signals;
+        Region::join_tcp(0, &[addr], &opts)
+    };
+    let too_big = join(BASE + (9 << 30), max + 1).unwrap_err();
+    assert!(too_big.to_string().contains("at most"), "{too_big}");
+    let first = join(BASE + (9 << 30), max - 10).unwrap();
+    let refused = join(BASE + (10 << 30), 11).unwrap_err();
+    assert!(refused.to_string().contains("already have"), "{refused}");
+    drop(first);
+    let second = join(BASE + (10 << 30), 11).unwrap();
+    second.atomic_u64(0).unwrap().store(7, Ordering::SeqCst);
+    assert_eq!(second.atomic_u64(0).unwrap().load(Ordering::SeqCst), 7);
+}
