@@ -122,6 +122,9 @@ pub(crate) struct State<M> {
     pub(crate) closed: bool,
     /// Nodes that said they leave (a bit each).
     leaving: u64,
+    /// Accesses asleep on `changed`, waiting for a page: a message handled wakes them
+    /// only if there are any (a notification is a system call even when nobody waits).
+    sleepers: u32,
 }
 
 /// What a node's driver has done so far.
@@ -235,7 +238,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 std::hint::spin_loop();
             }
         }
-        {
+        let wake = {
             let mut s = self.lock();
             if s.closed {
                 return;
@@ -252,8 +255,11 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             }
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.enqueue(out);
+            s.sleepers > 0
+        };
+        if wake {
+            self.changed.notify_all();
         }
-        self.changed.notify_all();
     }
 
     fn epoch_ns(&self) -> u64 {
@@ -289,6 +295,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 asked: vec![false; pages as usize],
                 closed: false,
                 leaving: 0,
+                sleepers: 0,
             }),
             outbox: (0..nodes).map(|_| Mutex::default()).collect(),
             self_turn: Mutex::new(()),
@@ -562,7 +569,11 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             // The counter moves under the lock: unchanged here, the next message's
             // notification comes after this wait begins.
             if self.handled.load(Ordering::Relaxed) == seen {
+                // Counted under the lock: a message handled after this sees the sleeper
+                // and wakes it.
+                s.sleepers += 1;
                 s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.sleepers -= 1;
             }
         }
     }
