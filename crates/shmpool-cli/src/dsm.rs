@@ -1,4 +1,5 @@
-//! `shmpool dsm node` and `shmpool dsm demo`: nodes (processes) over TCP mapping one
+//! `shmpool dsm node` and `shmpool dsm demo`: nodes (processes) over TCP (or Unix
+//! sockets, on one host) mapping one
 //! distributed region (`shmpool_dsm::region`) at the same address, with the shmpool heap
 //! on it, building one shared list together (`shmpool_dsm::board`).
 //!
@@ -7,6 +8,7 @@
 //! leaves once every node is done.
 
 use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
+use shmpool_dsm::transport::Peer;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 /// What `dsm node` is told.
 pub struct NodeArgs {
     pub id: u16,
-    pub peers: Vec<SocketAddr>,
+    pub peers: Vec<Peer>,
     pub listen: Option<SocketAddr>,
     pub size: u64,
     pub base: Option<u64>,
@@ -43,7 +45,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     }
     opts.faults = a.faults;
     opts.listen = a.listen;
-    let region = Region::join_tcp(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
+    let region = Region::join(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;
     let took = started.elapsed();
@@ -80,17 +82,24 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub fn demo(posts: u64, faults: FaultCapture) -> Result<(), String> {
-    // Three free loopback ports (bound and released; a race with another program is
-    // possible but unlikely).
-    let peers: Vec<SocketAddr> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+pub fn demo(posts: u64, faults: FaultCapture, unix: bool) -> Result<(), String> {
+    // Three Unix sockets in a directory of this run's, or three free loopback ports
+    // (bound and released; a race with another program is possible but unlikely).
+    let dir = std::env::temp_dir().join(format!("shmpool-dsm-demo-{}", std::process::id()));
+    let peers: Vec<Peer> = if unix {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        (0..3).map(|i| Peer::Unix(dir.join(format!("node-{i}.sock")))).collect()
+    } else {
+        (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(Peer::Tcp))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?
+    };
     let list = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let links = if unix { "Unix sockets" } else { "loopback TCP" };
     println!(
-        "shmpool dsm demo: 3 node processes over loopback TCP ({list}) map one 64 MiB region at the same \
+        "shmpool dsm demo: 3 node processes over {links} ({list}) map one 64 MiB region at the same \
          address, put the shmpool heap on it, and build one list: {posts} notes from each node"
     );
     let nodes: Vec<std::process::Child> = (0..3)
@@ -145,6 +154,9 @@ pub fn demo(posts: u64, faults: FaultCapture) -> Result<(), String> {
             );
             ok = false;
         }
+    }
+    if unix {
+        let _ = std::fs::remove_dir_all(&dir); // the sockets are gone already
     }
     if !ok {
         return Err("a node did not see the whole list, or the heap did not come back to its start".into());

@@ -136,11 +136,11 @@ enum Command {
     #[command(name = "__dsm-bench-node", hide = true)]
     DsmBenchNode {
         #[arg(long, value_delimiter = ',', required = true)]
-        peers: Vec<std::net::SocketAddr>,
+        peers: Vec<shmpool_dsm::transport::Peer>,
         #[arg(long)]
         size: u64,
         #[arg(long)]
-        echo: std::net::SocketAddr,
+        echo: shmpool_dsm::transport::Peer,
         #[arg(long, value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
     },
@@ -223,7 +223,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Dsm(DsmCommand::Node { id, peers, listen, size, base, posts, faults }) => {
             return Ok(dsm::node(&dsm::NodeArgs { id, peers, listen, size, base, posts, faults })?)
         }
-        Command::Dsm(DsmCommand::Demo { posts, faults }) => return Ok(dsm::demo(posts, faults)?),
+        Command::Dsm(DsmCommand::Demo { posts, faults, unix }) => return Ok(dsm::demo(posts, faults, unix)?),
         Command::DsmBenchNode { peers, size, echo, faults } => {
             return Ok(bench::dsm_bench_node(&peers, size, echo, faults)?)
         }
@@ -245,10 +245,12 @@ enum DsmCommand {
         /// This node's index in PEERS.
         #[arg(long)]
         id: u16,
-        /// Every node's address, in order, comma separated (HOST:PORT).
+        /// Every node's address, in order, comma separated: HOST_IP:PORT, or unix:PATH
+        /// (a Unix socket) when every node is on this host.
         #[arg(long, value_delimiter = ',', required = true)]
-        peers: Vec<std::net::SocketAddr>,
-        /// Where this node listens (default: its own entry of PEERS), e.g. 0.0.0.0:7000.
+        peers: Vec<shmpool_dsm::transport::Peer>,
+        /// Where this node listens over TCP (default: its own entry of PEERS), e.g.
+        /// 0.0.0.0:7000.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         /// The region's size (K, M, G suffixes); the same on every node.
@@ -276,6 +278,9 @@ enum DsmCommand {
         /// How the nodes catch faults (auto, userfaultfd, userfaultfd-sigbus, signals).
         #[arg(long, default_value = "auto", value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
+        /// Link the nodes by Unix sockets instead of loopback TCP.
+        #[arg(long)]
+        unix: bool,
     },
 }
 

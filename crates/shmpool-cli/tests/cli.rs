@@ -212,7 +212,7 @@ fn bench_prints_every_workload_line() {
     let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let expect: [(&str, &[&str]); 22] = [
+    let expect: [(&str, &[&str]); 26] = [
         ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
         ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
         ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
@@ -235,6 +235,10 @@ fn bench_prints_every_workload_line() {
         ("shmpool dsm-read-sigbus ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
         ("shmpool dsm-pingpong-signals ", &["transfers_s"]),
         ("tcp ", &["rtt_ns"]),
+        ("shmpool dsm-read-unix ", &["p50_ns", "p99_ns", "vs_unix_rtt"]),
+        ("shmpool dsm-pingpong-sigbus-unix ", &["transfers_s"]),
+        ("shmpool dsm-seqread-signals-unix ", &["mib_s", "region_mib"]),
+        ("unix ", &["rtt_ns"]),
     ];
     for (prefix, keys) in expect {
         let line =

@@ -1,4 +1,5 @@
-//! `shmpool dsm demo` and `shmpool dsm node`: three node processes over loopback TCP map
+//! `shmpool dsm demo` and `shmpool dsm node`: three node processes over loopback TCP (or
+//! Unix sockets) map
 //! one distributed region, put the heap on it and build one list; each sees every note
 //! intact and the heap comes back to its start; and two nodes in two network
 //! namespaces (hosts, to the network) do the same. Under a watchdog. (The crate's own
@@ -51,6 +52,23 @@ fn the_demo_runs_with_every_fault_capture() {
 }
 
 #[test]
+fn the_demo_runs_over_unix_sockets() {
+    let out = run(&["dsm", "demo", "--posts", "200", "--unix"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("over Unix sockets (unix:"), "{text}");
+    assert_eq!(text.matches("by_author=200,200,200 corrupt=0 freed=200").count(), 3, "{text}");
+    // Each node reached the others through the sockets: its pages came in over them.
+    for i in 0..3 {
+        let traffic = text
+            .lines()
+            .find(|l| l.starts_with(&format!("node {i}: ")) && l.contains("messages out"))
+            .expect(&text);
+        assert!(!traffic.contains(" 0 messages out"), "{traffic}");
+    }
+}
+
+#[test]
 fn a_node_with_a_bad_id_or_base_is_refused_with_a_message() {
     let peers = "127.0.0.1:1,127.0.0.1:2";
     let out = run(&["dsm", "node", "--id", "5", "--peers", peers]);
@@ -61,6 +79,20 @@ fn a_node_with_a_bad_id_or_base_is_refused_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad region geometry"), "{out:?}");
     let out = run(&["dsm", "node", "--id", "0", "--peers", peers, "--base", "zz"]);
     assert_eq!(out.status.code(), Some(2), "a malformed address is a usage error");
+    for bad in ["unix:", "nowhere:7000", &format!("unix:/{}", "x".repeat(120))] {
+        let out = run(&["dsm", "node", "--id", "0", "--peers", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: a malformed peer is a usage error");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("neither HOST_IP:PORT nor unix:PATH"),
+            "{out:?}"
+        );
+    }
+    let out = run(&["dsm", "node", "--id", "0", "--peers", "unix:/tmp/shmpool-never-0.sock,127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mix TCP addresses and Unix socket paths"),
+        "{out:?}"
+    );
 }
 
 /// Two network namespaces joined by a veth pair, made (and removed) by the test: two

@@ -3,9 +3,11 @@
 //! node 0 times first touches of pages homed at itself (no message leaves the node), of
 //! pages homed at node 1 that nobody wrote (one round trip, no bytes), and of pages node
 //! 1 wrote (a recall), and prints the medians. `FAULTS=signals` catches faults by page
-//! protection instead of userfaultfd.
+//! protection instead of userfaultfd, `FAULTS=userfaultfd-sigbus` on the faulting thread;
+//! `LINKS=unix` links the two nodes by Unix sockets instead of loopback TCP.
 
-use shmpool_dsm::region::{Region, RegionOptions};
+use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
+use shmpool_dsm::transport::Peer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,18 +21,25 @@ fn word(r: &Region, at: usize) -> &AtomicU64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let child = args.get(1).map(String::as_str) == Some("child");
-    let peers: Vec<std::net::SocketAddr> = if child {
+    let peers: Vec<Peer> = if child {
         args[2].split(',').map(|a| a.parse().unwrap()).collect()
+    } else if std::env::var("LINKS").as_deref() == Ok("unix") {
+        let dir = std::env::temp_dir();
+        (0..2).map(|i| Peer::Unix(dir.join(format!("fault-probe-{}-{i}.sock", std::process::id())))).collect()
     } else {
-        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect()
+        (0..2)
+            .map(|_| Peer::Tcp(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()))
+            .collect()
     };
     let mut opts = RegionOptions::new(8 * N * PAGE);
     // `FAULTS=signals` for page protection.
-    if std::env::var("FAULTS").as_deref() == Ok("signals") {
-        opts.faults = shmpool_dsm::region::FaultCapture::Signals; // 16,000 pages: allowed
-    }
+    opts.faults = match std::env::var("FAULTS").as_deref() {
+        Ok("signals") => FaultCapture::Signals, // 16,000 pages: allowed
+        Ok("userfaultfd-sigbus") => FaultCapture::UserfaultfdSigbus,
+        _ => FaultCapture::Userfaultfd,
+    };
     if child {
-        let r = Region::join_tcp(1, &peers, &opts).unwrap();
+        let r = Region::join(1, &peers, &opts).unwrap();
         for p in 4 * N..6 * N {
             word(&r, p * PAGE).store(p as u64, Ordering::Relaxed);
         }
@@ -40,7 +49,7 @@ fn main() {
     }
     let list = peers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let mut c = std::process::Command::new(&args[0]).args(["child", &list]).spawn().unwrap();
-    let r = Region::join_tcp(0, &peers, &opts).unwrap();
+    let r = Region::join(0, &peers, &opts).unwrap();
     while word(&r, 8).load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -12,10 +12,11 @@
 //! wires several nodes of one process together over Unix socket pairs, for tests.
 
 use crate::protocol::{Access, Fault, Memory, Msg, Node, NodeId, Page};
-use crate::transport::{read_frame, write_frame, Frame};
+use crate::transport::{read_frame, write_frame, Frame, Peer};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -65,6 +66,121 @@ fn tune(s: &TcpStream) -> std::io::Result<()> {
     sockopt::set_tcp_keepcnt(s, 4)?;
     sockopt::set_tcp_user_timeout(s, 10_000)?;
     Ok(())
+}
+
+/// Where a node waits for its peers' links.
+enum Listener {
+    Tcp(TcpListener),
+    /// The socket, and its path, removed when the listener goes (once every peer has
+    /// connected, or joining failed).
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Listens (non-blocking) at `at`, or on `listen` for a TCP node. A Unix socket left
+    /// behind by a node that ended is replaced; one that a live node listens on is
+    /// `AddrInUse`.
+    fn bind(at: &Peer, listen: Option<SocketAddr>) -> std::io::Result<Listener> {
+        let l = match at {
+            Peer::Tcp(a) => Listener::Tcp(TcpListener::bind(listen.unwrap_or(*a))?),
+            Peer::Unix(path) => {
+                let l = match UnixListener::bind(path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        if UnixStream::connect(path).is_ok() {
+                            return Err(e); // a live node is there
+                        }
+                        std::fs::remove_file(path)?;
+                        UnixListener::bind(path)?
+                    }
+                    other => other?,
+                };
+                Listener::Unix(l, path.clone())
+            }
+        };
+        match &l {
+            Listener::Tcp(t) => t.set_nonblocking(true)?,
+            Listener::Unix(u, _) => u.set_nonblocking(true)?,
+        }
+        Ok(l)
+    }
+
+    /// The next peer's link (`WouldBlock`: none yet), blocking, and who it is from.
+    fn accept(&self) -> std::io::Result<(Stream, String)> {
+        let (s, from) = match self {
+            Listener::Tcp(t) => t.accept().map(|(s, from)| (Stream::Tcp(s), from.to_string()))?,
+            Listener::Unix(u, path) => {
+                u.accept().map(|(s, _)| (Stream::Unix(s), format!("unix:{}", path.display())))?
+            }
+        };
+        s.set_nonblocking(false)?;
+        if let Stream::Tcp(t) = &s {
+            tune(t)?;
+        }
+        Ok((s, from))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// One link, either way.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn connect(to: &Peer) -> std::io::Result<Stream> {
+        Ok(match to {
+            Peer::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                tune(&s)?;
+                Stream::Tcp(s)
+            }
+            Peer::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+        })
+    }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(b),
+            Stream::Unix(s) => s.write_all(b),
+        }
+    }
+    fn read_exact(&mut self, b: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.read_exact(b),
+            Stream::Unix(s) => s.read_exact(b),
+        }
+    }
+    fn into_link(self) -> Writer {
+        match self {
+            Stream::Tcp(s) => Box::new(s),
+            Stream::Unix(s) => Box::new(s),
+        }
+    }
+    fn into_reader(self) -> Reader {
+        match self {
+            Stream::Tcp(s) => Box::new(s),
+            Stream::Unix(s) => Box::new(s),
+        }
+    }
 }
 
 fn hello(id: NodeId, nodes: u16, pages: u32, page_size: usize) -> [u8; HELLO] {
@@ -343,43 +459,47 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         self.lock().node.dead_count()
     }
 
-    /// Joins the nodes at `addrs` (by index: this node is `addrs[id]`) over TCP with its
-    /// pages in `mem`: listens on `listen` (by default its own address: another where
-    /// the peers reach it through a translation, or on every interface), connects to every other (waiting up
-    /// to `wait` for them to come up).
-    pub fn join_tcp_with(
+    /// Joins the nodes at `peers` (by index: this node is `peers[id]`), all over TCP or
+    /// all over Unix sockets, with its pages in `mem`: listens on its own entry (a TCP
+    /// node on `listen` instead, if given: where the peers reach it through a
+    /// translation, or on every interface), and connects to every other, waiting up to
+    /// `wait` for them to come up.
+    pub fn join_with(
         id: NodeId,
-        addrs: &[SocketAddr],
+        peers: &[Peer],
         listen: Option<SocketAddr>,
         pages: u32,
         page_size: usize,
         mem: M,
         wait: Duration,
     ) -> std::io::Result<Arc<Self>> {
-        let n = addrs.len();
+        let n = peers.len();
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
         if id as usize >= n || n > 64 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("node {id} of {n} (at most 64)"),
-            ));
+            return Err(invalid(format!("node {id} of {n} (at most 64)")));
         }
-        let listener = TcpListener::bind(listen.unwrap_or(addrs[id as usize]))?;
+        let unix = matches!(peers[id as usize], Peer::Unix(_));
+        if peers.iter().any(|p| matches!(p, Peer::Unix(_)) != unix) {
+            return Err(invalid("the peers mix TCP addresses and Unix socket paths".into()));
+        }
+        if unix && listen.is_some() {
+            return Err(invalid("a node reached by a Unix socket listens on its own path".into()));
+        }
+        let listener = Listener::bind(&peers[id as usize], listen)?;
         let deadline = Instant::now() + wait;
         let mut links: Vec<Option<Writer>> = (0..n).map(|_| None).collect();
         let mut readers: Vec<(NodeId, Reader)> = Vec::new();
-        for (j, addr) in addrs.iter().enumerate().filter(|&(j, _)| j != id as usize) {
+        for (j, peer) in peers.iter().enumerate().filter(|&(j, _)| j != id as usize) {
             let mut s = loop {
-                match TcpStream::connect(addr) {
+                match Stream::connect(peer) {
                     Ok(s) => break s,
                     Err(e) if Instant::now() >= deadline => return Err(e),
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             };
-            tune(&s)?;
             s.write_all(&hello(id, n as u16, pages, page_size))?;
-            links[j] = Some(Box::new(s));
+            links[j] = Some(s.into_link());
         }
-        listener.set_nonblocking(true)?;
         let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
         while readers.len() < n - 1 {
             let (mut s, from) = match listener.accept() {
@@ -396,8 +516,6 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 }
                 Err(e) => return Err(e),
             };
-            s.set_nonblocking(false)?;
-            tune(&s)?;
             s.set_read_timeout(Some(
                 deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)),
             ))?;
@@ -413,7 +531,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             if peer as usize >= n || peer == id || readers.iter().any(|(p, _)| *p == peer) {
                 return Err(bad(format!("{from} says it is node {peer}, which is not a peer of node {id}")));
             }
-            readers.push((peer, Box::new(s)));
+            readers.push((peer, s.into_reader()));
         }
         Ok(Self::start(id, n as u16, pages, page_size, mem, links, readers))
     }
@@ -597,8 +715,8 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
 }
 
 impl NodeDriver<Pages> {
-    /// [`join_tcp_with`](Self::join_tcp_with) over `pages` zeroed pages of `page_size`
-    /// bytes in ordinary memory.
+    /// [`join_with`](Self::join_with) the nodes at TCP addresses `addrs`, over `pages`
+    /// zeroed pages of `page_size` bytes in ordinary memory.
     pub fn join_tcp(
         id: NodeId,
         addrs: &[SocketAddr],
@@ -606,7 +724,8 @@ impl NodeDriver<Pages> {
         page_size: usize,
         wait: Duration,
     ) -> std::io::Result<Arc<Self>> {
-        Self::join_tcp_with(id, addrs, None, pages, page_size, Pages::new(pages, page_size), wait)
+        let peers: Vec<Peer> = addrs.iter().map(|&a| a.into()).collect();
+        Self::join_with(id, &peers, None, pages, page_size, Pages::new(pages, page_size), wait)
     }
 
     /// Runs `f` on the page's bytes once this node may (`write`: hold it Modified).

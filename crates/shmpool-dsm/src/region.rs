@@ -33,6 +33,7 @@
 
 use crate::driver::NodeDriver;
 use crate::protocol::{Access, Fault, Memory, NodeId, Page};
+use crate::transport::Peer;
 use crate::uffd::Uffd;
 use core::ptr::NonNull;
 use rustix::fd::OwnedFd;
@@ -80,7 +81,8 @@ pub struct RegionOptions {
     pub wait: Duration,
     /// How faults are caught (each node chooses for itself).
     pub faults: FaultCapture,
-    /// Where this node listens for its peers (default: its own entry of the peers).
+    /// Where this node listens for its peers, for a node reached over TCP (default: its
+    /// own entry of the peers).
     pub listen: Option<SocketAddr>,
 }
 
@@ -417,6 +419,14 @@ impl Region {
     /// Maps the region and joins the nodes at `addrs` over TCP as node `id` (this node
     /// listens on `addrs[id]`). Every node must give the same base and length.
     pub fn join_tcp(id: NodeId, addrs: &[SocketAddr], opts: &RegionOptions) -> Result<Region, RegionError> {
+        let peers: Vec<Peer> = addrs.iter().map(|&a| a.into()).collect();
+        Self::join(id, &peers, opts)
+    }
+
+    /// Maps the region and joins the nodes at `peers` as node `id` (this node listens
+    /// at `peers[id]`): all of them TCP addresses, or all Unix socket paths for nodes on
+    /// one host. Every node must give the same base and length.
+    pub fn join(id: NodeId, addrs: &[Peer], opts: &RegionOptions) -> Result<Region, RegionError> {
         let page = rustix::param::page_size();
         let (base, len) = (opts.base, opts.len);
         if len == 0
@@ -479,7 +489,7 @@ impl Region {
 
     fn join_uffd(
         id: NodeId,
-        addrs: &[SocketAddr],
+        addrs: &[Peer],
         opts: &RegionOptions,
         pages: u32,
         sigbus: bool,
@@ -507,7 +517,7 @@ impl Region {
             failed: vec![false; pages as usize],
             zero: vec![0; page],
         };
-        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
+        let driver = NodeDriver::join_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap())?;
         let stop = Arc::new(AtomicBool::new(false));
         if sigbus {
@@ -556,7 +566,7 @@ impl Region {
 
     fn join_signals(
         id: NodeId,
-        addrs: &[SocketAddr],
+        addrs: &[Peer],
         opts: &RegionOptions,
         pages: u32,
     ) -> Result<Region, RegionError> {
@@ -601,7 +611,7 @@ impl Region {
             }
         };
         let mem = crate::signals::Protected::new(base, alias, page, pages as usize);
-        let driver = NodeDriver::join_tcp_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
+        let driver = NodeDriver::join_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap(Some(alias)))?;
         let Some(slot) = crate::signals::register(base, len, driver.clone()) else {
             driver.close();

@@ -8,7 +8,8 @@
 
 use crate::protocol::Envelope;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 
 /// The largest frame: a page of up to 64 KiB and its envelope, with room to spare.
 pub const MAX_FRAME: u32 = 1 << 20;
@@ -69,6 +70,63 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, TransportError> {
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body)?;
     Ok(postcard::from_bytes(&body)?)
+}
+
+/// Where a node is reached: a TCP address (`10.0.0.2:7000`), or the path of a Unix
+/// socket (`unix:/run/dsm/0.sock`) for nodes on one host, which skips the TCP stack.
+/// All the nodes of a region are reached the same way.
+///
+/// ```
+/// use shmpool_dsm::transport::Peer;
+/// let tcp: Peer = "127.0.0.1:7000".parse().unwrap();
+/// let unix: Peer = "unix:/tmp/node-0.sock".parse().unwrap();
+/// assert_eq!(unix.to_string(), "unix:/tmp/node-0.sock");
+/// assert!(matches!(tcp, Peer::Tcp(_)));
+/// assert!("unix:".parse::<Peer>().is_err() && "nowhere".parse::<Peer>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A TCP address: the node listens there (or on [`RegionOptions::listen`]).
+    ///
+    /// [`RegionOptions::listen`]: crate::region::RegionOptions::listen
+    Tcp(SocketAddr),
+    /// A Unix socket's path: the node binds it (replacing a stale socket nobody
+    /// listens on) and removes it once every peer has connected.
+    Unix(PathBuf),
+}
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes, with its terminating NUL).
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// Why a peer's address cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither HOST_IP:PORT nor unix:PATH (a path of 1 to {MAX_UNIX_PATH} bytes)")]
+pub struct BadPeer(pub String);
+
+impl std::str::FromStr for Peer {
+    type Err = BadPeer;
+    fn from_str(s: &str) -> Result<Self, BadPeer> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() && path.len() <= MAX_UNIX_PATH => Ok(Peer::Unix(path.into())),
+            Some(_) => Err(BadPeer(s.into())),
+            None => s.parse().map(Peer::Tcp).map_err(|_| BadPeer(s.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(a: SocketAddr) -> Self {
+        Peer::Tcp(a)
+    }
 }
 
 /// A TCP connection to a peer, with `TCP_NODELAY` (a fault waits on every message).

@@ -1,10 +1,11 @@
 //! Distributed regions across real processes: each test starts its nodes as child
 //! processes (this test binary, run again as `node_main` with the workload in its
-//! environment), over loopback TCP, and checks what they print. Every node touches the
+//! environment), over loopback TCP (or Unix sockets), and checks what they print. Every node touches the
 //! region with plain loads, stores and atomics; the faults move the pages.
 
 use shmpool_dsm::protocol::Fault;
 use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
+use shmpool_dsm::transport::Peer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,8 @@ const PAGE: usize = 4096;
 
 struct Run {
     children: Vec<Child>,
+    /// The Unix sockets' directory, if the nodes use them.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Drop for Run {
@@ -25,6 +28,9 @@ impl Drop for Run {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -42,6 +48,8 @@ fn start(n: usize, workload: &str, args: &str, len: usize, base: usize) -> Run {
 thread_local! {
     /// How the nodes the current test starts catch faults.
     static FAULTS: std::cell::Cell<&'static str> = const { std::cell::Cell::new("userfaultfd") };
+    /// Whether they are linked by Unix sockets (else loopback TCP).
+    static UNIX: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Each test three times: nodes catching faults with userfaultfd (a handler thread, or
@@ -50,7 +58,7 @@ macro_rules! both_captures {
     ($(fn $name:ident() $body:block)*) => {$(
         mod $name {
             use super::*;
-            fn run() $body
+            pub fn run() $body
             #[test]
             fn userfaultfd() {
                 FAULTS.with(|f| f.set("userfaultfd"));
@@ -71,8 +79,19 @@ macro_rules! both_captures {
 }
 
 fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, faults: &str) -> Run {
-    let addrs = free_addrs(n);
-    let peers = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let (peers, dir) = if UNIX.with(|u| u.get()) {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "shmpool-dsm-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let peers = (0..n).map(|i| format!("unix:{}/node-{i}.sock", dir.display())).collect::<Vec<_>>();
+        (peers.join(","), Some(dir))
+    } else {
+        (free_addrs(n).iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","), None)
+    };
     let children = (0..n)
         .map(|id| {
             Command::new(std::env::current_exe().unwrap())
@@ -91,7 +110,7 @@ fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, fau
                 .unwrap()
         })
         .collect();
-    Run { children }
+    Run { children, dir }
 }
 
 /// How a node ended, and its `RESULT` lines up to "done" (the test harness may print
@@ -195,7 +214,7 @@ fn node_main() {
     let Ok(workload) = std::env::var("DSM_WORKLOAD") else { return };
     let env = |k: &str| std::env::var(k).unwrap();
     let id: u16 = env("DSM_ID").parse().unwrap();
-    let addrs: Vec<SocketAddr> = env("DSM_PEERS").split(',').map(|a| a.parse().unwrap()).collect();
+    let peers: Vec<Peer> = env("DSM_PEERS").split(',').map(|a| a.parse().unwrap()).collect();
     let mut opts = RegionOptions::new(env("DSM_LEN").parse().unwrap());
     opts.base = env("DSM_BASE").parse().unwrap();
     opts.faults = match env("DSM_FAULTS").as_str() {
@@ -203,7 +222,7 @@ fn node_main() {
         "userfaultfd-sigbus" => FaultCapture::UserfaultfdSigbus,
         _ => FaultCapture::Userfaultfd,
     };
-    let region = Region::join_tcp(id, &addrs, &opts).unwrap();
+    let region = Region::join(id, &peers, &opts).unwrap();
     assert_eq!(region.fault_capture(), opts.faults);
     let args = env("DSM_ARGS");
     let out = match workload.as_str() {
@@ -625,6 +644,63 @@ fn a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost() {
     const SIGBUS: i32 = 7; // on Linux (x86, ARM, RISC-V)
     assert_eq!(out[1].0.signal(), Some(SIGBUS), "node 1 touching a lost page: {}", out[1].0);
 }
+}
+
+/// Nodes on one host linked by Unix sockets instead of loopback TCP (faults caught with
+/// userfaultfd): the same workloads, the same outcomes.
+mod over_unix_sockets {
+    use super::*;
+
+    fn unix(test: fn()) {
+        UNIX.with(|u| u.set(true));
+        test()
+    }
+
+    #[test]
+    fn a_counter_sums_exactly() {
+        unix(a_counter_added_to_by_three_nodes_sums_exactly::run)
+    }
+
+    #[test]
+    fn random_histories_are_sequentially_consistent() {
+        unix(super::random_histories_are_sequentially_consistent::run)
+    }
+
+    #[test]
+    fn the_heap_runs_on_the_region() {
+        unix(the_heap_runs_on_a_distributed_region::run)
+    }
+
+    #[test]
+    fn a_node_killed_leaves_the_survivors_working() {
+        unix(a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost::run)
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = std::env::temp_dir().join(format!("shmpool-dsm-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node-0.sock");
+        // A socket file nobody listens on any more (its node ended).
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let peers = [Peer::Unix(path.clone())];
+        let mut opts = RegionOptions::new(4 * PAGE);
+        opts.base = BASE + (9 << 30);
+        let region = Region::join(0, &peers, &opts).expect("a stale socket is replaced");
+        assert!(!path.exists(), "the socket is removed once every peer has connected");
+        // A live listener at the path is another node's: refused, and left alone.
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        opts.base = BASE + (10 << 30);
+        let err = Region::join(0, &peers, &opts).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert!(path.exists());
+        drop((live, region));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mixed = [Peer::Unix(path), "127.0.0.1:1".parse().unwrap()];
+        let err = Region::join(0, &mixed, &opts).unwrap_err();
+        assert!(err.to_string().contains("mix"), "{err}");
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //!
 //! - `tcp`: the round trip of an 8-byte request and reply over loopback TCP
 //!   (`TCP_NODELAY`) between the same two processes (node 1 runs an echo thread), the
-//!   reference;
+//!   reference (`unix` for the runs over Unix sockets: the same over a Unix socket);
 //! - `dsm-read`: node 1 writes a page, node 0 reads it (a missing fault: recall from
 //!   node 1, grant with the bytes), p50 and p99;
 //! - `dsm-local-upgrade`: node 0 then writes the page it read, which it holds
@@ -21,15 +21,20 @@
 //!
 //! Each set of lines is measured three times: faults caught with userfaultfd by a
 //! handler thread (no suffix), by the faulting thread on SIGBUS (`-sigbus`), and by page
-//! protection (`-signals`, whose sequential range is 48 MiB at most).
+//! protection (`-signals`, whose sequential range is 48 MiB at most); and the three again
+//! with the nodes linked by Unix sockets instead of TCP (`-unix`, after the capture's
+//! suffix), each against the Unix socket's own round trip (`vs_unix_rtt`).
 //!
 //! The nodes talk through control words in the region itself: node 0 posts an order
 //! in page 0, node 1 acknowledges it in page 1.
 
 use super::{Plan, Spread};
 use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
+use shmpool_dsm::transport::Peer;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,20 +61,33 @@ fn word(region: &Region, at: usize) -> &AtomicU64 {
     region.atomic_u64(at).expect("a word of the region")
 }
 
-fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
+/// `n` free loopback ports (bound and released), or `n` Unix socket paths in `dir`.
+fn free_peers(n: usize, dir: Option<&Path>) -> Result<Vec<Peer>, String> {
     (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string()))
+        .map(|i| match dir {
+            Some(d) => Ok(Peer::Unix(d.join(format!("node-{i}.sock")))),
+            None => TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(Peer::Tcp)
+                .map_err(|e| e.to_string()),
+        })
         .collect()
 }
+
+/// The reference's connection: TCP or a Unix socket.
+trait Duplex: Read + Write + Send {}
+impl Duplex for TcpStream {}
+impl Duplex for UnixStream {}
 
 fn percentile(v: &mut [u64], p: usize) -> f64 {
     v.sort_unstable();
     v[(v.len() * p / 100).min(v.len() - 1)] as f64
 }
 
-/// p50 of `n` 8-byte request/reply round trips over `c`, a loopback TCP connection to
-/// node 1's echo thread: between the same two processes as the region's messages.
-fn tcp_rtt(c: &mut TcpStream, n: usize) -> Result<f64, String> {
+/// p50 of `n` 8-byte request/reply round trips over `c`, a loopback TCP connection (or
+/// Unix socket) to node 1's echo thread: between the same two processes as the region's
+/// messages.
+fn round_trip(c: &mut dyn Duplex, n: usize) -> Result<f64, String> {
     let mut b = [0u8; 8];
     let mut t = Vec::with_capacity(n);
     for i in 0..n {
@@ -81,10 +99,13 @@ fn tcp_rtt(c: &mut TcpStream, n: usize) -> Result<f64, String> {
     Ok(percentile(&mut t, 50))
 }
 
-/// Node 1's echo of the TCP reference: 8 bytes back for 8 bytes, until closed.
-fn echo(addr: SocketAddr) {
-    let Ok(mut s) = TcpStream::connect(addr) else { return };
-    let _ = s.set_nodelay(true);
+/// Node 1's echo of the reference: 8 bytes back for 8 bytes, until closed.
+fn echo(at: Peer) {
+    let s: std::io::Result<Box<dyn Duplex>> = match &at {
+        Peer::Tcp(a) => TcpStream::connect(a).and_then(|s| s.set_nodelay(true).map(|()| Box::new(s) as _)),
+        Peer::Unix(p) => UnixStream::connect(p).map(|s| Box::new(s) as _),
+    };
+    let Ok(mut s) = s else { return };
     let mut b = [0u8; 8];
     while s.read_exact(&mut b).is_ok() {
         if s.write_all(&b).is_err() {
@@ -188,16 +209,11 @@ impl Orders {
 }
 
 /// Node 1 (the child process): carries out node 0's orders until told to quit.
-pub fn bench_node(
-    peers: &[SocketAddr],
-    size: u64,
-    echo_at: SocketAddr,
-    faults: FaultCapture,
-) -> Result<(), String> {
+pub fn bench_node(peers: &[Peer], size: u64, echo_at: Peer, faults: FaultCapture) -> Result<(), String> {
     std::thread::spawn(move || echo(echo_at));
     let mut opts = RegionOptions::new(size as usize);
     opts.faults = faults;
-    let region = Region::join_tcp(1, peers, &opts).map_err(|e| e.to_string())?;
+    let region = Region::join(1, peers, &opts).map_err(|e| e.to_string())?;
     let mut last = 0;
     loop {
         let order = word(&region, ORDER).load(Ordering::SeqCst);
@@ -249,21 +265,71 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
     // caught by page protection allow 64 MiB regions: their sequential range is 48 MiB.
     let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
     let mib = (plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize;
-    let mut out = run(plan, n, mib, FaultCapture::Userfaultfd, "")?;
-    out.extend(run(plan, n, mib, FaultCapture::UserfaultfdSigbus, "-sigbus")?);
-    out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals")?);
+    let mut out = Vec::new();
+    for unix in [false, true] {
+        out.extend(run(plan, n, mib, FaultCapture::Userfaultfd, "", unix)?);
+        out.extend(run(plan, n, mib, FaultCapture::UserfaultfdSigbus, "-sigbus", unix)?);
+        out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals", unix)?);
+    }
     Ok(out)
 }
 
-/// The lines of one pair of nodes catching faults with `faults` (`suffix` on the names).
-fn run(plan: &Plan, n: usize, mib: usize, faults: FaultCapture, suffix: &str) -> Result<Vec<String>, String> {
+/// The reference's listening end.
+enum EchoListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl EchoListener {
+    fn accept(&self) -> std::io::Result<Box<dyn Duplex>> {
+        Ok(match self {
+            EchoListener::Tcp(l) => {
+                let (c, _) = l.accept()?;
+                c.set_nodelay(true)?;
+                Box::new(c)
+            }
+            EchoListener::Unix(l) => Box::new(l.accept()?.0),
+        })
+    }
+}
+
+/// The lines of one pair of nodes catching faults with `faults`, linked by TCP or by
+/// Unix sockets (`unix`), with `suffix` (and `-unix`) on the names.
+fn run(
+    plan: &Plan,
+    n: usize,
+    mib: usize,
+    faults: FaultCapture,
+    suffix: &str,
+    unix: bool,
+) -> Result<Vec<String>, String> {
     let seq_pages = (mib << 20) / PAGE;
     let size = (SEQ + seq_pages) * PAGE;
+    let dir = std::env::temp_dir().join(format!("shmpool-dsm-bench-{}", std::process::id()));
+    if unix {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    struct RemoveDir<'a>(Option<&'a Path>);
+    impl Drop for RemoveDir<'_> {
+        fn drop(&mut self) {
+            if let Some(d) = self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _rm = RemoveDir(unix.then_some(dir.as_path()));
     // The echo's port first: the nodes' are free ports released again, which a later
     // bind could be given.
-    let echo = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let echo_at = echo.local_addr().map_err(|e| e.to_string())?.to_string();
-    let addrs = free_addrs(2)?;
+    let (echo, echo_at) = if unix {
+        let p = dir.join("echo.sock");
+        (EchoListener::Unix(UnixListener::bind(&p).map_err(|e| e.to_string())?), Peer::Unix(p))
+    } else {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let at = Peer::Tcp(l.local_addr().map_err(|e| e.to_string())?);
+        (EchoListener::Tcp(l), at)
+    };
+    let echo_at = echo_at.to_string();
+    let addrs = free_peers(2, unix.then_some(dir.as_path()))?;
     let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
@@ -274,7 +340,7 @@ fn run(plan: &Plan, n: usize, mib: usize, faults: FaultCapture, suffix: &str) ->
         .map_err(|e| format!("starting node 1: {e}"))?;
     let mut opts = RegionOptions::new(size);
     opts.faults = faults;
-    let joined = Region::join_tcp(0, &addrs, &opts).map_err(|e| e.to_string());
+    let joined = Region::join(0, &addrs, &opts).map_err(|e| e.to_string());
     let region = match joined {
         Ok(r) => r,
         Err(e) => {
@@ -284,33 +350,36 @@ fn run(plan: &Plan, n: usize, mib: usize, faults: FaultCapture, suffix: &str) ->
         }
     };
     let mut o = Orders { region, seq: 0 };
-    let result = echo
-        .accept()
-        .and_then(|(c, _)| c.set_nodelay(true).map(|()| c))
-        .map_err(|e| format!("node 1's echo: {e}"))
-        .and_then(|mut c| measure(&mut o, &mut c, plan, n, seq_pages, suffix));
+    let (capture, suffix) = (suffix, if unix { format!("{suffix}-unix") } else { suffix.to_string() });
+    let link = if unix { "unix" } else { "tcp" };
+    let result = echo.accept().map_err(|e| format!("node 1's echo: {e}")).and_then(|mut c| {
+        measure(&mut o, &mut *c, plan, n, seq_pages, (&format!("{link}{capture}"), &suffix), link)
+    });
     let _ = o.order(OP_QUIT, 0);
     o.region.leave(Duration::from_secs(10));
     let _ = child.wait();
     result
 }
 
+/// The lines of one run: `names` are the reference's line and the suffix of the
+/// others; `link` ("tcp" or "unix") names the reference in the ratios.
 fn measure(
     o: &mut Orders,
-    tcp_link: &mut TcpStream,
+    reference: &mut dyn Duplex,
     plan: &Plan,
     n: usize,
     seq_pages: usize,
-    suffix: &str,
+    (reference_name, suffix): (&str, &str),
+    link: &str,
 ) -> Result<Vec<String>, String> {
-    tcp_rtt(tcp_link, n / 4)?;
+    round_trip(reference, n / 4)?;
     o.reads_and_upgrades(n / 4)?; // warm-up
     o.ping_pong(n as u64 / 4)?;
     let (mut tcp, mut p50, mut p99, mut vs) = (vec![], vec![], vec![], vec![]);
     let (mut up50, mut up99, mut upvs, mut xfer, mut seq) = (vec![], vec![], vec![], vec![], vec![]);
     let mut local = vec![];
     for _ in 0..plan.reps {
-        let rtt = tcp_rtt(tcp_link, n)?;
+        let rtt = round_trip(reference, n)?;
         let [mut r, mut l, mut u] = o.reads_and_upgrades(n)?;
         let (r50, u50) = (percentile(&mut r, 50), percentile(&mut u, 50));
         local.push(percentile(&mut l, 50));
@@ -328,15 +397,15 @@ fn measure(
         [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq, local].map(Spread::of);
     Ok(vec![
         format!(
-            "tcp{suffix} rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, loopback)",
-            tcp.median, tcp.min, tcp.max, plan.reps
+            "{reference_name} rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, {})",
+            tcp.median, tcp.min, tcp.max, plan.reps, if link == "tcp" { "loopback" } else { "Unix socket" }
         ),
         format!(
-            "shmpool dsm-read{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
+            "shmpool dsm-read{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_{link}_rtt={:.2}",
             p50.median, p99.median, p50.min, p50.max, plan.reps, vs.median
         ),
         format!(
-            "shmpool dsm-upgrade{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_tcp_rtt={:.2}",
+            "shmpool dsm-upgrade{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_{link}_rtt={:.2}",
             up50.median, up99.median, up50.min, up50.max, plan.reps, upvs.median
         ),
         format!(
