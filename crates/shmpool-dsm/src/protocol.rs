@@ -67,8 +67,10 @@ impl Access {
     }
 }
 
-/// A protocol message.
+/// A protocol message. Page bytes are encoded as one byte string (`serde_bytes`), not
+/// as a sequence of numbers: a copy, not a loop over the page.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound(serialize = "D: serde_bytes::Serialize", deserialize = "D: serde_bytes::Deserialize<'de>"))]
 pub enum Msg<D> {
     /// To the home: `from` faulted on `page`, to write it or to read it.
     Request { page: Page, from: NodeId, write: bool },
@@ -78,14 +80,25 @@ pub enum Msg<D> {
     /// migrates whole, so the reader may write it next without another transaction.
     Recall { page: Page, invalidate: bool },
     /// To the home: the recalled page's bytes, and whether the owner kept a Shared copy.
-    Recalled { page: Page, from: NodeId, data: D, kept: bool },
+    Recalled {
+        page: Page,
+        from: NodeId,
+        #[serde(with = "serde_bytes")]
+        data: D,
+        kept: bool,
+    },
     /// From the home to a Shared holder: drop your copy.
     Invalidate { page: Page },
     /// To the home: dropped.
     Invalidated { page: Page, from: NodeId },
     /// From the home to the requester: hold `page` as `access`, with these bytes (none:
     /// your copy is current). Ends the transaction.
-    Grant { page: Page, access: Access, data: Option<D> },
+    Grant {
+        page: Page,
+        access: Access,
+        #[serde(with = "serde_bytes")]
+        data: Option<D>,
+    },
     /// From the home to a requester: the page's only valid copy was on a node that died
     /// (or its home died): the access fails, it is never served stale bytes.
     Lost { page: Page },
@@ -107,6 +120,7 @@ pub enum Fault {
 
 /// A message with its route and the sender's membership epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound(serialize = "Msg<D>: Serialize", deserialize = "Msg<D>: Deserialize<'de>"))]
 pub struct Envelope<D> {
     /// Sender.
     pub from: NodeId,
