@@ -21,13 +21,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// How long an access waiting for a page spins before it sleeps.
+/// How long an access waiting for a page spins before it sleeps. It spins yielding the
+/// CPU: the thread it waits for (a link's reader) may need that CPU to run.
 const ACQUIRE_SPIN: Duration = Duration::from_micros(150);
 
-/// How long a page granted here is kept before a recall or invalidation takes it
-/// (Mirage's window): long enough for the faulting access to be retried. Measured with
-/// the ping-pong bench: 40 µs gave 1.5–2× the transfers of none, and more than 20 or
-/// 100 µs did.
+/// How long a page granted (or upgraded) here is kept before a recall or invalidation
+/// takes it (Mirage's window): long enough for the faulting access to be retried. The
+/// hold ends early once a thread that runs the protocol itself goes on to write the
+/// page ([`NodeDriver::written`]). Measured with the ping-pong bench: 40 µs gave
+/// 1.5–2× the transfers of none, and more than 20 or 100 µs did. The wait yields the
+/// CPU, which the thread that is to use the page may need.
 const HOLD: Duration = Duration::from_micros(40);
 
 /// A link's writing end (Unix socket or TCP), which can also be shut down.
@@ -348,10 +351,10 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         // thread that asked for it gets to use it (a page two nodes want would otherwise
         // leave before its writer writes).
         if let Msg::Recall { page, .. } | Msg::Invalidate { page } = env.msg {
-            let since = self.installed[page as usize].load(Ordering::Relaxed);
-            let until = since + HOLD.as_nanos() as u64;
-            while self.epoch_ns() < until {
-                std::hint::spin_loop();
+            // Re-read: a write allowed meanwhile ends the hold (`written`).
+            let held = || self.installed[page as usize].load(Ordering::Relaxed) + HOLD.as_nanos() as u64;
+            while self.epoch_ns() < held() {
+                std::thread::yield_now();
             }
         }
         let wake = {
@@ -376,6 +379,18 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         if wake {
             self.changed.notify_all();
         }
+    }
+
+    /// `page` was upgraded here for a thread that is woken to retry its write: the
+    /// hold starts again, for that retry.
+    pub(crate) fn upgraded(&self, page: Page) {
+        self.installed[page as usize].store(self.epoch_ns(), Ordering::Relaxed);
+    }
+
+    /// The thread that faulted on `page` goes on to write it now (it runs the protocol
+    /// itself, and returns to its access): the hold ends, and a recall need not wait.
+    pub(crate) fn written(&self, page: Page) {
+        self.installed[page as usize].store(0, Ordering::Relaxed);
     }
 
     fn epoch_ns(&self) -> u64 {
@@ -664,7 +679,12 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 node.fault(page, write, pages)?
             };
             match req {
-                None if !asked => return Ok(s),
+                None if !asked => {
+                    if write {
+                        self.written(page);
+                    }
+                    return Ok(s);
+                }
                 None => {}
                 Some(req) => {
                     s.asked[page as usize] = true;
@@ -675,13 +695,13 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                     continue;
                 }
             }
-            // The answer usually comes within a round trip: spin for it a while (a
-            // sleeping thread costs a wake-up, dear in a VM), then sleep.
+            // The answer usually comes within a round trip: spin for it a while,
+            // yielding (a sleeping thread costs a wake-up, dear in a VM), then sleep.
             let seen = self.handled.load(Ordering::Relaxed);
             drop(s);
             let until = Instant::now() + ACQUIRE_SPIN;
             while self.handled.load(Ordering::Relaxed) == seen && Instant::now() < until {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             s = self.lock();
             // The counter moves under the lock: unchanged here, the next message's

@@ -314,7 +314,13 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
     }
     let crate::driver::State { node, pages, .. } = &mut *s;
     match node.fault(page, write, pages) {
-        Ok(None) => drop(pages.wake(page)), // a grant came first, or a local upgrade
+        Ok(None) => {
+            // A grant came first, or a local upgrade.
+            if write {
+                driver.upgraded(page);
+            }
+            let _ = pages.wake(page);
+        }
         Ok(Some(req)) => {
             s.asked[page as usize] = true;
             driver.enqueue(vec![req]);
