@@ -136,6 +136,12 @@ pub struct Envelope<D> {
 pub trait Memory<D> {
     /// The page's current bytes.
     fn read(&self, page: Page) -> D;
+    /// The page's bytes, for a recall that drops this node's copy (a `protect` to
+    /// Invalid follows): memory that can move the page out instead of copying it (and
+    /// then dropping it) does so.
+    fn take(&mut self, page: Page) -> D {
+        self.read(page)
+    }
     /// Replaces the page's bytes.
     fn write(&mut self, page: Page, data: D);
     /// Sets the page's protection.
@@ -353,8 +359,8 @@ impl<D: Clone> Node<D> {
         match env.msg {
             Msg::Request { page, from, write } => self.request(page, from, write),
             Msg::Recall { page, invalidate } => {
-                let data = mem.read(page);
                 let kept = !invalidate && self.access(page) != Access::Modified;
+                let data = if kept { mem.read(page) } else { mem.take(page) };
                 self.set(page, if kept { Access::Shared } else { Access::Invalid }, mem);
                 vec![self.send(env.from, Msg::Recalled { page, from: self.id, data, kept })]
             }

@@ -142,6 +142,78 @@ pub struct Mapped {
     /// Pages poisoned (or sealed off).
     failed: Vec<bool>,
     zero: Vec<u8>,
+    /// Where recalled pages are moved out to (`UFFDIO_MOVE`), where the kernel can.
+    scratch: Option<Scratch>,
+    /// The page `take` just moved out: already absent, nothing to drop.
+    moved: Option<Page>,
+}
+
+/// Pages of this process that recalled pages are moved into (`UFFDIO_MOVE`, one page
+/// table change and one TLB flush, where a copy needs two: write-protecting, then
+/// dropping), and read from. Registered with the region's userfaultfd (a move's
+/// destination must be), touched only by `take` after a move made the page present.
+/// Used round; emptied all at once when every page has been used.
+struct Scratch {
+    base: usize,
+    pages: usize,
+    next: usize,
+    page: usize,
+}
+
+impl Scratch {
+    /// Pages a scratch area holds: 1 MiB of 4 KiB pages.
+    const PAGES: usize = 256;
+
+    /// Maps and registers a scratch area with `uffd`, if it can move pages (and
+    /// `SHMPOOL_DSM_NO_MOVE` is not set: the copying path, as on kernels before 6.8, for
+    /// tests and comparisons).
+    fn new(uffd: &Uffd, page: usize) -> Option<Scratch> {
+        if !uffd.moves() || std::env::var_os("SHMPOOL_DSM_NO_MOVE").is_some() {
+            return None;
+        }
+        let len = Self::PAGES * page;
+        // SAFETY: a new private anonymous mapping, at an address the kernel chooses.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                core::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }
+        .ok()? as usize;
+        let s = Scratch { base, pages: Self::PAGES, next: 0, page };
+        // SAFETY: the mapping just made, owned by this scratch area for the
+        // descriptor's life (the area is dropped with the region's memory); its only
+        // accesses are `take`'s reads of pages a move made present, which never fault.
+        unsafe { uffd.register(base, len) }.ok()?;
+        Some(s)
+    }
+
+    /// The next absent page, emptying the area when every page has been used.
+    fn next(&mut self) -> Result<usize, Errno> {
+        if self.next == self.pages {
+            // SAFETY: the area is this scratch's own private anonymous memory; nothing
+            // refers to the moved pages once their bytes were copied out.
+            unsafe {
+                rustix::mm::madvise(
+                    self.base as *mut _,
+                    self.pages * self.page,
+                    rustix::mm::Advice::LinuxDontNeed,
+                )
+            }?;
+            self.next = 0;
+        }
+        self.next += 1;
+        Ok(self.base + (self.next - 1) * self.page)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: the area is this scratch's own mapping, used by nothing else.
+        unsafe { rustix::mm::munmap(self.base as *mut _, self.pages * self.page).ok() };
+    }
 }
 
 impl Mapped {
@@ -184,6 +256,37 @@ impl Memory<Vec<u8>> for Mapped {
         out
     }
 
+    /// Moves the page out (`UFFDIO_MOVE`) where the kernel can: the copy leaves the
+    /// mapping in one step, which waits out writes under way as write-protecting does.
+    /// Else, or if the move fails, the bytes are read as for a recall that keeps them.
+    fn take(&mut self, page: Page) -> Vec<u8> {
+        let src = self.addr(page);
+        let moved = self.scratch.as_mut().map(|s| {
+            let dst = s.next()?;
+            // SAFETY: `src` is a page of the region, present (this node holds it: a
+            // recall goes to its holder); `dst` is an absent page of the scratch area,
+            // registered with the same descriptor.
+            unsafe { self.uffd.move_page(src, dst, self.page) }.map(|()| dst)
+        });
+        match moved {
+            Some(Ok(dst)) => {
+                let mut out = vec![0u8; self.page];
+                // SAFETY: the move made `dst` present, with the page's last bytes; only
+                // this reads it; `out` is a page long.
+                unsafe { core::ptr::copy_nonoverlapping(dst as *const u8, out.as_mut_ptr(), self.page) };
+                self.moved = Some(page);
+                out
+            }
+            Some(Err(e)) => {
+                if e != Errno::BUSY && e != Errno::AGAIN {
+                    self.scratch = None; // not this mapping's kind of page: copy from now on
+                }
+                self.read(page)
+            }
+            None => self.read(page),
+        }
+    }
+
     fn write(&mut self, page: Page, data: Vec<u8>) {
         self.staged = Some((page, data));
     }
@@ -192,6 +295,7 @@ impl Memory<Vec<u8>> for Mapped {
         let at = self.addr(page);
         let old = std::mem::replace(&mut self.access[page as usize], access);
         let staged = self.staged.take();
+        let moved = self.moved.take() == Some(page);
         if self.failed[page as usize] {
             return;
         }
@@ -213,6 +317,7 @@ impl Memory<Vec<u8>> for Mapped {
             (None, Access::Shared | Access::Exclusive) if old == Access::Modified => unsafe {
                 self.uffd.protect(at, self.page, true)
             },
+            (_, Access::Invalid) if moved => Ok(()), // already gone
             (_, Access::Invalid) => self.drop_copy(page),
             _ => Ok(()),
         };
@@ -522,6 +627,8 @@ impl Region {
             staged: None,
             failed: vec![false; pages as usize],
             zero: vec![0; page],
+            scratch: Scratch::new(&uffd, page),
+            moved: None,
         };
         let driver = NodeDriver::join_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap())?;

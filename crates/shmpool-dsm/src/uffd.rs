@@ -27,7 +27,10 @@ const WRITEPROTECT: Opcode =
     opcode::read_write::<sys::uffdio_writeprotect>(UFFDIO, sys::_UFFDIO_WRITEPROTECT as u8);
 const WAKE: Opcode = opcode::read::<sys::uffdio_range>(UFFDIO, sys::_UFFDIO_WAKE as u8);
 const POISON: Opcode = opcode::read_write::<sys::uffdio_poison>(UFFDIO, sys::_UFFDIO_POISON as u8);
+const MOVE: Opcode = opcode::read_write::<sys::uffdio_move>(UFFDIO, sys::_UFFDIO_MOVE as u8);
 const WP_MODE_WP: u64 = 1;
+/// `UFFDIO_MOVE_MODE_DONTWAKE`: nobody waits on the destination.
+const MOVE_MODE_DONTWAKE: u64 = 1;
 
 /// One fault the kernel reports: a thread touched `address` and waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +47,12 @@ pub struct Uffd {
     fd: OwnedFd,
     kernel_faults: bool,
     poison: bool,
+    moves: bool,
 }
 
 impl Uffd {
     /// Opens a non-blocking userfaultfd with write-protect faults (and page poisoning
-    /// where the kernel has it, 6.6 and later).
+    /// and moving where the kernel has them, 6.6 and 6.8 and later).
     pub fn open() -> Result<Uffd, Errno> {
         Self::open_with(0)
     }
@@ -64,10 +68,11 @@ impl Uffd {
         let base = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
         let want = u64::from(sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP) | extra;
         let poison = u64::from(sys::UFFD_FEATURE_POISON);
+        let moves = u64::from(sys::UFFD_FEATURE_MOVE);
         let mut last = Errno::NOSYS;
-        for (user_only, features) in
-            [(false, want | poison), (false, want), (true, want | poison), (true, want)]
-        {
+        let optional = [poison | moves, poison, 0];
+        let tries = [false, true].into_iter().flat_map(|u| optional.map(|o| (u, want | o)));
+        for (user_only, features) in tries {
             let flags = if user_only {
                 base | UserfaultfdFlags::from_bits_retain(sys::UFFD_USER_MODE_ONLY as _)
             } else {
@@ -87,7 +92,12 @@ impl Uffd {
             match unsafe { rustix::ioctl::ioctl(&fd, Updater::<API, _>::new(&mut api)) } {
                 Ok(()) => {
                     let kernel_faults = !user_only && extra == 0;
-                    return Ok(Uffd { fd, kernel_faults, poison: features & poison != 0 });
+                    return Ok(Uffd {
+                        fd,
+                        kernel_faults,
+                        poison: features & poison != 0,
+                        moves: features & moves != 0,
+                    });
                 }
                 Err(e) => last = e,
             }
@@ -177,6 +187,36 @@ impl Uffd {
         // SAFETY: UFFDIO_POISON reads and writes a `uffdio_poison` over the registered
         // range (the contract).
         unsafe { rustix::ioctl::ioctl(&self.fd, Updater::<POISON, _>::new(&mut p)) }
+    }
+
+    /// Whether [`move_page`](Self::move_page) can be had (Linux 6.8 and later).
+    pub fn moves(&self) -> bool {
+        self.moves
+    }
+
+    /// Moves the present page at `src` to the absent page at `dst`, both in this
+    /// process's anonymous private memory, `dst` in a registered range: `src` is absent
+    /// afterwards (its next touch faults), and a write under way on another thread
+    /// lands before the move or faults after it (the page table entry is cleared and
+    /// flushed at once). `ENOSYS` where the kernel cannot.
+    ///
+    /// # Safety
+    /// `src` and `dst` are pages of memory the caller owns; `dst` is in the registered
+    /// range and absent.
+    pub unsafe fn move_page(&self, src: usize, dst: usize, len: usize) -> Result<(), Errno> {
+        if !self.moves {
+            return Err(Errno::NOSYS);
+        }
+        let mut m = sys::uffdio_move {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: MOVE_MODE_DONTWAKE,
+            move_: 0,
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes a `uffdio_move` over pages the caller
+        // owns (the contract).
+        unsafe { rustix::ioctl::ioctl(&self.fd, Updater::<MOVE, _>::new(&mut m)) }
     }
 
     /// The next fault reported, waiting up to `timeout_ms` for one (`None`: none came,

@@ -50,6 +50,9 @@ thread_local! {
     static FAULTS: std::cell::Cell<&'static str> = const { std::cell::Cell::new("userfaultfd") };
     /// Whether they are linked by Unix sockets (else loopback TCP).
     static UNIX: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether userfaultfd nodes copy recalled pages out instead of moving them
+    /// (`SHMPOOL_DSM_NO_MOVE`: the path of kernels before 6.8).
+    static NO_MOVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Each test three times: nodes catching faults with userfaultfd (a handler thread, or
@@ -60,7 +63,7 @@ macro_rules! both_captures {
             use super::*;
             pub fn run() $body
             #[test]
-            fn userfaultfd() {
+            pub fn userfaultfd() {
                 FAULTS.with(|f| f.set("userfaultfd"));
                 run()
             }
@@ -70,7 +73,7 @@ macro_rules! both_captures {
                 run()
             }
             #[test]
-            fn userfaultfd_sigbus() {
+            pub fn userfaultfd_sigbus() {
                 FAULTS.with(|f| f.set("userfaultfd-sigbus"));
                 run()
             }
@@ -92,10 +95,14 @@ fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, fau
     } else {
         (free_addrs(n).iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","), None)
     };
+    let no_move = NO_MOVE.with(|m| m.get());
     let children = (0..n)
         .map(|id| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "node_main", "--ignored", "--nocapture", "--test-threads=1"])
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            if no_move {
+                c.env("SHMPOOL_DSM_NO_MOVE", "1");
+            }
+            c.args(["--exact", "node_main", "--ignored", "--nocapture", "--test-threads=1"])
                 .env("DSM_WORKLOAD", workload)
                 .env("DSM_ID", id.to_string())
                 .env("DSM_PEERS", &peers)
@@ -644,6 +651,32 @@ fn a_node_killed_mid_run_leaves_the_survivors_working_and_its_pages_lost() {
     const SIGBUS: i32 = 7; // on Linux (x86, ARM, RISC-V)
     assert_eq!(out[1].0.signal(), Some(SIGBUS), "node 1 touching a lost page: {}", out[1].0);
 }
+}
+
+/// userfaultfd nodes that copy recalled pages out and drop them, as on kernels without
+/// `UFFDIO_MOVE`, instead of moving them out.
+mod copying_recalls {
+    use super::*;
+
+    fn copying(test: fn()) {
+        NO_MOVE.with(|m| m.set(true));
+        test()
+    }
+
+    #[test]
+    fn torn_pages_are_never_seen() {
+        copying(super::torn_pages_are_never_seen::userfaultfd)
+    }
+
+    #[test]
+    fn random_histories_are_sequentially_consistent() {
+        copying(super::random_histories_are_sequentially_consistent::userfaultfd_sigbus)
+    }
+
+    #[test]
+    fn a_counter_sums_exactly() {
+        copying(a_counter_added_to_by_three_nodes_sums_exactly::userfaultfd)
+    }
 }
 
 /// Nodes on one host linked by Unix sockets instead of loopback TCP (faults caught with
