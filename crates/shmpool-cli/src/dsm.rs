@@ -22,6 +22,7 @@ pub struct NodeArgs {
     pub base: Option<u64>,
     pub posts: u64,
     pub faults: FaultCapture,
+    pub read_ahead: u32,
 }
 
 /// The word `--faults` takes for `f`.
@@ -45,6 +46,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     }
     opts.faults = a.faults;
     opts.listen = a.listen;
+    opts.read_ahead = a.read_ahead;
     let region = Region::join(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;
@@ -59,13 +61,14 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     }
     let st = region.stats();
     out.push_str(&format!(
-        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests, {} messages out, {} in, {} KiB of pages in",
+        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests ({} read ahead), {} messages out, {} in, {} KiB of pages in",
         a.id,
         r.by_author.iter().sum::<u64>(),
         r.freed,
         (usize::from(a.id) + 1) % n,
         took.as_secs_f64() * 1e3,
         st.requests,
+        st.read_ahead,
         st.sent,
         st.received,
         st.page_bytes_in >> 10,

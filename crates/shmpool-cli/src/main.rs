@@ -220,8 +220,17 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node { id, peers, listen, size, base, posts, faults }) => {
-            return Ok(dsm::node(&dsm::NodeArgs { id, peers, listen, size, base, posts, faults })?)
+        Command::Dsm(DsmCommand::Node { id, peers, listen, size, base, posts, faults, read_ahead }) => {
+            return Ok(dsm::node(&dsm::NodeArgs {
+                id,
+                peers,
+                listen,
+                size,
+                base,
+                posts,
+                faults,
+                read_ahead,
+            })?)
         }
         Command::Dsm(DsmCommand::Demo { posts, faults, unix }) => return Ok(dsm::demo(posts, faults, unix)?),
         Command::DsmBenchNode { peers, size, echo, faults } => {
@@ -268,6 +277,10 @@ enum DsmCommand {
         /// signals (mprotect and SIGSEGV; regions of at most 64 MiB).
         #[arg(long, default_value = "auto", value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
+        /// Pages a read fault asks for ahead once reads go through the region in order
+        /// (0: none).
+        #[arg(long, default_value_t = 32)]
+        read_ahead: u32,
     },
     /// Start three local nodes (processes over loopback TCP) that put the shmpool heap
     /// on one distributed region and build a shared list on it, and check what each saw.

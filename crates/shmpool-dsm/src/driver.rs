@@ -244,6 +244,45 @@ pub(crate) struct State<M> {
     /// Accesses asleep on `changed`, waiting for a page: a message handled wakes them
     /// only if there are any (a notification is a system call even when nobody waits).
     sleepers: u32,
+    /// Read faults going through the region in order: the last one's page, the last
+    /// page asked for ahead of it, and how many faults in a row were in order.
+    stream: Option<(Page, Page, u32)>,
+}
+
+/// Read faults on pages in order that start reading ahead.
+const READ_AHEAD_AFTER: u32 = 3;
+
+impl<M: Memory<Vec<u8>>> State<M> {
+    /// Requests for the pages after `page`, a read fault of this node's, once the read
+    /// faults go through the region in order: up to `depth` pages ahead that this node
+    /// holds no copy of and has not asked for, asked for at once, so that the reader
+    /// waits one round trip per `depth` pages rather than per page. A read fault in
+    /// order is one on the next page, or on a page asked for ahead, or the one after
+    /// them (the pages asked for ahead do not fault once they are here).
+    pub(crate) fn read_ahead(&mut self, page: Page, depth: u32) -> Vec<Frame> {
+        let (run, end) = match self.stream {
+            Some((last, end, run)) if page > last && page <= end.saturating_add(1) => (run + 1, end),
+            _ => (1, page),
+        };
+        let end = end.max(page);
+        if depth == 0 || run < READ_AHEAD_AFTER {
+            self.stream = Some((page, end, run));
+            return Vec::new();
+        }
+        let last = page.saturating_add(depth).min(self.asked.len() as Page - 1);
+        let mut out = Vec::new();
+        for p in end + 1..=last {
+            if self.asked[p as usize] {
+                continue;
+            }
+            if let Ok(Some(req)) = self.node.fault(p, false, &mut self.pages) {
+                self.asked[p as usize] = true;
+                out.push(req);
+            }
+        }
+        self.stream = Some((page, end.max(last), run));
+        out
+    }
 }
 
 /// What a node's driver has done so far.
@@ -256,8 +295,10 @@ pub struct Stats {
     /// Page bytes received (in grants and recalls).
     pub page_bytes_in: u64,
     /// Requests this node made for a page it could not access (to any home, itself
-    /// included).
+    /// included), read-ahead included.
     pub requests: u64,
+    /// Pages asked for ahead of reads going through the region in order.
+    pub read_ahead: u64,
 }
 
 /// One node: its protocol state and memory, and its links to every node (itself too).
@@ -279,6 +320,8 @@ pub struct NodeDriver<M = Pages> {
     handled: AtomicU64,
     /// When each page was last granted here (ns since `started`).
     installed: Vec<AtomicU64>,
+    /// Pages a read fault asks for ahead, once reads go in order (0: none).
+    read_ahead: std::sync::atomic::AtomicU32,
     started: Instant,
     counters: Counters,
 }
@@ -290,6 +333,7 @@ struct Counters {
     received: AtomicU64,
     page_bytes_in: AtomicU64,
     requests: AtomicU64,
+    read_ahead: AtomicU64,
 }
 
 impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
@@ -381,6 +425,21 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         }
     }
 
+    /// How many pages a read fault asks for ahead once read faults go through the
+    /// region in order (0, the default: none). Reading ahead takes those pages from
+    /// their owners as a read would.
+    pub fn set_read_ahead(&self, pages: u32) {
+        self.read_ahead.store(pages, Ordering::Relaxed);
+    }
+
+    /// The requests for pages ahead of `page`, a read fault just asked for
+    /// ([`State::read_ahead`], as deep as [`set_read_ahead`](Self::set_read_ahead) says).
+    pub(crate) fn ask_ahead(&self, s: &mut State<M>, page: Page) -> Vec<Frame> {
+        let out = s.read_ahead(page, self.read_ahead.load(Ordering::Relaxed));
+        self.counters.read_ahead.fetch_add(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
     /// `page` was upgraded here for a thread that is woken to retry its write: the
     /// hold starts again, for that retry.
     pub(crate) fn upgraded(&self, page: Page) {
@@ -427,11 +486,13 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 closed: false,
                 leaving: 0,
                 sleepers: 0,
+                stream: None,
             }),
             outbox: (0..nodes).map(|_| Mutex::default()).collect(),
             self_turn: Mutex::new(()),
             handled: AtomicU64::new(0),
             installed: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+            read_ahead: std::sync::atomic::AtomicU32::new(0),
             started: Instant::now(),
             counters: Counters::default(),
             changed: Condvar::new(),
@@ -627,6 +688,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             received: c.received.load(Ordering::Relaxed),
             page_bytes_in: c.page_bytes_in.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
+            read_ahead: c.read_ahead.load(Ordering::Relaxed),
         }
     }
 
@@ -688,7 +750,11 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 None => {}
                 Some(req) => {
                     s.asked[page as usize] = true;
-                    self.enqueue(vec![req]);
+                    let mut out = vec![req];
+                    if !write {
+                        out.extend(self.ask_ahead(&mut s, page));
+                    }
+                    self.enqueue(out);
                     drop(s);
                     self.pump();
                     s = self.lock();
@@ -825,6 +891,39 @@ mod tests {
     /// Three nodes, each in its own threads, add 1 to a counter in page 0 with a CAS
     /// loop 300 times: the sum is exact. Each also writes its own page, read back by
     /// the others.
+    /// Three read faults on pages in order start the read-ahead: the third asks for
+    /// the next pages too, which then need no request of their own; the page after
+    /// them goes on with the stream; a read elsewhere, or with read-ahead off, asks
+    /// for its own page only. Every page reads what was written.
+    #[test]
+    fn reads_in_order_ask_for_the_pages_ahead() {
+        let c = Cluster::local(2, 64, 64).unwrap();
+        let (writer, reader) = (c.node(1), c.node(0));
+        for p in 0..64 {
+            writer.write(p, 0, &[p as u8 + 1; 8]).unwrap();
+        }
+        reader.set_read_ahead(8);
+        let requests = || reader.stats().requests;
+        let read = |p: Page| assert_eq!(reader.read(p, 0, 8).unwrap(), vec![p as u8 + 1; 8], "page {p}");
+        let start = requests();
+        read(0);
+        read(1);
+        assert_eq!(requests() - start, 2, "two in order: no read-ahead yet");
+        read(2);
+        assert_eq!(requests() - start, 3 + 8, "the third asks for pages 3..=10 too");
+        (3..=10).for_each(read);
+        assert_eq!(requests() - start, 11, "pages 3..=10 were asked for already");
+        read(11);
+        assert_eq!(requests() - start, 11 + 1 + 8, "page 11 goes on with the stream: 12..=19");
+        assert_eq!(reader.stats().read_ahead, 16);
+        read(40);
+        assert_eq!(requests() - start, 21, "a read elsewhere asks for its own page");
+        reader.set_read_ahead(0);
+        (50..54).for_each(read);
+        assert_eq!(requests() - start, 25, "read-ahead off: a request per page");
+        assert_eq!(reader.stats().read_ahead, 16);
+    }
+
     #[test]
     fn a_cas_counter_incremented_by_three_nodes_sums_exactly() {
         let c = Cluster::local(3, 4, 4096).unwrap();

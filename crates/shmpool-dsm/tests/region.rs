@@ -238,6 +238,7 @@ fn node_main() {
         "sb" => store_buffering(&region, args.parse().unwrap()),
         "history" => history(&region, args.parse().unwrap()),
         "checksums" => checksums(&region, args.parse().unwrap()),
+        "sequential" => sequential(&region, args.parse().unwrap()),
         "survive" => survive(&region),
         "board" => {
             let r = shmpool_dsm::board::build(&region, args.parse().unwrap()).unwrap();
@@ -267,6 +268,37 @@ fn barrier(region: &Region, k: usize) {
         assert!(Instant::now() < deadline, "barrier {k}: the other nodes never came");
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// `rounds` rounds; in round `r`, node `r % nodes` writes every page but the barriers'
+/// (each word its round and page), and the others read them all through, in order, so
+/// that their read-ahead asks for the pages before they touch them. Prints the words
+/// that were not what was written, and whether any page was read ahead.
+fn sequential(region: &Region, rounds: u64) -> Vec<String> {
+    let (me, nodes) = (u64::from(region.id()), u64::from(region.nodes()));
+    let pages = region.len() / PAGE - 1;
+    let mut bad = 0;
+    for r in 0..rounds {
+        let stamp = |p: usize| r << 32 | p as u64;
+        if r % nodes == me {
+            for p in 0..pages {
+                for i in (0..PAGE).step_by(8) {
+                    word(region, p * PAGE + i).store(stamp(p), Ordering::Relaxed);
+                }
+            }
+        }
+        barrier(region, 2 * r as usize);
+        if r % nodes != me {
+            for p in 0..pages {
+                bad += (0..PAGE)
+                    .step_by(8)
+                    .filter(|&i| word(region, p * PAGE + i).load(Ordering::Relaxed) != stamp(p))
+                    .count();
+            }
+        }
+        barrier(region, 2 * r as usize + 1);
+    }
+    vec![format!("{bad} {}", region.stats().read_ahead > 0)]
 }
 
 /// Every node adds 1 to one word `rounds` times, with `fetch_add` and with a CAS loop on
@@ -524,6 +556,15 @@ fn torn_pages_are_never_seen() {
     let out = results_ok(start(3, "checksums", "400", 8 * PAGE, BASE + (3 << 30)));
     for lines in &out {
         assert_eq!(lines, &vec!["0".to_string()]);
+    }
+}
+}
+
+both_captures! {
+fn pages_read_in_order_are_read_ahead_and_read_as_written() {
+    let out = results_ok(start(3, "sequential", "3", 257 * PAGE, BASE + (11 << 30)));
+    for (i, lines) in out.iter().enumerate() {
+        assert_eq!(lines, &vec!["0 true".to_string()], "node {i}");
     }
 }
 }
