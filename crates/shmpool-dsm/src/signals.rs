@@ -39,6 +39,8 @@ pub struct Protected {
     access: Vec<Access>,
     staged: Option<(Page, Vec<u8>)>,
     failed: Vec<bool>,
+    /// The page `take` just made inaccessible: its drop needs no `mprotect` more.
+    taken: Option<Page>,
 }
 
 impl Protected {
@@ -52,6 +54,7 @@ impl Protected {
             access: vec![Access::Invalid; pages],
             staged: None,
             failed: vec![false; pages],
+            taken: None,
         }
     }
 
@@ -94,6 +97,19 @@ impl Memory<Vec<u8>> for Protected {
         out
     }
 
+    /// The page's bytes, for a recall that drops this node's copy: the page is made
+    /// inaccessible first (waiting out writes under way, as `read` does), in the one
+    /// `mprotect` its drop needs anyway.
+    fn take(&mut self, page: Page) -> Vec<u8> {
+        crate::region::fatal(self.set_prot(page, Access::Invalid), page, "mprotect for a recall");
+        self.taken = Some(page);
+        let mut out = vec![0u8; self.page];
+        // SAFETY: as in `read`: the alias maps the page, and its application view is
+        // `PROT_NONE` now.
+        unsafe { core::ptr::copy_nonoverlapping(self.alias(page), out.as_mut_ptr(), self.page) };
+        out
+    }
+
     fn write(&mut self, page: Page, data: Vec<u8>) {
         self.staged = Some((page, data));
     }
@@ -101,6 +117,9 @@ impl Memory<Vec<u8>> for Protected {
     fn protect(&mut self, page: Page, access: Access) {
         self.access[page as usize] = access;
         let staged = self.staged.take();
+        if self.taken.take() == Some(page) && access == Access::Invalid {
+            return; // `take` made it inaccessible already
+        }
         if self.failed[page as usize] {
             return;
         }
