@@ -81,16 +81,18 @@ enum Listener {
 
 impl Listener {
     /// Listens (non-blocking) at `at`, or on `listen` for a TCP node. A Unix socket left
-    /// behind by a node that ended is replaced; one that a live node listens on is
-    /// `AddrInUse`.
+    /// behind by a node that ended is replaced; one that a live node listens on, or a
+    /// file that is not a socket, is `AddrInUse` (and left alone).
     fn bind(at: &Peer, listen: Option<SocketAddr>) -> std::io::Result<Listener> {
         let l = match at {
             Peer::Tcp(a) => Listener::Tcp(TcpListener::bind(listen.unwrap_or(*a))?),
             Peer::Unix(path) => {
                 let l = match UnixListener::bind(path) {
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                        if UnixStream::connect(path).is_ok() {
-                            return Err(e); // a live node is there
+                        use std::os::unix::fs::FileTypeExt;
+                        let socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+                        if !socket || UnixStream::connect(path).is_ok() {
+                            return Err(e); // not a socket, or a live node's
                         }
                         std::fs::remove_file(path)?;
                         UnixListener::bind(path)?

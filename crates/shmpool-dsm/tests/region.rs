@@ -751,7 +751,7 @@ mod over_unix_sockets {
     }
 
     #[test]
-    fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
         let dir = std::env::temp_dir().join(format!("shmpool-dsm-stale-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node-0.sock");
@@ -770,6 +770,13 @@ mod over_unix_sockets {
         assert!(err.to_string().contains("in use"), "{err}");
         assert!(path.exists());
         drop((live, region));
+        // Nor is a file that is not a socket ever removed.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a socket").unwrap();
+        opts.base = BASE + (12 << 30);
+        let err = Region::join(0, &peers, &opts).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
         let _ = std::fs::remove_dir_all(&dir);
         let mixed = [Peer::Unix(path), "127.0.0.1:1".parse().unwrap()];
         let err = Region::join(0, &mixed, &opts).unwrap_err();
