@@ -53,9 +53,13 @@ impl Link for UnixStream {
 
 type Writer = Box<dyn Link>;
 
-/// The first bytes on a link: the sender's id, the number of nodes, pages and the page
-/// size, which every node must agree on.
-const HELLO: usize = 12;
+/// The first bytes on a link: `SPD` and the wire format's version, then the sender's
+/// id, the number of nodes, pages and the page size, which every node must agree on.
+const HELLO: usize = 16;
+
+/// The frames' format: a node of another version is refused when it joins (version 2:
+/// page bytes encoded as one byte string).
+const WIRE_VERSION: u8 = 2;
 
 /// A link's TCP options: no Nagle delay (a fault waits on every message), and a peer
 /// host that vanishes (crashed, or cut off) is counted dead within about 10 s: probes
@@ -190,10 +194,11 @@ impl Stream {
 
 fn hello(id: NodeId, nodes: u16, pages: u32, page_size: usize) -> [u8; HELLO] {
     let mut h = [0u8; HELLO];
-    h[0..2].copy_from_slice(&id.to_le_bytes());
-    h[2..4].copy_from_slice(&nodes.to_le_bytes());
-    h[4..8].copy_from_slice(&pages.to_le_bytes());
-    h[8..12].copy_from_slice(&(page_size as u32).to_le_bytes());
+    h[0..4].copy_from_slice(&[b'S', b'P', b'D', WIRE_VERSION]);
+    h[4..6].copy_from_slice(&id.to_le_bytes());
+    h[6..8].copy_from_slice(&nodes.to_le_bytes());
+    h[8..12].copy_from_slice(&pages.to_le_bytes());
+    h[12..16].copy_from_slice(&(page_size as u32).to_le_bytes());
     h
 }
 type Reader = Box<dyn Read + Send>;
@@ -600,8 +605,17 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             let mut got = [0u8; HELLO];
             s.read_exact(&mut got)?;
             s.set_read_timeout(None)?;
-            let peer = u16::from_le_bytes([got[0], got[1]]);
-            if got[2..] != hello(peer, n as u16, pages, page_size)[2..] {
+            if got[..3] != *b"SPD" {
+                return Err(bad(format!("{from} is not a shmpool-dsm node")));
+            }
+            if got[3] != WIRE_VERSION {
+                return Err(bad(format!(
+                    "{from} speaks wire format {}, this node {WIRE_VERSION}: another version of shmpool",
+                    got[3]
+                )));
+            }
+            let peer = u16::from_le_bytes([got[4], got[5]]);
+            if got[6..] != hello(peer, n as u16, pages, page_size)[6..] {
                 return Err(bad(format!(
                     "{from} (node {peer}) has another geometry: nodes, pages or page size differ"
                 )));
@@ -1062,6 +1076,38 @@ mod peer_tests {
         let n0 = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(10)).unwrap();
         let (to0, from0) = fake.join().unwrap();
         (n0, to0, from0)
+    }
+
+    /// A peer whose first bytes are not a hello of this wire format is refused when it
+    /// joins, with a message saying which.
+    #[test]
+    fn a_peer_of_another_wire_format_or_none_is_refused() {
+        let mut old = hello(1, 2, 8, 64);
+        old[3] = WIRE_VERSION - 1;
+        let stranger = *b"GET / HTTP/1.1\r\n";
+        for (first, says) in
+            [(&old[..], "speaks wire format 1"), (&stranger[..HELLO], "is not a shmpool-dsm node")]
+        {
+            let addrs: Vec<SocketAddr> = (0..2)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+                .collect();
+            let listener = TcpListener::bind(addrs[1]).unwrap();
+            let (a0, first) = (addrs[0], first.to_vec());
+            let fake = std::thread::spawn(move || {
+                let mut to0 = loop {
+                    match TcpStream::connect(a0) {
+                        Ok(s) => break s,
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                };
+                to0.write_all(&first).unwrap();
+                let _from0 = listener.accept().unwrap(); // held until node 0 gave up
+                let _ = to0.read_to_end(&mut Vec::new());
+            });
+            let e = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(10)).err().expect("refused");
+            assert!(e.to_string().contains(says), "{e}");
+            fake.join().unwrap();
+        }
     }
 
     /// A thread waiting for a page that never comes is let go by `close`, with an error.
