@@ -13,6 +13,41 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A directory of this run's own for Unix sockets: a new one (never one that was there
+/// already), private (mode 0700), removed with what is in it when dropped.
+pub struct SocketDir(std::path::PathBuf);
+
+impl SocketDir {
+    pub fn new(what: &str) -> Result<SocketDir, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut last = None;
+        for attempt in 0..100u32 {
+            let name = format!("shmpool-{what}-{}-{nanos:x}-{attempt}", std::process::id());
+            let dir = std::env::temp_dir().join(name);
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(SocketDir(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(format!("{}: {e}", dir.display())),
+            }
+        }
+        Err(format!("no new directory for sockets in {}: {last:?}", std::env::temp_dir().display()))
+    }
+
+    /// The path of `name` in the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// What `dsm node` is told.
 pub struct NodeArgs {
     pub id: u16,
@@ -88,10 +123,9 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 pub fn demo(posts: u64, faults: FaultCapture, unix: bool) -> Result<(), String> {
     // Three Unix sockets in a directory of this run's, or three free loopback ports
     // (bound and released; a race with another program is possible but unlikely).
-    let dir = std::env::temp_dir().join(format!("shmpool-dsm-demo-{}", std::process::id()));
-    let peers: Vec<Peer> = if unix {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        (0..3).map(|i| Peer::Unix(dir.join(format!("node-{i}.sock")))).collect()
+    let dir = if unix { Some(SocketDir::new("dsm-demo")?) } else { None };
+    let peers: Vec<Peer> = if let Some(dir) = &dir {
+        (0..3).map(|i| Peer::Unix(dir.join(&format!("node-{i}.sock")))).collect()
     } else {
         (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(Peer::Tcp))
@@ -157,9 +191,6 @@ pub fn demo(posts: u64, faults: FaultCapture, unix: bool) -> Result<(), String> 
             );
             ok = false;
         }
-    }
-    if unix {
-        let _ = std::fs::remove_dir_all(&dir); // the sockets are gone already
     }
     if !ok {
         return Err("a node did not see the whole list, or the heap did not come back to its start".into());

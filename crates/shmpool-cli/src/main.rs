@@ -255,7 +255,7 @@ enum DsmCommand {
         #[arg(long)]
         id: u16,
         /// Every node's address, in order, comma separated: HOST_IP:PORT, or unix:PATH
-        /// (a Unix socket) when every node is on this host.
+        /// (a Unix socket, whose path has no comma) when every node is on this host.
         #[arg(long, value_delimiter = ',', required = true)]
         peers: Vec<shmpool_dsm::transport::Peer>,
         /// Where this node listens over TCP (default: its own entry of PEERS), e.g.
@@ -278,8 +278,8 @@ enum DsmCommand {
         #[arg(long, default_value = "auto", value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
         /// Pages a read fault asks for ahead once reads go through the region in order
-        /// (0: none).
-        #[arg(long, default_value_t = 32)]
+        /// (0: none; at most 1024).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=1024))]
         read_ahead: u32,
     },
     /// Start three local nodes (processes over loopback TCP) that put the shmpool heap

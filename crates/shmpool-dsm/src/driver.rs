@@ -15,6 +15,7 @@ use crate::protocol::{Access, Fault, Memory, Msg, Node, NodeId, Page};
 use crate::transport::{read_frame, write_frame, Frame, Peer};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,11 @@ const ACQUIRE_SPIN: Duration = Duration::from_micros(150);
 /// 1.5–2× the transfers of none, and more than 20 or 100 µs did. The wait yields the
 /// CPU, which the thread that is to use the page may need.
 const HOLD: Duration = Duration::from_micros(40);
+
+/// How long the hold lasts once the faulting thread goes on to write the page: it
+/// returns from the fault handler and retries the access, which a recall must not
+/// overtake (the lock it waits for may be handed to the recall first).
+const RETRY: Duration = Duration::from_micros(5);
 
 /// A link's writing end (Unix socket or TCP), which can also be shut down.
 pub trait Link: Write + Send {
@@ -57,9 +63,12 @@ type Writer = Box<dyn Link>;
 /// id, the number of nodes, pages and the page size, which every node must agree on.
 const HELLO: usize = 16;
 
-/// The frames' format: a node of another version is refused when it joins (version 2:
-/// page bytes encoded as one byte string).
-const WIRE_VERSION: u8 = 2;
+/// The frames' format: a node of another version is refused when it joins (1: the
+/// first format with a version in its hello).
+const WIRE_VERSION: u8 = 1;
+
+/// How long a connection has to say hello before it is dropped.
+const HELLO_WAIT: Duration = Duration::from_secs(5);
 
 /// A link's TCP options: no Nagle delay (a fault waits on every message), and a peer
 /// host that vanishes (crashed, or cut off) is counted dead within about 10 s: probes
@@ -79,8 +88,8 @@ fn tune(s: &TcpStream) -> std::io::Result<()> {
 enum Listener {
     Tcp(TcpListener),
     /// The socket, and its path, removed when the listener goes (once every peer has
-    /// connected, or joining failed).
-    Unix(UnixListener, PathBuf),
+    /// connected, or joining failed) if it is still this socket (its device and inode).
+    Unix(UnixListener, PathBuf, (u64, u64)),
 }
 
 impl Listener {
@@ -95,20 +104,24 @@ impl Listener {
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                         use std::os::unix::fs::FileTypeExt;
                         let socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-                        if !socket || UnixStream::connect(path).is_ok() {
-                            return Err(e); // not a socket, or a live node's
+                        let stale = socket
+                            && UnixStream::connect(path)
+                                .is_err_and(|c| c.kind() == std::io::ErrorKind::ConnectionRefused);
+                        if !stale {
+                            return Err(e); // not a socket, or a live node's (which drops the probe)
                         }
                         std::fs::remove_file(path)?;
                         UnixListener::bind(path)?
                     }
                     other => other?,
                 };
-                Listener::Unix(l, path.clone())
+                let id = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
+                Listener::Unix(l, path.clone(), id)
             }
         };
         match &l {
             Listener::Tcp(t) => t.set_nonblocking(true)?,
-            Listener::Unix(u, _) => u.set_nonblocking(true)?,
+            Listener::Unix(u, ..) => u.set_nonblocking(true)?,
         }
         Ok(l)
     }
@@ -117,8 +130,8 @@ impl Listener {
     fn accept(&self) -> std::io::Result<(Stream, String)> {
         let (s, from) = match self {
             Listener::Tcp(t) => t.accept().map(|(s, from)| (Stream::Tcp(s), from.to_string()))?,
-            Listener::Unix(u, path) => {
-                u.accept().map(|(s, _)| (Stream::Unix(s), format!("unix:{}", path.display())))?
+            Listener::Unix(u, path, _) => {
+                u.accept().map(|(s, _)| (Stream::Unix(s), format!("a peer on unix:{}", path.display())))?
             }
         };
         s.set_nonblocking(false)?;
@@ -131,8 +144,11 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
+        if let Listener::Unix(_, path, bound) = self {
+            // Not a socket another process put there since.
+            if std::fs::symlink_metadata(&*path).is_ok_and(|m| (m.dev(), m.ino()) == *bound) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -254,10 +270,15 @@ pub(crate) struct State<M> {
     /// Read faults going through the region in order: the last one's page, the last
     /// page asked for ahead of it, and how many faults in a row were in order.
     stream: Option<(Page, Page, u32)>,
+    /// Pages asked for ahead that no thread has faulted on yet.
+    pub(crate) ahead: Vec<bool>,
 }
 
 /// Read faults on pages in order that start reading ahead.
 const READ_AHEAD_AFTER: u32 = 3;
+
+/// The deepest read-ahead: requests a fault may queue at once, under the node's lock.
+pub const MAX_READ_AHEAD: u32 = 1024;
 
 impl<M: Memory<Vec<u8>>> State<M> {
     /// Requests for the pages after `page`, a read fault of this node's, once the read
@@ -268,7 +289,9 @@ impl<M: Memory<Vec<u8>>> State<M> {
     /// them (the pages asked for ahead do not fault once they are here).
     pub(crate) fn read_ahead(&mut self, page: Page, depth: u32) -> Vec<Frame> {
         let (run, end) = match self.stream {
-            Some((last, end, run)) if page > last && page <= end.saturating_add(1) => (run + 1, end),
+            Some((last, end, run)) if page > last && page <= end.saturating_add(1) => {
+                (run.saturating_add(1), end)
+            }
             _ => (1, page),
         };
         let end = end.max(page);
@@ -284,6 +307,7 @@ impl<M: Memory<Vec<u8>>> State<M> {
             }
             if let Ok(Some(req)) = self.node.fault(p, false, &mut self.pages) {
                 self.asked[p as usize] = true;
+                self.ahead[p as usize] = true;
                 out.push(req);
             }
         }
@@ -417,11 +441,13 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 Msg::Grant { page, .. } | Msg::Lost { page } => Some(page),
                 _ => None,
             };
-            let State { node, pages, asked, .. } = &mut *s;
+            let State { node, pages, asked, ahead, .. } = &mut *s;
             let out = node.on_message(env, pages);
             if let Some(p) = page {
                 asked[p as usize] = false;
-                self.installed[p as usize].store(self.epoch_ns(), Ordering::Relaxed);
+                // A page read ahead, which no thread waits for yet, is not held.
+                let held = !std::mem::take(&mut ahead[p as usize]);
+                self.installed[p as usize].store(if held { self.epoch_ns() } else { 0 }, Ordering::Relaxed);
             }
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.enqueue(out);
@@ -433,10 +459,10 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     }
 
     /// How many pages a read fault asks for ahead once read faults go through the
-    /// region in order (0, the default: none). Reading ahead takes those pages from
+    /// region in order (0, the default: none; at most [`MAX_READ_AHEAD`]). Reading ahead takes those pages from
     /// their owners as a read would.
     pub fn set_read_ahead(&self, pages: u32) {
-        self.read_ahead.store(pages, Ordering::Relaxed);
+        self.read_ahead.store(pages.min(MAX_READ_AHEAD), Ordering::Relaxed);
     }
 
     /// The requests for pages ahead of `page`, a read fault just asked for
@@ -454,9 +480,11 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     }
 
     /// The thread that faulted on `page` goes on to write it now (it runs the protocol
-    /// itself, and returns to its access): the hold ends, and a recall need not wait.
+    /// itself, and returns to its access): the hold ends [`RETRY`] from now, the time
+    /// its access takes to be retried, rather than a whole [`HOLD`] after the grant.
     pub(crate) fn written(&self, page: Page) {
-        self.installed[page as usize].store(0, Ordering::Relaxed);
+        let ends = self.epoch_ns() + RETRY.as_nanos() as u64;
+        self.installed[page as usize].store(ends.saturating_sub(HOLD.as_nanos() as u64), Ordering::Relaxed);
     }
 
     fn epoch_ns(&self) -> u64 {
@@ -494,6 +522,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 leaving: 0,
                 sleepers: 0,
                 stream: None,
+                ahead: vec![false; pages as usize],
             }),
             outbox: (0..nodes).map(|_| Mutex::default()).collect(),
             self_turn: Mutex::new(()),
@@ -599,14 +628,23 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 }
                 Err(e) => return Err(e),
             };
-            s.set_read_timeout(Some(
-                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)),
-            ))?;
+            // A peer says hello as soon as it connects. A connection that does not (a
+            // probe of whether the path is live, a port scanner) is dropped, and the
+            // join goes on; a node that says hello with another format or geometry is
+            // a configuration to fix, and ends it.
+            let hello_wait = deadline.saturating_duration_since(Instant::now()).min(HELLO_WAIT);
+            s.set_read_timeout(Some(hello_wait.max(Duration::from_millis(100))))?;
             let mut got = [0u8; HELLO];
-            s.read_exact(&mut got)?;
+            if let Err(e) = s.read_exact(&mut got) {
+                eprintln!("shmpool-dsm node {id}: a connection from {from} sent no hello ({e}): dropped");
+                continue;
+            }
             s.set_read_timeout(None)?;
             if got[..3] != *b"SPD" {
-                return Err(bad(format!("{from} is not a shmpool-dsm node")));
+                eprintln!(
+                    "shmpool-dsm node {id}: a connection from {from} is not a shmpool-dsm node: dropped"
+                );
+                continue;
             }
             if got[3] != WIRE_VERSION {
                 return Err(bad(format!(
@@ -750,6 +788,9 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 return Err(Fault::Lost(page)); // left: nothing serves the page any more
             }
             let asked = s.asked[page as usize];
+            if asked {
+                s.ahead[page as usize] = false; // read ahead, and wanted now: held when it comes
+            }
             let req = if asked {
                 None
             } else {
@@ -801,8 +842,12 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// Leaves: the links close (the peers count this node dead) and no message touches
     /// its memory from now on.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut s = self.lock();
+        s.closed = true;
+        // Under the lock, as for every message: a waiter that saw the old count is in
+        // `wait` before this notifies.
         self.handled.fetch_add(1, Ordering::Relaxed);
+        drop(s);
         // Accesses waiting for a page fail now (`acquire` sees `closed`).
         self.changed.notify_all();
         for l in self.links.iter().flatten() {
@@ -904,9 +949,6 @@ impl Cluster {
 mod tests {
     use super::*;
 
-    /// Three nodes, each in its own threads, add 1 to a counter in page 0 with a CAS
-    /// loop 300 times: the sum is exact. Each also writes its own page, read back by
-    /// the others.
     /// Three read faults on pages in order start the read-ahead: the third asks for
     /// the next pages too, which then need no request of their own; the page after
     /// them goes on with the stream; a read elsewhere, or with read-ahead off, asks
@@ -940,6 +982,9 @@ mod tests {
         assert_eq!(reader.stats().read_ahead, 16);
     }
 
+    /// Three nodes, each in its own threads, add 1 to a counter in page 0 with a CAS
+    /// loop 300 times: the sum is exact. Each also writes its own page, read back by
+    /// the others.
     #[test]
     fn a_cas_counter_incremented_by_three_nodes_sums_exactly() {
         let c = Cluster::local(3, 4, 4096).unwrap();
@@ -1078,36 +1123,76 @@ mod peer_tests {
         (n0, to0, from0)
     }
 
-    /// A peer whose first bytes are not a hello of this wire format is refused when it
-    /// joins, with a message saying which.
-    #[test]
-    fn a_peer_of_another_wire_format_or_none_is_refused() {
-        let mut old = hello(1, 2, 8, 64);
-        old[3] = WIRE_VERSION - 1;
-        let stranger = *b"GET / HTTP/1.1\r\n";
-        for (first, says) in
-            [(&old[..], "speaks wire format 1"), (&stranger[..HELLO], "is not a shmpool-dsm node")]
-        {
-            let addrs: Vec<SocketAddr> = (0..2)
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
-                .collect();
-            let listener = TcpListener::bind(addrs[1]).unwrap();
-            let (a0, first) = (addrs[0], first.to_vec());
-            let fake = std::thread::spawn(move || {
-                let mut to0 = loop {
+    /// Node 0 of two joins while a fake node 1 connects once per entry of `firsts`,
+    /// writing it (an empty one: ending its side at once), then accepts node 0's link;
+    /// the join's outcome.
+    fn join_against(firsts: Vec<Vec<u8>>) -> std::io::Result<Arc<NodeDriver>> {
+        let addrs: Vec<SocketAddr> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+            .collect();
+        let listener = TcpListener::bind(addrs[1]).unwrap();
+        let a0 = addrs[0];
+        let fake = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for first in firsts {
+                let mut c = loop {
                     match TcpStream::connect(a0) {
-                        Ok(s) => break s,
+                        Ok(c) => break c,
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 };
-                to0.write_all(&first).unwrap();
-                let _from0 = listener.accept().unwrap(); // held until node 0 gave up
-                let _ = to0.read_to_end(&mut Vec::new());
-            });
-            let e = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(10)).err().expect("refused");
-            assert!(e.to_string().contains(says), "{e}");
-            fake.join().unwrap();
+                c.write_all(&first).unwrap();
+                if first.is_empty() {
+                    c.shutdown(Shutdown::Write).unwrap(); // says nothing, and ends
+                }
+                conns.push(c);
+            }
+            let from0 = listener.accept().unwrap();
+            (conns, from0) // held until the join is over
+        });
+        let joined = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(20));
+        drop(fake.join().unwrap());
+        joined
+    }
+
+    /// A node started at the Unix socket path of a node that is joining is refused
+    /// (`AddrInUse`), and its probe of the path does not disturb the live node, which
+    /// joins its real peer.
+    #[test]
+    fn a_second_node_at_a_live_unix_path_is_refused_and_the_first_joins() {
+        let dir = std::env::temp_dir().join(format!("shmpool-dsm-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let peers = [Peer::Unix(dir.join("0.sock")), Peer::Unix(dir.join("1.sock"))];
+        let join = |id: NodeId, peers: &[Peer]| {
+            NodeDriver::join_with(id, peers, None, 8, 64, Pages::new(8, 64), Duration::from_secs(20))
+        };
+        let p = peers.clone();
+        let first = std::thread::spawn(move || join(0, &p));
+        while !dir.join("0.sock").exists() {
+            std::thread::sleep(Duration::from_millis(2));
         }
+        let dup = join(0, &peers).err().expect("a second node 0");
+        assert_eq!(dup.kind(), std::io::ErrorKind::AddrInUse, "{dup}");
+        let n1 = join(1, &peers).expect("node 1 joins");
+        let n0 = first.join().unwrap().expect("node 0 joins despite the probe");
+        n1.write(3, 0, b"live").unwrap();
+        assert_eq!(n0.read(3, 0, 4).unwrap(), b"live");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A node of another wire format is refused when it joins, with a message saying
+    /// so; connections that send no hello, or something else, are dropped and the join
+    /// goes on.
+    #[test]
+    fn a_node_of_another_wire_format_is_refused_and_strangers_dropped() {
+        let mut other = hello(1, 2, 8, 64);
+        other[3] = WIRE_VERSION + 1;
+        let e = join_against(vec![other.to_vec()]).err().expect("refused");
+        assert!(e.to_string().contains(&format!("speaks wire format {}", WIRE_VERSION + 1)), "{e}");
+        let strangers =
+            vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Vec::new(), hello(1, 2, 8, 64).to_vec()];
+        let n0 = join_against(strangers).expect("the stranger and the silent connection are dropped");
+        assert_eq!(n0.dead(), 0);
     }
 
     /// A thread waiting for a page that never comes is let go by `close`, with an error.

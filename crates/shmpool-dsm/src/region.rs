@@ -87,7 +87,8 @@ pub struct RegionOptions {
     /// Pages a read fault asks for ahead, once this node's read faults go through the
     /// region in order (three in a row): a reader then waits one round trip per this
     /// many pages instead of one per page. They are taken from their owners as reads
-    /// would take them. 0 turns it off.
+    /// would take them. 0 turns it off; at most
+    /// [`MAX_READ_AHEAD`](crate::driver::MAX_READ_AHEAD).
     pub read_ahead: u32,
 }
 
@@ -189,9 +190,9 @@ impl Scratch {
         }
         .ok()? as usize;
         let s = Scratch { base, pages: Self::PAGES, next: 0, page };
-        // SAFETY: the mapping just made, owned by this scratch area for the
-        // descriptor's life (the area is dropped with the region's memory); its only
-        // accesses are `take`'s reads of pages a move made present, which never fault.
+        // SAFETY: the mapping just made, owned by this scratch area (unmapping it when
+        // the area is dropped also ends its registration); its only accesses are
+        // `take`'s reads of pages a move made present, which never fault.
         unsafe { uffd.register(base, len) }.ok()?;
         Some(s)
     }
@@ -283,6 +284,9 @@ impl Memory<Vec<u8>> for Mapped {
                 self.moved = Some(page);
                 out
             }
+            // The page is not where the protocol says, or a scratch page is taken:
+            // nothing can be trusted (and copying an absent page would deadlock).
+            Some(Err(e @ (Errno::NOENT | Errno::EXIST))) => die(e, page, "moving it out for a recall"),
             Some(Err(e)) => {
                 if e != Errno::BUSY && e != Errno::AGAIN {
                     self.scratch = None; // not this mapping's kind of page: copy from now on
@@ -345,9 +349,14 @@ impl Memory<Vec<u8>> for Mapped {
 /// bytes or hang.
 pub(crate) fn fatal(r: Result<(), Errno>, page: Page, what: &str) {
     if let Err(e) = r {
-        eprintln!("shmpool-dsm: page {page}: {what} failed ({e}); the node cannot go on");
-        std::process::abort();
+        die(e, page, what);
     }
+}
+
+/// Ends the node: `what` failed on `page` with `e` (see [`fatal`]).
+fn die(e: Errno, page: Page, what: &str) -> ! {
+    eprintln!("shmpool-dsm: page {page}: {what} failed ({e}); the node cannot go on");
+    std::process::abort();
 }
 
 /// A node's pages that can be made to fail (poisoned, or sealed off) for good.
@@ -421,6 +430,7 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
         return s.pages.fail(page); // left: nothing serves the page any more
     }
     if s.asked[page as usize] {
+        s.ahead[page as usize] = false; // read ahead, and wanted now: held when it comes
         return; // the grant on its way wakes this thread too; it faults again if need be
     }
     let crate::driver::State { node, pages, .. } = &mut *s;

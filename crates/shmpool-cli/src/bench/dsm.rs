@@ -36,7 +36,6 @@ use shmpool_dsm::transport::Peer;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -64,10 +63,10 @@ fn word(region: &Region, at: usize) -> &AtomicU64 {
 }
 
 /// `n` free loopback ports (bound and released), or `n` Unix socket paths in `dir`.
-fn free_peers(n: usize, dir: Option<&Path>) -> Result<Vec<Peer>, String> {
+fn free_peers(n: usize, dir: Option<&crate::dsm::SocketDir>) -> Result<Vec<Peer>, String> {
     (0..n)
         .map(|i| match dir {
-            Some(d) => Ok(Peer::Unix(d.join(format!("node-{i}.sock")))),
+            Some(d) => Ok(Peer::Unix(d.join(&format!("node-{i}.sock")))),
             None => TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map(Peer::Tcp)
@@ -311,22 +310,10 @@ fn run(
 ) -> Result<Vec<String>, String> {
     let seq_pages = (mib << 20) / PAGE;
     let size = (SEQ + seq_pages) * PAGE;
-    let dir = std::env::temp_dir().join(format!("shmpool-dsm-bench-{}", std::process::id()));
-    if unix {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    struct RemoveDir<'a>(Option<&'a Path>);
-    impl Drop for RemoveDir<'_> {
-        fn drop(&mut self) {
-            if let Some(d) = self.0 {
-                let _ = std::fs::remove_dir_all(d);
-            }
-        }
-    }
-    let _rm = RemoveDir(unix.then_some(dir.as_path()));
+    let dir = if unix { Some(crate::dsm::SocketDir::new("dsm-bench")?) } else { None };
     // The echo's port first: the nodes' are free ports released again, which a later
     // bind could be given.
-    let (echo, echo_at) = if unix {
+    let (echo, echo_at) = if let Some(dir) = &dir {
         let p = dir.join("echo.sock");
         (EchoListener::Unix(UnixListener::bind(&p).map_err(|e| e.to_string())?), Peer::Unix(p))
     } else {
@@ -335,7 +322,7 @@ fn run(
         (EchoListener::Tcp(l), at)
     };
     let echo_at = echo_at.to_string();
-    let addrs = free_peers(2, unix.then_some(dir.as_path()))?;
+    let addrs = free_peers(2, dir.as_ref())?;
     let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
