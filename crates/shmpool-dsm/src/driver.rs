@@ -1096,21 +1096,32 @@ mod peer_tests {
     use super::*;
     use crate::transport::write_frame;
 
-    /// Node 0 over TCP, and a hand-made node 1 (this test's own sockets) that says
-    /// hello and then does what the test says: node 0's driver, and node 1's two ends.
-    fn node0_and_fake_peer() -> (Arc<NodeDriver>, TcpStream, TcpStream) {
+    /// Two free loopback addresses, and a listener on the second (a hand-made node 1's).
+    fn two_addresses_and_node_1s_listener() -> (Vec<SocketAddr>, TcpListener) {
         let addrs: Vec<SocketAddr> = (0..2)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
             .collect();
         let listener = TcpListener::bind(addrs[1]).unwrap();
+        (addrs, listener)
+    }
+
+    /// A connection to `to`, retried until node 0 listens there.
+    fn connect_retrying(to: SocketAddr) -> TcpStream {
+        loop {
+            match TcpStream::connect(to) {
+                Ok(s) => return s,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Node 0 over TCP, and a hand-made node 1 (this test's own sockets) that says
+    /// hello and then does what the test says: node 0's driver, and node 1's two ends.
+    fn node0_and_fake_peer() -> (Arc<NodeDriver>, TcpStream, TcpStream) {
+        let (addrs, listener) = two_addresses_and_node_1s_listener();
         let a0 = addrs[0];
         let fake = std::thread::spawn(move || {
-            let mut to0 = loop {
-                match TcpStream::connect(a0) {
-                    Ok(s) => break s,
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            };
+            let mut to0 = connect_retrying(a0);
             to0.write_all(&hello(1, 2, 8, 64)).unwrap();
             let (mut from0, _) = listener.accept().unwrap();
             let mut h = [0u8; HELLO];
@@ -1127,20 +1138,12 @@ mod peer_tests {
     /// writing it (an empty one: ending its side at once), then accepts node 0's link;
     /// the join's outcome.
     fn join_against(firsts: Vec<Vec<u8>>) -> std::io::Result<Arc<NodeDriver>> {
-        let addrs: Vec<SocketAddr> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
-            .collect();
-        let listener = TcpListener::bind(addrs[1]).unwrap();
+        let (addrs, listener) = two_addresses_and_node_1s_listener();
         let a0 = addrs[0];
         let fake = std::thread::spawn(move || {
             let mut conns = Vec::new();
             for first in firsts {
-                let mut c = loop {
-                    match TcpStream::connect(a0) {
-                        Ok(c) => break c,
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                };
+                let mut c = connect_retrying(a0);
                 c.write_all(&first).unwrap();
                 if first.is_empty() {
                     c.shutdown(Shutdown::Write).unwrap(); // says nothing, and ends
