@@ -284,12 +284,15 @@ impl Memory<Vec<u8>> for Mapped {
                 self.moved = Some(page);
                 out
             }
-            // The page is not where the protocol says, or a scratch page is taken:
-            // nothing can be trusted (and copying an absent page would deadlock).
-            Some(Err(e @ (Errno::NOENT | Errno::EXIST))) => die(e, page, "moving it out for a recall"),
+            // The page is not where the protocol says: nothing can be trusted (and
+            // copying an absent page would deadlock).
+            Some(Err(e @ Errno::NOENT)) => die(e, page, "moving it out for a recall"),
+            // Not moved, still there: copied instead. `EBUSY`, `EAGAIN` and `EEXIST`
+            // (a page the kernel holds in a huge page, or shares) are this page's;
+            // anything else is the mapping's, which is copied from from now on.
             Some(Err(e)) => {
-                if e != Errno::BUSY && e != Errno::AGAIN {
-                    self.scratch = None; // not this mapping's kind of page: copy from now on
+                if ![Errno::BUSY, Errno::AGAIN, Errno::EXIST].contains(&e) {
+                    self.scratch = None;
                 }
                 self.read(page)
             }
@@ -633,6 +636,11 @@ impl Region {
             // SAFETY: the mapping just made, used by nothing yet.
             unsafe { rustix::mm::munmap(base as *mut _, len).ok() };
         };
+        // Pages move one by one (4 KiB is the unit of coherence): no huge pages, whose
+        // split would cost every recall in their range. Advice only: failing it
+        // changes no behaviour.
+        // SAFETY: the mapping just made, which only this region uses.
+        let _ = unsafe { rustix::mm::madvise(base as *mut _, len, rustix::mm::Advice::LinuxNoHugepage) };
         // SAFETY: the range is the private anonymous mapping just made, owned by the
         // region for the descriptor's life; the handler thread resolves its faults.
         if let Err(errno) = unsafe { uffd.register(base, len) } {

@@ -238,7 +238,8 @@ fn node_main() {
         "sb" => store_buffering(&region, args.parse().unwrap()),
         "history" => history(&region, args.parse().unwrap()),
         "checksums" => checksums(&region, args.parse().unwrap()),
-        "sequential" => sequential(&region, args.parse().unwrap()),
+        "sequential" => sequential(&region, args.parse().unwrap(), false),
+        "sequential-fixed" => sequential(&region, args.parse().unwrap(), true),
         "survive" => survive(&region),
         "board" => {
             let r = shmpool_dsm::board::build(&region, args.parse().unwrap()).unwrap();
@@ -270,17 +271,20 @@ fn barrier(region: &Region, k: usize) {
     }
 }
 
-/// `rounds` rounds; in round `r`, node `r % nodes` writes every page but the barriers'
+/// `rounds` rounds; in round `r`, node `r % nodes` (or node 0, `fixed`) writes every page but the barriers'
 /// (each word its round and page), and the others read them all through, in order, so
 /// that their read-ahead asks for the pages before they touch them. Prints the words
 /// that were not what was written, and whether any page was read ahead.
-fn sequential(region: &Region, rounds: u64) -> Vec<String> {
+fn sequential(region: &Region, rounds: u64, fixed: bool) -> Vec<String> {
     let (me, nodes) = (u64::from(region.id()), u64::from(region.nodes()));
+    // With `fixed`, node 0 writes in every round: the others' copies, read whole and
+    // not written, are taken back each time.
+    let writer = |r: u64| if fixed { 0 } else { r % nodes };
     let pages = region.len() / PAGE - 1;
     let mut bad = 0;
     for r in 0..rounds {
         let stamp = |p: usize| r << 32 | p as u64;
-        if r % nodes == me {
+        if writer(r) == me {
             for p in 0..pages {
                 for i in (0..PAGE).step_by(8) {
                     word(region, p * PAGE + i).store(stamp(p), Ordering::Relaxed);
@@ -288,7 +292,7 @@ fn sequential(region: &Region, rounds: u64) -> Vec<String> {
             }
         }
         barrier(region, 2 * r as usize);
-        if r % nodes != me {
+        if writer(r) != me {
             for p in 0..pages {
                 bad += (0..PAGE)
                     .step_by(8)
@@ -562,10 +566,21 @@ fn torn_pages_are_never_seen() {
 
 both_captures! {
 fn pages_read_in_order_are_read_ahead_and_read_as_written() {
-    let out = results_ok(start(3, "sequential", "3", 257 * PAGE, BASE + (11 << 30)));
+    // 1,024 pages, which every node in turn writes after the others read them: each
+    // node gives up more pages than a recall's scratch area holds.
+    let out = results_ok(start(3, "sequential", "4", 1025 * PAGE, BASE + (11 << 30)));
     for (i, lines) in out.iter().enumerate() {
         assert_eq!(lines, &vec!["0 true".to_string()], "node {i}");
     }
+}
+}
+
+both_captures! {
+fn pages_read_whole_and_taken_back_round_after_round_stay_right() {
+    // Node 1 reads 1,024 pages whole (Exclusive, not written) and node 0 writes them
+    // back each round: node 1 gives up far more pages than a recall's scratch area holds.
+    let out = results_ok(start(2, "sequential-fixed", "4", 1025 * PAGE, BASE + (13 << 30)));
+    assert_eq!(out[1], vec!["0 true".to_string()], "node 1 read every word as written");
 }
 }
 
