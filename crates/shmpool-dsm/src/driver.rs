@@ -271,7 +271,7 @@ pub(crate) struct State<M> {
     /// page asked for ahead of it, and how many faults in a row were in order.
     stream: Option<(Page, Page, u32)>,
     /// Pages asked for ahead that no thread has faulted on yet.
-    pub(crate) ahead: Vec<bool>,
+    ahead: Vec<bool>,
 }
 
 /// Read faults on pages in order that start reading ahead.
@@ -281,6 +281,16 @@ const READ_AHEAD_AFTER: u32 = 3;
 pub const MAX_READ_AHEAD: u32 = 1024;
 
 impl<M: Memory<Vec<u8>>> State<M> {
+    /// Whether a request for `page` is on its way; if so, a thread now waits for it, so
+    /// a page read ahead is held when it comes like any other.
+    pub(crate) fn awaited(&mut self, page: Page) -> bool {
+        let asked = self.asked[page as usize];
+        if asked {
+            self.ahead[page as usize] = false;
+        }
+        asked
+    }
+
     /// Requests for the pages after `page`, a read fault of this node's, once the read
     /// faults go through the region in order: up to `depth` pages ahead that this node
     /// holds no copy of and has not asked for, asked for at once, so that the reader
@@ -465,12 +475,19 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         self.read_ahead.store(pages.min(MAX_READ_AHEAD), Ordering::Relaxed);
     }
 
-    /// The requests for pages ahead of `page`, a read fault just asked for
-    /// ([`State::read_ahead`], as deep as [`set_read_ahead`](Self::set_read_ahead) says).
-    pub(crate) fn ask_ahead(&self, s: &mut State<M>, page: Page) -> Vec<Frame> {
-        let out = s.read_ahead(page, self.read_ahead.load(Ordering::Relaxed));
-        self.counters.read_ahead.fetch_add(out.len() as u64, Ordering::Relaxed);
-        out
+    /// Sends `req`, this node's request for `page` (for a write, or a read: which then
+    /// asks for the pages ahead too, [`State::read_ahead`]), and releases the lock.
+    pub(crate) fn ask(&self, mut s: MutexGuard<'_, State<M>>, page: Page, write: bool, req: Frame) {
+        s.asked[page as usize] = true;
+        let mut out = vec![req];
+        if !write {
+            let ahead = s.read_ahead(page, self.read_ahead.load(Ordering::Relaxed));
+            self.counters.read_ahead.fetch_add(ahead.len() as u64, Ordering::Relaxed);
+            out.extend(ahead);
+        }
+        self.enqueue(out);
+        drop(s);
+        self.pump();
     }
 
     /// `page` was upgraded here for a thread that is woken to retry its write: the
@@ -787,10 +804,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             if s.closed {
                 return Err(Fault::Lost(page)); // left: nothing serves the page any more
             }
-            let asked = s.asked[page as usize];
-            if asked {
-                s.ahead[page as usize] = false; // read ahead, and wanted now: held when it comes
-            }
+            let asked = s.awaited(page);
             let req = if asked {
                 None
             } else {
@@ -806,14 +820,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 }
                 None => {}
                 Some(req) => {
-                    s.asked[page as usize] = true;
-                    let mut out = vec![req];
-                    if !write {
-                        out.extend(self.ask_ahead(&mut s, page));
-                    }
-                    self.enqueue(out);
-                    drop(s);
-                    self.pump();
+                    self.ask(s, page, write, req);
                     s = self.lock();
                     continue;
                 }

@@ -432,8 +432,7 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
     if s.closed {
         return s.pages.fail(page); // left: nothing serves the page any more
     }
-    if s.asked[page as usize] {
-        s.ahead[page as usize] = false; // read ahead, and wanted now: held when it comes
+    if s.awaited(page) {
         return; // the grant on its way wakes this thread too; it faults again if need be
     }
     let crate::driver::State { node, pages, .. } = &mut *s;
@@ -445,16 +444,7 @@ fn on_fault(driver: &NodeDriver<Mapped>, page: Page, write: bool) {
             }
             let _ = pages.wake(page);
         }
-        Ok(Some(req)) => {
-            s.asked[page as usize] = true;
-            let mut out = vec![req];
-            if !write {
-                out.extend(driver.ask_ahead(&mut s, page));
-            }
-            driver.enqueue(out);
-            drop(s);
-            driver.pump();
-        }
+        Ok(Some(req)) => driver.ask(s, page, write, req),
         Err(_) => {
             node.forget(page); // a write to a Shared copy of a lost page: the copy goes
             pages.fail(page);
