@@ -1143,8 +1143,8 @@ mod peer_tests {
 
     /// Node 0 of two joins while a fake node 1 connects once per entry of `firsts`,
     /// writing it (an empty one: ending its side at once), then accepts node 0's link;
-    /// the join's outcome.
-    fn join_against(firsts: Vec<Vec<u8>>) -> std::io::Result<Arc<NodeDriver>> {
+    /// the join's outcome, and the fake's connections (node 1 is alive while they are).
+    fn join_against(firsts: Vec<Vec<u8>>) -> (std::io::Result<Arc<NodeDriver>>, Box<dyn std::any::Any>) {
         let (addrs, listener) = two_addresses_and_node_1s_listener();
         let a0 = addrs[0];
         let fake = std::thread::spawn(move || {
@@ -1161,8 +1161,7 @@ mod peer_tests {
             (conns, from0) // held until the join is over
         });
         let joined = NodeDriver::join_tcp(0, &addrs, 8, 64, Duration::from_secs(20));
-        drop(fake.join().unwrap());
-        joined
+        (joined, Box::new(fake.join().unwrap()))
     }
 
     /// A node started at the Unix socket path of a node that is joining is refused
@@ -1197,11 +1196,12 @@ mod peer_tests {
     fn a_node_of_another_wire_format_is_refused_and_strangers_dropped() {
         let mut other = hello(1, 2, 8, 64);
         other[3] = WIRE_VERSION + 1;
-        let e = join_against(vec![other.to_vec()]).err().expect("refused");
+        let e = join_against(vec![other.to_vec()]).0.err().expect("refused");
         assert!(e.to_string().contains(&format!("speaks wire format {}", WIRE_VERSION + 1)), "{e}");
         let strangers =
             vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Vec::new(), hello(1, 2, 8, 64).to_vec()];
-        let n0 = join_against(strangers).expect("the stranger and the silent connection are dropped");
+        let (n0, _node1) = join_against(strangers);
+        let n0 = n0.expect("the stranger and the silent connection are dropped");
         assert_eq!(n0.dead(), 0);
     }
 
