@@ -24,6 +24,14 @@
 //! that wrote its copy gives it up whole when another node reads it, so a page passed
 //! between writers costs one transaction per hand-over, not a read and an upgrade.
 //!
+//! A page that nodes take in turn to read and then write (a lock, a counter, a queue's
+//! head: *migratory* data, after Stenström, Brorsson and Sandberg 1993) is granted
+//! Modified to a read, so the write that follows needs no fault either. The home
+//! learns the pattern from its recalls: an owner that got the page for a read and gave
+//! it up written marks it migratory; one that gave it back unwritten (an Exclusive copy
+//! kept, or a migratory grant's bytes unchanged, which the home compares with what it
+//! granted) ends that, and readers share the page again.
+//!
 //! Invariants (checked by the exhaustive model in the tests, 3 nodes × 2 pages): at most
 //! one owner (Exclusive or Modified) of a page, and no Shared copy beside it; every valid copy holds the
 //! last value written (so a read returns the last write); and no state is stuck with a
@@ -175,6 +183,13 @@ struct Dir<D> {
     sharers: u64,
     /// The clean bytes, while no node holds the page Modified.
     clean: Option<D>,
+    /// The owner got the page for a read (Exclusive, or Modified as migratory).
+    owner_read: bool,
+    /// Read, then written, by one node after another: a read is granted Modified.
+    migratory: bool,
+    /// The bytes of the owner's migratory grant, to tell on its recall whether it
+    /// wrote them.
+    granted: Option<D>,
     /// The only valid copy died with its holder.
     lost: bool,
     txn: Option<Txn>,
@@ -202,7 +217,33 @@ pub fn home(page: Page, nodes: u16) -> NodeId {
     (page % u32::from(nodes)) as NodeId
 }
 
-impl<D: Clone> Node<D> {
+/// A page's bytes as the protocol carries them.
+pub trait PageData: Clone {
+    /// Whether `self` and `other` are the same contents (a home compares a recalled
+    /// page with the bytes it granted).
+    fn same(&self, other: &Self) -> bool;
+}
+
+/// Bytes, where an empty vector stands for a page of zeros (a page nobody wrote).
+impl PageData for Vec<u8> {
+    fn same(&self, other: &Self) -> bool {
+        match (self.is_empty(), other.is_empty()) {
+            (false, false) => self == other,
+            (true, true) => true,
+            (true, false) => other.iter().all(|&b| b == 0),
+            (false, true) => self.iter().all(|&b| b == 0),
+        }
+    }
+}
+
+/// A version number standing for a page's contents (the model's pages).
+impl PageData for u64 {
+    fn same(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+impl<D: PageData> Node<D> {
     /// Node `id` of `nodes` over `pages` pages, every page's first bytes `zero` (held
     /// clean by its home; no node has a copy yet).
     pub fn new(id: NodeId, nodes: u16, pages: u32, zero: D) -> Self {
@@ -213,6 +254,9 @@ impl<D: Clone> Node<D> {
                     owner: None,
                     sharers: 0,
                     clean: Some(zero.clone()),
+                    owner_read: false,
+                    migratory: false,
+                    granted: None,
                     lost: false,
                     txn: None,
                     queue: VecDeque::new(),
@@ -316,6 +360,7 @@ impl<D: Clone> Node<D> {
             if dir.owner == Some(dead) {
                 dir.owner = None;
                 dir.clean = None;
+                dir.granted = None;
                 dir.lost = true;
             }
             let Some(txn) = dir.txn.clone() else { continue };
@@ -377,6 +422,14 @@ impl<D: Clone> Node<D> {
             }
             Msg::Recalled { page, from, data, kept } => {
                 let dir = self.dir(page);
+                let read = dir.txn.as_ref().is_some_and(|t| !t.write);
+                // What the recall says of the owner that got the page for a read: it
+                // wrote it (then its next reader will too), or not.
+                match dir.granted.take() {
+                    Some(granted) => dir.migratory = !data.same(&granted),
+                    None if dir.owner_read && read => dir.migratory = !kept,
+                    None => {} // a write's recall: an Exclusive copy is given up either way
+                }
                 dir.clean = Some(data);
                 dir.owner = None;
                 if kept {
@@ -480,13 +533,17 @@ impl<D: Clone> Node<D> {
         // elsewhere: that was recalled).
         let data = if holds { None } else { dir.clean.clone() };
         // A reader of a page no other node holds gets it Exclusive: its first write
-        // then needs no transaction.
+        // then needs no transaction; Modified if the page is migratory, and its first
+        // write then needs no fault. The home keeps the bytes of a migratory grant.
         let alone = dir.sharers & !(1 << to) == 0;
         let access = if write || alone {
+            let migratory = !write && dir.migratory && dir.owner != Some(to);
             dir.owner = Some(to);
+            dir.owner_read = !write;
             dir.sharers = 0;
-            dir.clean = None;
-            if write {
+            let clean = dir.clean.take();
+            dir.granted = if migratory { clean } else { None };
+            if write || migratory {
                 Access::Modified
             } else {
                 Access::Exclusive
