@@ -96,7 +96,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     }
     let st = region.stats();
     out.push_str(&format!(
-        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests ({} read ahead), {} messages out, {} in, {} KiB of pages in",
+        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests ({} read ahead, {} reads granted writable), {} pages moved out, {} messages out, {} in, {} KiB of pages in",
         a.id,
         r.by_author.iter().sum::<u64>(),
         r.freed,
@@ -104,6 +104,8 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
         took.as_secs_f64() * 1e3,
         st.requests,
         st.read_ahead,
+        st.migratory,
+        st.moved,
         st.sent,
         st.received,
         st.page_bytes_in >> 10,

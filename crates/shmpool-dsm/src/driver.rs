@@ -351,6 +351,9 @@ pub struct Stats {
     pub requests: u64,
     /// Pages asked for ahead of reads going through the region in order.
     pub read_ahead: u64,
+    /// Pages given up to a recall by moving them out of the mapping (`UFFDIO_MOVE`:
+    /// one page table change), rather than by copying them and dropping the copy.
+    pub moved: u64,
     /// Reads granted Modified: the page is migratory (read, then written, by one node
     /// after another), so the write that follows here needs no fault.
     pub migratory: u64,
@@ -791,6 +794,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             requests: c.requests.load(Ordering::Relaxed),
             read_ahead: c.read_ahead.load(Ordering::Relaxed),
             migratory: c.migratory.load(Ordering::Relaxed),
+            moved: self.lock().pages.moves(),
         }
     }
 

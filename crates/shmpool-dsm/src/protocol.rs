@@ -160,6 +160,10 @@ pub trait Memory<D> {
     fn lost(&mut self, page: Page) {
         let _ = page;
     }
+    /// Pages `take` moved out rather than copied, so far.
+    fn moves(&self) -> u64 {
+        0
+    }
 }
 
 /// A transaction the home is running for a page.

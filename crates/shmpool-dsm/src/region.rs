@@ -153,6 +153,8 @@ pub struct Mapped {
     scratch: Option<Scratch>,
     /// The page `take` just moved out: already absent, nothing to drop.
     moved: Option<Page>,
+    /// Pages moved out so far.
+    moves: u64,
 }
 
 /// Pages of this process that recalled pages are moved into (`UFFDIO_MOVE`, one page
@@ -282,6 +284,7 @@ impl Memory<Vec<u8>> for Mapped {
                 // this reads it; `out` is a page long.
                 unsafe { core::ptr::copy_nonoverlapping(dst as *const u8, out.as_mut_ptr(), self.page) };
                 self.moved = Some(page);
+                self.moves += 1;
                 out
             }
             // The page is not where the protocol says: nothing can be trusted (and
@@ -335,6 +338,10 @@ impl Memory<Vec<u8>> for Mapped {
             _ => Ok(()),
         };
         fatal(r, page, "changing its mapping");
+    }
+
+    fn moves(&self) -> u64 {
+        self.moves
     }
 
     fn lost(&mut self, page: Page) {
@@ -647,6 +654,7 @@ impl Region {
             zero: vec![0; page],
             scratch: Scratch::new(&uffd, page),
             moved: None,
+            moves: 0,
         };
         let driver = NodeDriver::join_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap())?;

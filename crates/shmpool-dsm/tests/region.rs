@@ -81,6 +81,14 @@ macro_rules! both_captures {
     )*};
 }
 
+/// Whether the nodes the current test starts give up pages by moving them out: with
+/// userfaultfd, on a kernel that can (Linux 6.8), unless told to copy them.
+fn moves() -> bool {
+    FAULTS.with(|f| f.get()) != "signals"
+        && !NO_MOVE.with(|m| m.get())
+        && shmpool_dsm::uffd::Uffd::open().is_ok_and(|u| u.moves())
+}
+
 fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, faults: &str) -> Run {
     let (peers, dir) = if UNIX.with(|u| u.get()) {
         static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -302,7 +310,8 @@ fn sequential(region: &Region, rounds: u64, fixed: bool) -> Vec<String> {
         }
         barrier(region, 2 * r as usize + 1);
     }
-    vec![format!("{bad} {}", region.stats().read_ahead > 0)]
+    let stats = region.stats();
+    vec![format!("{bad} {} {}", stats.read_ahead > 0, stats.moved > 0)]
 }
 
 /// Every node adds 1 to one word `rounds` times, with `fetch_add` and with a CAS loop on
@@ -570,7 +579,7 @@ fn pages_read_in_order_are_read_ahead_and_read_as_written() {
     // node gives up more pages than a recall's scratch area holds.
     let out = results_ok(start(3, "sequential", "4", 1025 * PAGE, BASE + (11 << 30)));
     for (i, lines) in out.iter().enumerate() {
-        assert_eq!(lines, &vec!["0 true".to_string()], "node {i}");
+        assert_eq!(lines, &vec![format!("0 true {}", moves())], "node {i}: bad words, read ahead, moved");
     }
 }
 }
@@ -580,7 +589,7 @@ fn pages_read_whole_and_taken_back_round_after_round_stay_right() {
     // Node 1 reads 1,024 pages whole (Exclusive, not written) and node 0 writes them
     // back each round: node 1 gives up far more pages than a recall's scratch area holds.
     let out = results_ok(start(2, "sequential-fixed", "4", 1025 * PAGE, BASE + (13 << 30)));
-    assert_eq!(out[1], vec!["0 true".to_string()], "node 1 read every word as written");
+    assert_eq!(out[1], vec![format!("0 true {}", moves())], "node 1: bad words, read ahead, moved");
 }
 }
 
@@ -732,6 +741,11 @@ mod copying_recalls {
     #[test]
     fn a_counter_sums_exactly() {
         copying(a_counter_added_to_by_three_nodes_sums_exactly::userfaultfd)
+    }
+
+    #[test]
+    fn pages_given_up_are_copied_not_moved() {
+        copying(pages_read_in_order_are_read_ahead_and_read_as_written::userfaultfd)
     }
 }
 
