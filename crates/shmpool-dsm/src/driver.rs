@@ -47,6 +47,14 @@ const RETRY: Duration = Duration::from_micros(5);
 /// transfers as 5 µs over TCP and 15% more over Unix sockets; 10 and 20 µs fewer.
 const MIGRANT_WRITE: Duration = Duration::from_micros(3);
 
+/// How long a page granted Modified to a read (migratory) is held at most, rather than
+/// [`HOLD`]: the thread that asked is woken and goes on to read and write it, and no
+/// fault tells when (with userfaultfd's handler thread; a thread that runs the
+/// protocol itself ends the hold sooner, [`MIGRANT_WRITE`]). Measured with the
+/// ping-pong bench with the handler thread (3 runs each): 10 µs gave 1.3–1.6× the
+/// transfers of the whole hold, and more than 5, 15, 20 or 30 µs did.
+const MIGRANT_HOLD: Duration = Duration::from_micros(10);
+
 /// A link's writing end (Unix socket or TCP), which can also be shut down.
 pub trait Link: Write + Send {
     /// Ends the link both ways: the peer's reader sees it closed.
@@ -474,12 +482,20 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             let out = node.on_message(env, pages);
             if let Some(p) = page {
                 asked[p as usize] = false;
-                if std::mem::take(&mut reading[p as usize]) && modified {
+                let migrant = std::mem::take(&mut reading[p as usize]) && modified;
+                if migrant {
                     self.counters.migratory.fetch_add(1, Ordering::Relaxed);
                 }
-                // A page read ahead, which no thread waits for yet, is not held.
+                // A page read ahead, which no thread waits for yet, is not held; a
+                // migratory page, for less time.
                 let held = !std::mem::take(&mut ahead[p as usize]);
-                self.installed[p as usize].store(if held { self.epoch_ns() } else { 0 }, Ordering::Relaxed);
+                let now = self.epoch_ns();
+                let since = match (held, migrant) {
+                    (false, _) => 0,
+                    (true, false) => now,
+                    (true, true) => now.saturating_sub((HOLD - MIGRANT_HOLD).as_nanos() as u64),
+                };
+                self.installed[p as usize].store(since, Ordering::Relaxed);
             }
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.enqueue(out);
