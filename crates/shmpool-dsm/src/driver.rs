@@ -274,10 +274,8 @@ impl Memory<Vec<u8>> for Pages {
 pub(crate) struct State<M> {
     pub(crate) node: Node<Vec<u8>>,
     pub(crate) pages: M,
-    /// A request is on its way for this page.
-    pub(crate) asked: Vec<bool>,
-    /// The request on its way for this page is a read's.
-    reading: Vec<bool>,
+    /// Where this node's request for each page stands.
+    pub(crate) asked: Vec<Asked>,
     /// The node left: no message touches its memory any more.
     pub(crate) closed: bool,
     /// Nodes that said they leave (a bit each).
@@ -288,8 +286,20 @@ pub(crate) struct State<M> {
     /// Read faults going through the region in order: the last one's page, the last
     /// page asked for ahead of it, and how many faults in a row were in order.
     stream: Option<(Page, Page, u32)>,
-    /// Pages asked for ahead that no thread has faulted on yet.
-    ahead: Vec<bool>,
+}
+
+/// Where a node's request for a page stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// None on its way.
+    No,
+    /// On its way, for a read.
+    Read,
+    /// On its way, for a write.
+    Write,
+    /// Asked for ahead of reads going through the region, and no thread has faulted on
+    /// it yet (it is not held when it comes).
+    Ahead,
 }
 
 /// Read faults on pages in order that start reading ahead.
@@ -302,11 +312,11 @@ impl<M: Memory<Vec<u8>>> State<M> {
     /// Whether a request for `page` is on its way; if so, a thread now waits for it, so
     /// a page read ahead is held when it comes like any other.
     pub(crate) fn awaited(&mut self, page: Page) -> bool {
-        let asked = self.asked[page as usize];
-        if asked {
-            self.ahead[page as usize] = false;
+        let asked = &mut self.asked[page as usize];
+        if *asked == Asked::Ahead {
+            *asked = Asked::Read;
         }
-        asked
+        *asked != Asked::No
     }
 
     /// Requests for the pages after `page`, a read fault of this node's, once the read
@@ -330,13 +340,11 @@ impl<M: Memory<Vec<u8>>> State<M> {
         let last = page.saturating_add(depth).min(self.asked.len() as Page - 1);
         let mut out = Vec::new();
         for p in end + 1..=last {
-            if self.asked[p as usize] {
+            if self.asked[p as usize] != Asked::No {
                 continue;
             }
             if let Ok(Some(req)) = self.node.fault(p, false, &mut self.pages) {
-                self.asked[p as usize] = true;
-                self.reading[p as usize] = true;
-                self.ahead[p as usize] = true;
+                self.asked[p as usize] = Asked::Ahead;
                 out.push(req);
             }
         }
@@ -384,8 +392,9 @@ pub struct NodeDriver<M = Pages> {
     /// Messages handled (and deaths learnt): moves, under the lock, whenever a waiting
     /// access may have become allowed.
     handled: AtomicU64,
-    /// When each page was last granted here (ns since `started`).
-    installed: Vec<AtomicU64>,
+    /// When each page's hold ends (ns since `started`): a recall or invalidation
+    /// waits until then.
+    hold_ends: Vec<AtomicU64>,
     /// Pages a read fault asks for ahead, once reads go in order (0: none).
     read_ahead: std::sync::atomic::AtomicU32,
     started: Instant,
@@ -463,8 +472,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
         // leave before its writer writes).
         if let Msg::Recall { page, .. } | Msg::Invalidate { page } = env.msg {
             // Re-read: a write allowed meanwhile ends the hold (`written`).
-            let held = || self.installed[page as usize].load(Ordering::Relaxed) + HOLD.as_nanos() as u64;
-            while self.epoch_ns() < held() {
+            while self.epoch_ns() < self.hold_ends[page as usize].load(Ordering::Relaxed) {
                 std::thread::yield_now();
             }
         }
@@ -478,24 +486,22 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
                 Msg::Lost { page } => (Some(page), false),
                 _ => (None, false),
             };
-            let State { node, pages, asked, reading, ahead, .. } = &mut *s;
+            let State { node, pages, asked, .. } = &mut *s;
             let out = node.on_message(env, pages);
             if let Some(p) = page {
-                asked[p as usize] = false;
-                let migrant = std::mem::take(&mut reading[p as usize]) && modified;
+                let was = std::mem::replace(&mut asked[p as usize], Asked::No);
+                let migrant = modified && matches!(was, Asked::Read | Asked::Ahead);
                 if migrant {
                     self.counters.migratory.fetch_add(1, Ordering::Relaxed);
                 }
                 // A page read ahead, which no thread waits for yet, is not held; a
                 // migratory page, for less time.
-                let held = !std::mem::take(&mut ahead[p as usize]);
-                let now = self.epoch_ns();
-                let since = match (held, migrant) {
-                    (false, _) => 0,
-                    (true, false) => now,
-                    (true, true) => now.saturating_sub((HOLD - MIGRANT_HOLD).as_nanos() as u64),
+                let ends = match (was, migrant) {
+                    (Asked::Ahead, _) => 0,
+                    (_, false) => self.epoch_ns() + HOLD.as_nanos() as u64,
+                    (_, true) => self.epoch_ns() + MIGRANT_HOLD.as_nanos() as u64,
                 };
-                self.installed[p as usize].store(since, Ordering::Relaxed);
+                self.hold_ends[p as usize].store(ends, Ordering::Relaxed);
             }
             self.handled.fetch_add(1, Ordering::Relaxed);
             self.enqueue(out);
@@ -516,8 +522,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// Sends `req`, this node's request for `page` (for a write, or a read: which then
     /// asks for the pages ahead too, [`State::read_ahead`]), and releases the lock.
     pub(crate) fn ask(&self, mut s: MutexGuard<'_, State<M>>, page: Page, write: bool, req: Frame) {
-        s.asked[page as usize] = true;
-        s.reading[page as usize] = !write;
+        s.asked[page as usize] = if write { Asked::Write } else { Asked::Read };
         let mut out = vec![req];
         if !write {
             let ahead = s.read_ahead(page, self.read_ahead.load(Ordering::Relaxed));
@@ -532,24 +537,22 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// `page` was upgraded here for a thread that is woken to retry its write: the
     /// hold starts again, for that retry.
     pub(crate) fn upgraded(&self, page: Page) {
-        self.installed[page as usize].store(self.epoch_ns(), Ordering::Relaxed);
+        self.hold_ends[page as usize].store(self.epoch_ns() + HOLD.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// The thread that faulted on `page` goes on to write it now (it runs the protocol
     /// itself, and returns to its access): the hold ends [`RETRY`] from now, the time
     /// its access takes to be retried, rather than a whole [`HOLD`] after the grant.
     pub(crate) fn written(&self, page: Page) {
-        let ends = self.epoch_ns() + RETRY.as_nanos() as u64;
-        self.installed[page as usize].store(ends.saturating_sub(HOLD.as_nanos() as u64), Ordering::Relaxed);
+        self.hold_ends[page as usize].store(self.epoch_ns() + RETRY.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// The thread that faulted on `page` to read it goes on to read it now, and the
     /// page came Modified (migratory): its write follows without a fault, so the hold
     /// ends [`MIGRANT_WRITE`] from now, if it would end later.
     fn read_migrant(&self, page: Page) {
-        let at = &self.installed[page as usize];
-        let ends = (self.epoch_ns() + MIGRANT_WRITE.as_nanos() as u64).saturating_sub(HOLD.as_nanos() as u64);
-        at.fetch_min(ends, Ordering::Relaxed);
+        let ends = self.epoch_ns() + MIGRANT_WRITE.as_nanos() as u64;
+        self.hold_ends[page as usize].fetch_min(ends, Ordering::Relaxed);
     }
 
     fn epoch_ns(&self) -> u64 {
@@ -582,18 +585,16 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             state: Mutex::new(State {
                 node,
                 pages: mem,
-                asked: vec![false; pages as usize],
-                reading: vec![false; pages as usize],
+                asked: vec![Asked::No; pages as usize],
                 closed: false,
                 leaving: 0,
                 sleepers: 0,
                 stream: None,
-                ahead: vec![false; pages as usize],
             }),
             outbox: (0..nodes).map(|_| Mutex::default()).collect(),
             self_turn: Mutex::new(()),
             handled: AtomicU64::new(0),
-            installed: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+            hold_ends: (0..pages).map(|_| AtomicU64::new(0)).collect(),
             read_ahead: std::sync::atomic::AtomicU32::new(0),
             started: Instant::now(),
             counters: Counters::default(),
@@ -623,7 +624,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
             // answered.
             for (p, a) in asked.iter_mut().enumerate() {
                 if node.is_lost(p as Page) {
-                    *a = false;
+                    *a = Asked::No;
                 }
             }
             self.enqueue(out);

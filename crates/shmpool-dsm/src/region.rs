@@ -290,9 +290,10 @@ impl Memory<Vec<u8>> for Mapped {
             // The page is not where the protocol says: nothing can be trusted (and
             // copying an absent page would deadlock).
             Some(Err(e @ Errno::NOENT)) => die(e, page, "moving it out for a recall"),
-            // Not moved, still there: copied instead. `EBUSY`, `EAGAIN` and `EEXIST`
-            // (a page the kernel holds in a huge page, or shares) are this page's;
-            // anything else is the mapping's, which is copied from from now on.
+            // Not moved, still there: copied instead. `EBUSY` (a page the kernel
+            // shares or pins), `EAGAIN` (raced with a change) and `EEXIST` (the scratch
+            // slot, or its huge page, looked present) are this page's; anything else is
+            // the mapping's, which is copied from from now on.
             Some(Err(e)) => {
                 if ![Errno::BUSY, Errno::AGAIN, Errno::EXIST].contains(&e) {
                     self.scratch = None;
@@ -423,7 +424,7 @@ impl<M: Failing> Engine for NodeDriver<M> {
         let ok = NodeDriver::leave(self, wait);
         let mut s = self.lock();
         let crate::driver::State { asked, pages, .. } = &mut *s;
-        for (p, _) in asked.iter().enumerate().filter(|(_, a)| **a) {
+        for (p, _) in asked.iter().enumerate().filter(|(_, a)| **a != crate::driver::Asked::No) {
             pages.fail(p as Page); // a grant that will never come
         }
         ok
