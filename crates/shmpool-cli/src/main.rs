@@ -143,6 +143,9 @@ enum Command {
         echo: shmpool_dsm::transport::Peer,
         #[arg(long, value_parser = parse_faults)]
         faults: shmpool_dsm::region::FaultCapture,
+        /// The CPU the node keeps to.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// A demo worker (started by `shmpool demo`).
     #[command(name = "__demo-worker", hide = true)]
@@ -233,8 +236,8 @@ fn run(command: Command) -> Result<(), Failure> {
             })?)
         }
         Command::Dsm(DsmCommand::Demo { posts, faults, unix }) => return Ok(dsm::demo(posts, faults, unix)?),
-        Command::DsmBenchNode { peers, size, echo, faults } => {
-            return Ok(bench::dsm_bench_node(&peers, size, echo, faults)?)
+        Command::DsmBenchNode { peers, size, echo, faults, cpu } => {
+            return Ok(bench::dsm_bench_node(&peers, size, echo, faults, cpu)?)
         }
         Command::DemoWorker { name, socket, slot, reader } => {
             return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)

@@ -212,7 +212,7 @@ fn bench_prints_every_workload_line() {
     let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let expect: [(&str, &[&str]); 26] = [
+    let expect: [(&str, &[&str]); 28] = [
         ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
         ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
         ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
@@ -227,7 +227,7 @@ fn bench_prints_every_workload_line() {
         ("shmpool pool-bump-2p ", &["agg_mallocs_s", "scaling", "agg_vs_w3"]),
         ("shmpool chan-spsc-64B ", &["p50_ns", "p99_ns", "mmsgs_s", "vs_ring_p50"]),
         ("shmpool mutex-2p ", &["ns_per_pair", "vs_pthread"]),
-        ("shmpool dsm-read ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
+        ("shmpool dsm-read ", &["p50_ns", "p99_ns", "vs_tcp_rtt", "vs_tcp_poll_rtt"]),
         ("shmpool dsm-upgrade ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
         ("shmpool dsm-pingpong ", &["transfers_s"]),
         ("shmpool dsm-seqread ", &["mib_s", "region_mib"]),
@@ -235,10 +235,12 @@ fn bench_prints_every_workload_line() {
         ("shmpool dsm-read-sigbus ", &["p50_ns", "p99_ns", "vs_tcp_rtt"]),
         ("shmpool dsm-pingpong-signals ", &["transfers_s"]),
         ("tcp ", &["rtt_ns"]),
-        ("shmpool dsm-read-unix ", &["p50_ns", "p99_ns", "vs_unix_rtt"]),
+        ("tcp-poll ", &["rtt_ns"]),
+        ("shmpool dsm-read-unix ", &["p50_ns", "p99_ns", "vs_unix_rtt", "vs_unix_poll_rtt"]),
         ("shmpool dsm-pingpong-sigbus-unix ", &["transfers_s"]),
         ("shmpool dsm-seqread-signals-unix ", &["mib_s", "region_mib"]),
         ("unix ", &["rtt_ns"]),
+        ("unix-signals-poll ", &["rtt_ns"]),
     ];
     for (prefix, keys) in expect {
         let line =
@@ -252,6 +254,10 @@ fn bench_prints_every_workload_line() {
             assert!(fields.get(k).is_some_and(|v| v.is_finite() && *v > 0.0), "{k} in {line}");
         }
     }
+    // The two nodes keep to a CPU each where there are two.
+    let tcp = stdout.lines().find(|l| l.starts_with("tcp ")).unwrap();
+    let two = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    assert_eq!(tcp.contains("nodes kept to CPUs"), two, "{tcp}");
     let w5 = stdout.lines().find(|l| l.starts_with("shmpool W5")).unwrap();
     let ratio: f64 = w5.split("overhead_ratio=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((1.0..1.05).contains(&ratio), "a million 64-byte blocks cost about 64 bytes each: {w5}");

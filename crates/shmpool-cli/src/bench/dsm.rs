@@ -6,6 +6,12 @@
 //! - `tcp`: the round trip of an 8-byte request and reply over loopback TCP
 //!   (`TCP_NODELAY`) between the same two processes (node 1 runs an echo thread), the
 //!   reference (`unix` for the runs over Unix sockets: the same over a Unix socket);
+//!   both ends block in `read`;
+//! - `tcp-poll`: the same round trip with the requester polling for the reply
+//!   (non-blocking reads, yielding between them), as a thread waiting for a page does:
+//!   its CPU does not go idle, which spares the wake-up of an idle CPU (dear in a VM:
+//!   this reference can be a third of the other). The read and upgrade lines give their
+//!   ratio to both (`vs_tcp_rtt`, `vs_tcp_poll_rtt`);
 //! - `dsm-read`: node 1 writes a page, node 0 reads it (a missing fault: recall from
 //!   node 1, grant with the bytes), p50 and p99; pages read in an order with no two
 //!   neighbours in a row, so that no read-ahead starts;
@@ -27,10 +33,18 @@
 //! with the nodes linked by Unix sockets instead of TCP (`-unix`, after the capture's
 //! suffix), each against the Unix socket's own round trip (`vs_unix_rtt`).
 //!
+//! Each node keeps to a CPU of its own, as on two hosts: node 0 (this thread, and the
+//! threads its region starts) to the first CPU this process may use, node 1 to the
+//! second. Left to the scheduler, the two processes share a CPU in some repetitions and
+//! not in others, and the reference round trip moved by up to 5× between them. On one
+//! CPU, or with `SHMPOOL_BENCH_NO_PIN` set, the nodes run anywhere (the reference line
+//! says which).
+//!
 //! The nodes talk through control words in the region itself: node 0 posts an order
 //! in page 0, node 1 acknowledges it in page 1.
 
 use super::{Plan, Spread};
+use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
 use shmpool_dsm::transport::Peer;
 use std::io::{Read, Write};
@@ -76,9 +90,19 @@ fn free_peers(n: usize, dir: Option<&crate::dsm::SocketDir>) -> Result<Vec<Peer>
 }
 
 /// The reference's connection: TCP or a Unix socket.
-trait Duplex: Read + Write + Send {}
-impl Duplex for TcpStream {}
-impl Duplex for UnixStream {}
+trait Duplex: Read + Write + Send {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
+}
+impl Duplex for TcpStream {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+}
+impl Duplex for UnixStream {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        UnixStream::set_nonblocking(self, on)
+    }
+}
 
 fn percentile(v: &mut [u64], p: usize) -> f64 {
     v.sort_unstable();
@@ -87,16 +111,28 @@ fn percentile(v: &mut [u64], p: usize) -> f64 {
 
 /// p50 of `n` 8-byte request/reply round trips over `c`, a loopback TCP connection (or
 /// Unix socket) to node 1's echo thread: between the same two processes as the region's
-/// messages.
-fn round_trip(c: &mut dyn Duplex, n: usize) -> Result<f64, String> {
-    let mut b = [0u8; 8];
+/// messages. The requester blocks in `read` for each reply, or, with `poll`, reads
+/// without blocking and yields until the reply is there.
+fn round_trip(c: &mut dyn Duplex, n: usize, poll: bool) -> Result<f64, String> {
+    let err = |e: std::io::Error| e.to_string();
+    c.set_nonblocking(poll).map_err(err)?;
     let mut t = Vec::with_capacity(n);
     for i in 0..n {
         let s = Instant::now();
-        c.write_all(&(i as u64).to_le_bytes()).map_err(|e| e.to_string())?;
-        c.read_exact(&mut b).map_err(|e| e.to_string())?;
+        c.write_all(&(i as u64).to_le_bytes()).map_err(err)?;
+        let (mut b, mut got) = ([0u8; 8], 0);
+        while got < b.len() {
+            match c.read(&mut b[got..]) {
+                Ok(0) => return Err("node 1's echo closed".into()),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         t.push(s.elapsed().as_nanos() as u64);
     }
+    c.set_nonblocking(false).map_err(err)?;
     Ok(percentile(&mut t, 50))
 }
 
@@ -213,8 +249,48 @@ impl Orders {
     }
 }
 
+/// The calling thread, and the threads it starts meanwhile, kept to one CPU; the CPUs
+/// it was allowed before are allowed again on drop.
+struct Pinned(CpuSet);
+
+impl Pinned {
+    fn to(cpu: usize) -> Result<Pinned, String> {
+        let was = sched_getaffinity(None).map_err(|e| format!("the CPUs allowed: {e}"))?;
+        let mut one = CpuSet::new();
+        one.set(cpu);
+        sched_setaffinity(None, &one).map_err(|e| format!("keeping to CPU {cpu}: {e}"))?;
+        Ok(Pinned(was))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // Best effort: a mask this thread had a moment ago is allowed again.
+        let _ = sched_setaffinity(None, &self.0);
+    }
+}
+
+/// The two CPUs the nodes keep to, one each, as on two hosts: the first two this
+/// process may use; none if it may use only one (or `SHMPOOL_BENCH_NO_PIN` is set).
+fn node_cpus() -> Option<[usize; 2]> {
+    if std::env::var_os("SHMPOOL_BENCH_NO_PIN").is_some() {
+        return None;
+    }
+    let set = sched_getaffinity(None).ok()?;
+    let mut cpus = (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c));
+    Some([cpus.next()?, cpus.next()?])
+}
+
 /// Node 1 (the child process): carries out node 0's orders until told to quit.
-pub fn bench_node(peers: &[Peer], size: u64, echo_at: Peer, faults: FaultCapture) -> Result<(), String> {
+pub fn bench_node(
+    peers: &[Peer],
+    size: u64,
+    echo_at: Peer,
+    faults: FaultCapture,
+    cpu: Option<usize>,
+) -> Result<(), String> {
+    // Kept for the process's life: it is the node's own CPU.
+    let _pinned = cpu.map(Pinned::to).transpose()?;
     std::thread::spawn(move || echo(echo_at));
     let mut opts = RegionOptions::new(size as usize);
     opts.faults = faults;
@@ -325,9 +401,14 @@ fn run(
     let addrs = free_peers(2, dir.as_ref())?;
     let list = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let cpus = node_cpus();
+    // This thread (which times the accesses) and the node's threads, which it starts,
+    // keep to node 0's CPU until the run ends; node 1 keeps to the other.
+    let _pinned = cpus.map(|[c, _]| Pinned::to(c)).transpose()?;
     let mut child = Command::new(exe)
         .args(["__dsm-bench-node", "--peers", &list, "--size", &size.to_string(), "--echo", &echo_at])
         .args(["--faults", crate::dsm::faults_arg(faults)])
+        .args(cpus.map(|[_, c]| format!("--cpu={c}")))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting node 1: {e}"))?;
@@ -346,7 +427,7 @@ fn run(
     let (capture, suffix) = (suffix, if unix { format!("{suffix}-unix") } else { suffix.to_string() });
     let link = if unix { "unix" } else { "tcp" };
     let result = echo.accept().map_err(|e| format!("node 1's echo: {e}")).and_then(|mut c| {
-        measure(&mut o, &mut *c, plan, n, seq_pages, (&format!("{link}{capture}"), &suffix), link)
+        measure(&mut o, &mut *c, plan, n, seq_pages, (&format!("{link}{capture}"), &suffix), (link, cpus))
     });
     let _ = o.order(OP_QUIT, 0);
     o.region.leave(Duration::from_secs(10));
@@ -355,7 +436,8 @@ fn run(
 }
 
 /// The lines of one run: `names` are the reference's line and the suffix of the
-/// others; `link` ("tcp" or "unix") names the reference in the ratios.
+/// others; `link` ("tcp" or "unix") names the reference in the ratios, and `cpus` are
+/// the nodes' CPUs, if they keep to one each.
 fn measure(
     o: &mut Orders,
     reference: &mut dyn Duplex,
@@ -363,43 +445,57 @@ fn measure(
     n: usize,
     seq_pages: usize,
     (reference_name, suffix): (&str, &str),
-    link: &str,
+    (link, cpus): (&str, Option<[usize; 2]>),
 ) -> Result<Vec<String>, String> {
-    round_trip(reference, n / 4)?;
+    round_trip(reference, n / 4, false)?;
+    round_trip(reference, n / 4, true)?;
     o.reads_and_upgrades(n / 4)?; // warm-up
     o.ping_pong(n as u64 / 4)?;
-    let (mut tcp, mut p50, mut p99, mut vs) = (vec![], vec![], vec![], vec![]);
-    let (mut up50, mut up99, mut upvs, mut xfer, mut seq) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut local = vec![];
+    let (mut rtt, mut polled, mut p50, mut p99, mut vs, mut vs_poll) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut up50, mut up99, mut upvs, mut upvs_poll) = (vec![], vec![], vec![], vec![]);
+    let (mut xfer, mut seq, mut local) = (vec![], vec![], vec![]);
     for _ in 0..plan.reps {
-        let rtt = round_trip(reference, n)?;
+        let (blocked, poll) = (round_trip(reference, n, false)?, round_trip(reference, n, true)?);
         let [mut r, mut l, mut u] = o.reads_and_upgrades(n)?;
         let (r50, u50) = (percentile(&mut r, 50), percentile(&mut u, 50));
         local.push(percentile(&mut l, 50));
-        tcp.push(rtt);
+        rtt.push(blocked);
+        polled.push(poll);
         p50.push(r50);
         p99.push(percentile(&mut r, 99));
-        vs.push(r50 / rtt);
+        vs.push(r50 / blocked);
+        vs_poll.push(r50 / poll);
         up50.push(u50);
         up99.push(percentile(&mut u, 99));
-        upvs.push(u50 / rtt);
+        upvs.push(u50 / blocked);
+        upvs_poll.push(u50 / poll);
         xfer.push(o.ping_pong(n as u64)?);
         seq.push(o.seq_read(seq_pages)?);
     }
-    let [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq, local] =
-        [tcp, p50, p99, vs, up50, up99, upvs, xfer, seq, local].map(Spread::of);
+    let [rtt, polled, p50, p99, vs, vs_poll, up50, up99, upvs, upvs_poll, xfer, seq, local] =
+        [rtt, polled, p50, p99, vs, vs_poll, up50, up99, upvs, upvs_poll, xfer, seq, local].map(Spread::of);
+    let link_name = if link == "tcp" { "loopback" } else { "Unix socket" };
+    let place = match cpus {
+        Some([a, b]) => format!("{link_name}, nodes kept to CPUs {a} and {b}"),
+        None => format!("{link_name}, nodes on any CPU"),
+    };
     Ok(vec![
         format!(
-            "{reference_name} rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, {})",
-            tcp.median, tcp.min, tcp.max, plan.reps, if link == "tcp" { "loopback" } else { "Unix socket" }
+            "{reference_name} rtt_ns={:.0} min={:.0} max={:.0} reps={} (8-byte request and reply between the two node processes, {place}, both blocking)",
+            rtt.median, rtt.min, rtt.max, plan.reps
         ),
         format!(
-            "shmpool dsm-read{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_{link}_rtt={:.2}",
-            p50.median, p99.median, p50.min, p50.max, plan.reps, vs.median
+            "{reference_name}-poll rtt_ns={:.0} min={:.0} max={:.0} reps={} (the same, the requester polling for the reply as a faulting thread does)",
+            polled.median, polled.min, polled.max, plan.reps
         ),
         format!(
-            "shmpool dsm-upgrade{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_{link}_rtt={:.2}",
-            up50.median, up99.median, up50.min, up50.max, plan.reps, upvs.median
+            "shmpool dsm-read{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_{link}_rtt={:.2} vs_{link}_poll_rtt={:.2}",
+            p50.median, p99.median, p50.min, p50.max, plan.reps, vs.median, vs_poll.median
+        ),
+        format!(
+            "shmpool dsm-upgrade{suffix} p50_ns={:.0} p99_ns={:.0} min_p50={:.0} max_p50={:.0} reps={} vs_{link}_rtt={:.2} vs_{link}_poll_rtt={:.2}",
+            up50.median, up99.median, up50.min, up50.max, plan.reps, upvs.median, upvs_poll.median
         ),
         format!(
             "shmpool dsm-local-upgrade{suffix} p50_ns={:.0} min={:.0} max={:.0} reps={} (the first write to an Exclusive copy)",
