@@ -4,7 +4,9 @@
 //! pages homed at node 1 that nobody wrote (one round trip, no bytes), and of pages node
 //! 1 wrote (a recall), and prints the medians; then both play ping-pong on one word. `FAULTS=signals` catches faults by page
 //! protection instead of userfaultfd, `FAULTS=userfaultfd-sigbus` on the faulting thread;
-//! `LINKS=unix` links the two nodes by Unix sockets instead of loopback TCP.
+//! `LINKS=unix` links the two nodes by Unix sockets instead of loopback TCP; `PIN=1`
+//! keeps each node to a CPU of its own (this process to the first it may use, the child
+//! to the second), as the bench does.
 
 use shmpool_dsm::region::{FaultCapture, Region, RegionOptions};
 use shmpool_dsm::transport::Peer;
@@ -19,6 +21,18 @@ const ROUNDS: u64 = 2000;
 
 fn word(r: &Region, at: usize) -> &AtomicU64 {
     r.atomic_u64(at).expect("a word of the region")
+}
+
+/// Keeps this thread, and the threads it starts from now on, to the `nth` CPU it may
+/// use.
+fn keep_to_cpu(nth: usize) {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let allowed = sched_getaffinity(None).expect("the CPUs allowed");
+    let mut cpus = (0..CpuSet::MAX_CPU).filter(|&c| allowed.is_set(c));
+    let cpu = cpus.nth(nth).expect("PIN=1 needs two CPUs");
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    sched_setaffinity(None, &one).expect("keeping to one CPU");
 }
 
 fn main() {
@@ -41,7 +55,11 @@ fn main() {
         Ok("userfaultfd-sigbus") => FaultCapture::UserfaultfdSigbus,
         _ => FaultCapture::Userfaultfd,
     };
+    let pin = std::env::var("PIN").as_deref() == Ok("1");
     if child {
+        if pin {
+            keep_to_cpu(1);
+        }
         let r = Region::join(1, &peers, &opts).unwrap();
         for p in 4 * N..6 * N {
             word(&r, p * PAGE).store(p as u64, Ordering::Relaxed);
@@ -59,6 +77,9 @@ fn main() {
     }
     let list = peers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let mut c = std::process::Command::new(&args[0]).args(["child", &list]).spawn().unwrap();
+    if pin {
+        keep_to_cpu(0); // after the child started: it may use both
+    }
     let r = Region::join(0, &peers, &opts).unwrap();
     while word(&r, 8).load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
