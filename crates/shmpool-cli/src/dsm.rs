@@ -15,36 +15,22 @@ use std::time::{Duration, Instant};
 
 /// A directory of this run's own for Unix sockets: a new one (never one that was there
 /// already), private (mode 0700), removed with what is in it when dropped.
-pub struct SocketDir(std::path::PathBuf);
+pub struct SocketDir(tempfile::TempDir);
 
 impl SocketDir {
     pub fn new(what: &str) -> Result<SocketDir, String> {
-        use std::os::unix::fs::DirBuilderExt;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let mut last = None;
-        for attempt in 0..100u32 {
-            let name = format!("shmpool-{what}-{}-{nanos:x}-{attempt}", std::process::id());
-            let dir = std::env::temp_dir().join(name);
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => return Ok(SocketDir(dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(format!("{}: {e}", dir.display())),
-            }
-        }
-        Err(format!("no new directory for sockets in {}: {last:?}", std::env::temp_dir().display()))
+        use std::os::unix::fs::PermissionsExt;
+        tempfile::Builder::new()
+            .prefix(&format!("shmpool-{what}-"))
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map(SocketDir)
+            .map_err(|e| format!("a new directory for sockets in {}: {e}", std::env::temp_dir().display()))
     }
 
     /// The path of `name` in the directory.
     pub fn join(&self, name: &str) -> std::path::PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join(name)
     }
 }
 
@@ -199,4 +185,23 @@ pub fn demo(posts: u64, faults: FaultCapture, unix: bool) -> Result<(), String> 
     }
     println!("  ok: every node saw every note, intact; every note was freed by the next node; the heap is back where it started");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SocketDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn socket_dirs_are_new_private_and_removed_on_drop() {
+        let (a, b) = (SocketDir::new("test").unwrap(), SocketDir::new("test").unwrap());
+        let dir = a.join("x").parent().unwrap().to_path_buf();
+        assert_ne!(dir, b.join("x").parent().unwrap(), "each run gets a directory of its own");
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "only this user may reach the sockets");
+        std::fs::write(a.join("node-0.sock"), b"").unwrap();
+        drop(a);
+        assert!(!dir.exists(), "removed with what is in it");
+    }
 }
