@@ -10,8 +10,9 @@
 //! - `tcp-poll`: the same round trip with the requester polling for the reply
 //!   (non-blocking reads, yielding between them), as a thread waiting for a page does:
 //!   its CPU does not go idle, which spares the wake-up of an idle CPU (dear in a VM:
-//!   this reference can be a third of the other). The read and upgrade lines give their
-//!   ratio to both (`vs_tcp_rtt`, `vs_tcp_poll_rtt`);
+//!   this reference measured a third of the other over TCP, a seventh over Unix
+//!   sockets). The read and upgrade lines give their ratio to both (`vs_tcp_rtt`,
+//!   `vs_tcp_poll_rtt`);
 //! - `dsm-read`: node 1 writes a page, node 0 reads it (a missing fault: recall from
 //!   node 1, grant with the bytes), p50 and p99; pages read in an order with no two
 //!   neighbours in a row, so that no read-ahead starts;
@@ -31,13 +32,14 @@
 //! handler thread (no suffix), by the faulting thread on SIGBUS (`-sigbus`), and by page
 //! protection (`-signals`, whose sequential range is 48 MiB at most); and the three again
 //! with the nodes linked by Unix sockets instead of TCP (`-unix`, after the capture's
-//! suffix), each against the Unix socket's own round trip (`vs_unix_rtt`).
+//! suffix), each against the Unix socket's own round trips (`vs_unix_rtt`,
+//! `vs_unix_poll_rtt`).
 //!
 //! Each node keeps to a CPU of its own, as on two hosts: node 0 (this thread, and the
-//! threads its region starts) to the first CPU this process may use, node 1 to the
-//! second. Left to the scheduler, the two processes share a CPU in some repetitions and
+//! threads its region starts) to the first CPU of this process's affinity mask, node 1
+//! to the second. Left to the scheduler, the two processes share a CPU in some repetitions and
 //! not in others, and the reference round trip moved by up to 5× between them. On one
-//! CPU, or with `SHMPOOL_BENCH_NO_PIN` set, the nodes run anywhere (the reference line
+//! CPU, or with `SHMPOOL_BENCH_NO_PIN` set (to anything), the nodes run anywhere (the reference line
 //! says which).
 //!
 //! The nodes talk through control words in the region itself: node 0 posts an order
@@ -114,26 +116,38 @@ fn percentile(v: &mut [u64], p: usize) -> f64 {
 /// messages. The requester blocks in `read` for each reply, or, with `poll`, reads
 /// without blocking and yields until the reply is there.
 fn round_trip(c: &mut dyn Duplex, n: usize, poll: bool) -> Result<f64, String> {
-    let err = |e: std::io::Error| e.to_string();
-    c.set_nonblocking(poll).map_err(err)?;
-    let mut t = Vec::with_capacity(n);
-    for i in 0..n {
-        let s = Instant::now();
-        c.write_all(&(i as u64).to_le_bytes()).map_err(err)?;
-        let (mut b, mut got) = ([0u8; 8], 0);
-        while got < b.len() {
-            match c.read(&mut b[got..]) {
-                Ok(0) => return Err("node 1's echo closed".into()),
-                Ok(k) => got += k,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        t.push(s.elapsed().as_nanos() as u64);
-    }
-    c.set_nonblocking(false).map_err(err)?;
+    c.set_nonblocking(poll).map_err(|e| e.to_string())?;
+    let timed = (0..n)
+        .map(|i| {
+            let s = Instant::now();
+            let mut b = (i as u64).to_le_bytes();
+            exchange(c, &mut b)?;
+            Ok(s.elapsed().as_nanos() as u64)
+        })
+        .collect::<Result<Vec<u64>, String>>();
+    // Blocking again, whatever happened: the connection serves the next round trips.
+    let reset = c.set_nonblocking(false).map_err(|e| e.to_string());
+    let mut t = timed?;
+    reset?;
     Ok(percentile(&mut t, 50))
+}
+
+/// Sends `b` and reads the reply into it, yielding while the connection (non-blocking)
+/// would block.
+fn exchange(c: &mut dyn Duplex, b: &mut [u8; 8]) -> Result<(), String> {
+    let (mut sent, mut got) = (0, 0);
+    while got < b.len() {
+        let r = if sent < b.len() { c.write(&b[sent..]) } else { c.read(&mut b[got..]) };
+        match r {
+            Ok(0) => return Err("node 1's echo closed".into()),
+            Ok(k) if sent < b.len() => sent += k,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// Node 1's echo of the reference: 8 bytes back for 8 bytes, until closed.
@@ -271,7 +285,8 @@ impl Drop for Pinned {
 }
 
 /// The two CPUs the nodes keep to, one each, as on two hosts: the first two this
-/// process may use; none if it may use only one (or `SHMPOOL_BENCH_NO_PIN` is set).
+/// process may use; none if it may use only one (or `SHMPOOL_BENCH_NO_PIN` is set, to
+/// anything).
 fn node_cpus() -> Option<[usize; 2]> {
     if std::env::var_os("SHMPOOL_BENCH_NO_PIN").is_some() {
         return None;
