@@ -44,6 +44,7 @@ pub struct NodeArgs {
     pub posts: u64,
     pub faults: FaultCapture,
     pub read_ahead: u32,
+    pub link_poll: Duration,
 }
 
 /// The word `--faults` takes for `f`.
@@ -68,6 +69,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     opts.faults = a.faults;
     opts.listen = a.listen;
     opts.read_ahead = a.read_ahead;
+    opts.link_poll = a.link_poll;
     let region = Region::join(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;
@@ -82,7 +84,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     }
     let st = region.stats();
     out.push_str(&format!(
-        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests ({} read ahead, {} reads granted writable), {} pages moved out, {} messages out, {} in, {} KiB of pages in",
+        "\nnode {}: {} notes on the list, {} of node {}'s freed by this node; {:.1} ms; {} page requests ({} read ahead, {} reads granted writable), {} pages moved out, {} messages out, {} in ({} found polling), {} KiB of pages in",
         a.id,
         r.by_author.iter().sum::<u64>(),
         r.freed,
@@ -94,6 +96,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
         st.moved,
         st.sent,
         st.received,
+        st.polled,
         st.page_bytes_in >> 10,
     ));
     crate::print_out(&format!("{out}\n"))?;

@@ -146,6 +146,9 @@ enum Command {
         /// The CPU the node keeps to.
         #[arg(long)]
         cpu: Option<usize>,
+        /// Microseconds the node's link readers poll before they sleep.
+        #[arg(long, default_value_t = 0)]
+        link_poll_us: u64,
     },
     /// A demo worker (started by `shmpool demo`).
     #[command(name = "__demo-worker", hide = true)]
@@ -223,7 +226,17 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node { id, peers, listen, size, base, posts, faults, read_ahead }) => {
+        Command::Dsm(DsmCommand::Node {
+            id,
+            peers,
+            listen,
+            size,
+            base,
+            posts,
+            faults,
+            read_ahead,
+            link_poll_us,
+        }) => {
             return Ok(dsm::node(&dsm::NodeArgs {
                 id,
                 peers,
@@ -233,11 +246,13 @@ fn run(command: Command) -> Result<(), Failure> {
                 posts,
                 faults,
                 read_ahead,
+                link_poll: std::time::Duration::from_micros(link_poll_us),
             })?)
         }
         Command::Dsm(DsmCommand::Demo { posts, faults, unix }) => return Ok(dsm::demo(posts, faults, unix)?),
-        Command::DsmBenchNode { peers, size, echo, faults, cpu } => {
-            return Ok(bench::dsm_bench_node(&peers, size, echo, faults, cpu)?)
+        Command::DsmBenchNode { peers, size, echo, faults, cpu, link_poll_us } => {
+            let link_poll = std::time::Duration::from_micros(link_poll_us);
+            return Ok(bench::dsm_bench_node(&peers, size, echo, faults, (cpu, link_poll))?);
         }
         Command::DemoWorker { name, socket, slot, reader } => {
             return Ok(demo::worker_main(name.as_deref(), socket.as_deref(), slot, reader)?)
@@ -284,6 +299,11 @@ enum DsmCommand {
         /// (0: none; at most 1024).
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=1024))]
         read_ahead: u32,
+        /// Microseconds each link's reader polls for the next message before it sleeps
+        /// (0: none). Spares a wake-up per message, for up to this much CPU after each:
+        /// for nodes with a CPU to spare.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        link_poll_us: u64,
     },
     /// Start three local nodes (processes over loopback TCP) that put the shmpool heap
     /// on one distributed region and build a shared list on it, and check what each saw.

@@ -213,7 +213,7 @@ fn bench_prints_every_workload_line() {
     let out = shmpool(&["bench", "--n", "2000", "--handoffs", "2000", "--reps", "5"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let expect: [(&str, &[&str]); 28] = [
+    let expect: [(&str, &[&str]); 30] = [
         ("shmpool W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps", "vs_mimalloc"]),
         ("mimalloc W1 ", &["ns_per_pair", "mpairs_s", "min", "max", "reps"]),
         ("shmpool W2 ", &["ns_per_op", "mops_s", "min", "max", "reps", "K", "R"]),
@@ -241,6 +241,8 @@ fn bench_prints_every_workload_line() {
         ("shmpool dsm-pingpong-sigbus-unix ", &["transfers_s"]),
         ("shmpool dsm-seqread-signals-unix ", &["mib_s", "region_mib"]),
         ("unix ", &["rtt_ns"]),
+        ("shmpool dsm-read-sigbus-busy ", &["p50_ns", "p99_ns", "vs_tcp_rtt", "vs_tcp_poll_rtt"]),
+        ("shmpool dsm-pingpong-sigbus-busy-unix ", &["transfers_s"]),
         ("unix-signals-poll ", &["rtt_ns"]),
     ];
     for (prefix, keys) in expect {

@@ -90,6 +90,12 @@ pub struct RegionOptions {
     /// would take them. 0 turns it off; at most
     /// [`MAX_READ_AHEAD`](crate::driver::MAX_READ_AHEAD).
     pub read_ahead: u32,
+    /// How long each link's reader polls for the next message before it sleeps (zero,
+    /// the default: it sleeps at once); see
+    /// [`NodeDriver::set_link_poll`](crate::driver::NodeDriver::set_link_poll). Polling
+    /// spares the wake-up of a sleeping reader on every message, for up to this much of
+    /// a CPU after each: worth it where each node has a CPU to spare.
+    pub link_poll: Duration,
 }
 
 impl RegionOptions {
@@ -103,6 +109,7 @@ impl RegionOptions {
             faults: FaultCapture::Auto,
             listen: None,
             read_ahead: 32,
+            link_poll: Duration::ZERO,
         }
     }
 }
@@ -660,6 +667,7 @@ impl Region {
         let driver = NodeDriver::join_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap())?;
         driver.set_read_ahead(opts.read_ahead);
+        driver.set_link_poll(opts.link_poll);
         let stop = Arc::new(AtomicBool::new(false));
         if sigbus {
             // The faulting threads serve their own faults, in the SIGBUS handler.
@@ -755,6 +763,7 @@ impl Region {
         let driver = NodeDriver::join_with(id, addrs, opts.listen, pages, page, mem, opts.wait)
             .inspect_err(|_| unmap(Some(alias)))?;
         driver.set_read_ahead(opts.read_ahead);
+        driver.set_link_poll(opts.link_poll);
         let Some(slot) = crate::signals::register(base, len, driver.clone()) else {
             driver.close();
             unmap(Some(alias));

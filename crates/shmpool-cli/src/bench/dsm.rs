@@ -33,7 +33,9 @@
 //! protection (`-signals`, whose sequential range is 48 MiB at most); and the three again
 //! with the nodes linked by Unix sockets instead of TCP (`-unix`, after the capture's
 //! suffix), each against the Unix socket's own round trips (`vs_unix_rtt`,
-//! `vs_unix_poll_rtt`).
+//! `vs_unix_poll_rtt`). Then SIGBUS delivery once more over each link, with busy links
+//! (`-sigbus-busy`): each link's reader polls 50 µs for the next message before it
+//! sleeps (`RegionOptions::link_poll`), which spares node 1's reader its wake-up.
 //!
 //! Each node keeps to a CPU of its own, as on two hosts: node 0 (this thread, and the
 //! threads its region starts) to the first CPU of this process's affinity mask, node 1
@@ -67,6 +69,10 @@ const PING: usize = 2 * PAGE;
 const FIRST: usize = 16;
 /// The sequential range's first page (at 16 MiB).
 const SEQ: usize = 4096;
+
+/// How long the link readers of the `-busy` runs poll before they sleep
+/// (`RegionOptions::link_poll`).
+const BUSY_LINKS: Duration = Duration::from_micros(50);
 
 const OP_WRITE: u64 = 1;
 const OP_PINGPONG: u64 = 2;
@@ -302,13 +308,14 @@ pub fn bench_node(
     size: u64,
     echo_at: Peer,
     faults: FaultCapture,
-    cpu: Option<usize>,
+    (cpu, link_poll): (Option<usize>, Duration),
 ) -> Result<(), String> {
     // Kept for the process's life: it is the node's own CPU.
     let _pinned = cpu.map(Pinned::to).transpose()?;
     std::thread::spawn(move || echo(echo_at));
     let mut opts = RegionOptions::new(size as usize);
     opts.faults = faults;
+    opts.link_poll = link_poll;
     let region = Region::join(1, peers, &opts).map_err(|e| e.to_string())?;
     let mut last = 0;
     loop {
@@ -362,10 +369,15 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>, String> {
     let n = (plan.handoffs / 500).clamp(100, 2000) as usize;
     let mib = (plan.handoffs * 256 / 1_000_000).clamp(4, 256) as usize;
     let mut out = Vec::new();
+    let asleep = Duration::ZERO;
     for unix in [false, true] {
-        out.extend(run(plan, n, mib, FaultCapture::Userfaultfd, "", unix)?);
-        out.extend(run(plan, n, mib, FaultCapture::UserfaultfdSigbus, "-sigbus", unix)?);
-        out.extend(run(plan, n, mib.min(48), FaultCapture::Signals, "-signals", unix)?);
+        out.extend(run(plan, n, mib, (FaultCapture::Userfaultfd, asleep), "", unix)?);
+        out.extend(run(plan, n, mib, (FaultCapture::UserfaultfdSigbus, asleep), "-sigbus", unix)?);
+        out.extend(run(plan, n, mib.min(48), (FaultCapture::Signals, asleep), "-signals", unix)?);
+    }
+    // And with busy links: readers that poll before they sleep.
+    for unix in [false, true] {
+        out.extend(run(plan, n, mib, (FaultCapture::UserfaultfdSigbus, BUSY_LINKS), "-sigbus-busy", unix)?);
     }
     Ok(out)
 }
@@ -395,7 +407,7 @@ fn run(
     plan: &Plan,
     n: usize,
     mib: usize,
-    faults: FaultCapture,
+    (faults, link_poll): (FaultCapture, Duration),
     suffix: &str,
     unix: bool,
 ) -> Result<Vec<String>, String> {
@@ -424,11 +436,13 @@ fn run(
         .args(["__dsm-bench-node", "--peers", &list, "--size", &size.to_string(), "--echo", &echo_at])
         .args(["--faults", crate::dsm::faults_arg(faults)])
         .args(cpus.map(|[_, c]| format!("--cpu={c}")))
+        .arg(format!("--link-poll-us={}", link_poll.as_micros()))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting node 1: {e}"))?;
     let mut opts = RegionOptions::new(size);
     opts.faults = faults;
+    opts.link_poll = link_poll;
     let joined = Region::join(0, &addrs, &opts).map_err(|e| e.to_string());
     let region = match joined {
         Ok(r) => r,
