@@ -35,16 +35,43 @@ impl SocketDir {
 }
 
 /// What `dsm node` is told.
+#[derive(clap::Args, Debug)]
 pub struct NodeArgs {
+    /// This node's index in PEERS.
+    #[arg(long)]
     pub id: u16,
+    /// Every node's address, in order, comma separated: HOST_IP:PORT, or unix:PATH
+    /// (a Unix socket, whose path has no comma) when every node is on this host.
+    #[arg(long, value_delimiter = ',', required = true)]
     pub peers: Vec<Peer>,
+    /// Where this node listens over TCP (default: its own entry of PEERS), e.g.
+    /// 0.0.0.0:7000.
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// The region's size (K, M, G suffixes); the same on every node.
+    #[arg(long, default_value = "64M", value_parser = crate::units::parse_size)]
     pub size: u64,
+    /// The address every node maps the region at (hex with 0x, or decimal); the
+    /// same on every node. Default: 0x200000000000.
+    #[arg(long, value_parser = crate::parse_address)]
     pub base: Option<u64>,
+    /// Notes each node allocates and puts on the list.
+    #[arg(long, default_value_t = 200)]
     pub posts: u64,
+    /// How faults are caught: auto (userfaultfd where it can be had), userfaultfd
+    /// (a handler thread), userfaultfd-sigbus (the faulting thread, on SIGBUS), or
+    /// signals (mprotect and SIGSEGV; regions of at most 64 MiB).
+    #[arg(long, default_value = "auto", value_parser = crate::parse_faults)]
     pub faults: FaultCapture,
+    /// Pages a read fault asks for ahead once reads go through the region in order
+    /// (0: none; at most 1024).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub read_ahead: u32,
-    pub link_poll: Duration,
+    /// Microseconds each link's reader polls for the next message before it sleeps
+    /// (0: none). Spares a wake-up per message, for up to this much CPU after each:
+    /// for nodes with a CPU to spare.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub link_poll_us: u64,
 }
 
 /// The word `--faults` takes for `f`.
@@ -69,7 +96,7 @@ pub fn node(a: &NodeArgs) -> Result<(), String> {
     opts.faults = a.faults;
     opts.listen = a.listen;
     opts.read_ahead = a.read_ahead;
-    opts.link_poll = a.link_poll;
+    opts.link_poll = Duration::from_micros(a.link_poll_us);
     let region = Region::join(a.id, &a.peers, &opts).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let r = shmpool_dsm::board::build(&region, a.posts).map_err(|e| e.to_string())?;

@@ -226,29 +226,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Bench { n, handoffs, reps, only } => {
             return Ok(bench::run(&bench::Plan { n, handoffs, reps: reps as usize, only })?)
         }
-        Command::Dsm(DsmCommand::Node {
-            id,
-            peers,
-            listen,
-            size,
-            base,
-            posts,
-            faults,
-            read_ahead,
-            link_poll_us,
-        }) => {
-            return Ok(dsm::node(&dsm::NodeArgs {
-                id,
-                peers,
-                listen,
-                size,
-                base,
-                posts,
-                faults,
-                read_ahead,
-                link_poll: std::time::Duration::from_micros(link_poll_us),
-            })?)
-        }
+        Command::Dsm(DsmCommand::Node(args)) => return Ok(dsm::node(&args)?),
         Command::Dsm(DsmCommand::Demo { posts, faults, unix }) => return Ok(dsm::demo(posts, faults, unix)?),
         Command::DsmBenchNode { peers, size, echo, faults, cpu, link_poll_us } => {
             let link_poll = std::time::Duration::from_micros(link_poll_us);
@@ -268,43 +246,7 @@ enum DsmCommand {
     /// distributed region at the same address as every node, put the shmpool heap on it
     /// (node 0) or attach, and build the shared list of notes with the others; print
     /// what this node saw, then leave once every node is done.
-    Node {
-        /// This node's index in PEERS.
-        #[arg(long)]
-        id: u16,
-        /// Every node's address, in order, comma separated: HOST_IP:PORT, or unix:PATH
-        /// (a Unix socket, whose path has no comma) when every node is on this host.
-        #[arg(long, value_delimiter = ',', required = true)]
-        peers: Vec<shmpool_dsm::transport::Peer>,
-        /// Where this node listens over TCP (default: its own entry of PEERS), e.g.
-        /// 0.0.0.0:7000.
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// The region's size (K, M, G suffixes); the same on every node.
-        #[arg(long, default_value = "64M", value_parser = units::parse_size)]
-        size: u64,
-        /// The address every node maps the region at (hex with 0x, or decimal); the
-        /// same on every node. Default: 0x200000000000.
-        #[arg(long, value_parser = parse_address)]
-        base: Option<u64>,
-        /// Notes each node allocates and puts on the list.
-        #[arg(long, default_value_t = 200)]
-        posts: u64,
-        /// How faults are caught: auto (userfaultfd where it can be had), userfaultfd
-        /// (a handler thread), userfaultfd-sigbus (the faulting thread, on SIGBUS), or
-        /// signals (mprotect and SIGSEGV; regions of at most 64 MiB).
-        #[arg(long, default_value = "auto", value_parser = parse_faults)]
-        faults: shmpool_dsm::region::FaultCapture,
-        /// Pages a read fault asks for ahead once reads go through the region in order
-        /// (0: none; at most 1024).
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=1024))]
-        read_ahead: u32,
-        /// Microseconds each link's reader polls for the next message before it sleeps
-        /// (0: none). Spares a wake-up per message, for up to this much CPU after each:
-        /// for nodes with a CPU to spare.
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-        link_poll_us: u64,
-    },
+    Node(dsm::NodeArgs),
     /// Start three local nodes (processes over loopback TCP) that put the shmpool heap
     /// on one distributed region and build a shared list on it, and check what each saw.
     Demo {

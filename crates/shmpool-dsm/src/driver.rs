@@ -1121,6 +1121,18 @@ mod tests {
         assert_eq!((a2.requests - a.requests, b2.requests - b.requests), (2, 1), "reads share the page");
     }
 
+    /// Adds 1 to the counter at `at` in `page` with a CAS loop.
+    fn add_one(n: &NodeDriver, page: Page, at: usize) {
+        let mut v = 0;
+        loop {
+            let seen = n.cas_u64(page, at, v, v + 1).unwrap();
+            if seen == v {
+                return;
+            }
+            v = seen;
+        }
+    }
+
     /// Three nodes add 1 to a counter in page 0 with a CAS loop, 200 times each, with
     /// their link readers polling 1 ms before they sleep: the sum is exact, and readers
     /// find messages while polling. Without polling, none is found so.
@@ -1133,16 +1145,7 @@ mod tests {
                 .map(|i| {
                     let n = c.node(i);
                     std::thread::spawn(move || {
-                        for _ in 0..200 {
-                            let mut v = 0;
-                            loop {
-                                let seen = n.cas_u64(0, 8, v, v + 1).unwrap();
-                                if seen == v {
-                                    break;
-                                }
-                                v = seen;
-                            }
-                        }
+                        (0..200).for_each(|_| add_one(&n, 0, 8));
                     })
                 })
                 .collect();
@@ -1169,16 +1172,7 @@ mod tests {
             .map(|i| {
                 let n = c.node(i);
                 std::thread::spawn(move || {
-                    for _ in 0..300 {
-                        let mut v = 0;
-                        loop {
-                            let seen = n.cas_u64(0, 8, v, v + 1).unwrap();
-                            if seen == v {
-                                break;
-                            }
-                            v = seen;
-                        }
-                    }
+                    (0..300).for_each(|_| add_one(&n, 0, 8));
                     n.write(1 + i as Page, 0, &[i as u8 + 1; 100]).unwrap();
                 })
             })
