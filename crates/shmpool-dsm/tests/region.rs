@@ -53,6 +53,8 @@ thread_local! {
     /// Whether userfaultfd nodes copy recalled pages out instead of moving them
     /// (`SHMPOOL_DSM_NO_MOVE`: the path of kernels before 6.8).
     static NO_MOVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How long their link readers poll before they sleep, µs (`RegionOptions::link_poll`).
+    static LINK_POLL_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Each test three times: nodes catching faults with userfaultfd (a handler thread, or
@@ -104,6 +106,7 @@ fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, fau
         (free_addrs(n).iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","), None)
     };
     let no_move = NO_MOVE.with(|m| m.get());
+    let link_poll_us = LINK_POLL_US.with(|p| p.get());
     let children = (0..n)
         .map(|id| {
             let mut c = Command::new(std::env::current_exe().unwrap());
@@ -118,6 +121,7 @@ fn start_with(n: usize, workload: &str, args: &str, len: usize, base: usize, fau
                 .env("DSM_LEN", len.to_string())
                 .env("DSM_BASE", base.to_string())
                 .env("DSM_FAULTS", faults)
+                .env("DSM_LINK_POLL_US", link_poll_us.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -237,6 +241,7 @@ fn node_main() {
         "userfaultfd-sigbus" => FaultCapture::UserfaultfdSigbus,
         _ => FaultCapture::Userfaultfd,
     };
+    opts.link_poll = Duration::from_micros(env("DSM_LINK_POLL_US").parse().unwrap());
     let region = Region::join(id, &peers, &opts).unwrap();
     assert_eq!(region.fault_capture(), opts.faults);
     let args = env("DSM_ARGS");
@@ -746,6 +751,32 @@ mod copying_recalls {
     #[test]
     fn pages_given_up_are_copied_not_moved() {
         copying(pages_read_in_order_are_read_ahead_and_read_as_written::userfaultfd)
+    }
+}
+
+/// Nodes whose link readers poll 50 µs for the next message before they sleep (busy
+/// links), faults caught on SIGBUS: the same workloads, the same outcomes.
+mod busy_links {
+    use super::*;
+
+    fn busy(test: fn()) {
+        LINK_POLL_US.with(|p| p.set(50));
+        test()
+    }
+
+    #[test]
+    fn random_histories_are_sequentially_consistent() {
+        busy(super::random_histories_are_sequentially_consistent::userfaultfd_sigbus)
+    }
+
+    #[test]
+    fn a_counter_sums_exactly() {
+        busy(a_counter_added_to_by_three_nodes_sums_exactly::userfaultfd_sigbus)
+    }
+
+    #[test]
+    fn torn_pages_are_never_seen() {
+        busy(super::torn_pages_are_never_seen::userfaultfd_sigbus)
     }
 }
 
