@@ -238,16 +238,18 @@ pub(crate) trait Incoming: Read + std::os::fd::AsFd + Send {}
 impl<T: Read + std::os::fd::AsFd + Send> Incoming for T {}
 type Reader = Box<dyn Incoming>;
 
-/// Polls `fd` for input, yielding between polls, for up to `d`: whether input (or the
-/// end of the stream, or an error, which the read that follows reports) came meanwhile.
+/// Polls `fd` for input, yielding between polls, for up to `d`: whether bytes came
+/// meanwhile. The end of the stream or an error ends the poll too, for the read that
+/// follows to report.
 fn await_input(fd: std::os::fd::BorrowedFd<'_>, d: Duration) -> bool {
     use rustix::net::{recv, RecvFlags};
     let until = Instant::now() + d;
     let mut one = [0u8; 1];
     while Instant::now() < until {
         match recv(fd, &mut one, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return n > 0,
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => std::thread::yield_now(),
-            _ => return true,
+            Err(_) => return false,
         }
     }
     false
@@ -549,7 +551,7 @@ impl<M: Memory<Vec<u8>> + Send + 'static> NodeDriver<M> {
     /// whose CPU went idle; the price is up to this much of a CPU after every message.
     /// Worth it where the node has a CPU to spare for its readers.
     pub fn set_link_poll(&self, d: Duration) {
-        self.link_poll.store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.link_poll.store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Sends `req`, this node's request for `page` (for a write, or a read: which then
@@ -1152,7 +1154,6 @@ mod tests {
             workers.into_iter().for_each(|w| w.join().unwrap());
             let got = c.node(1).read(0, 8, 8).unwrap();
             assert_eq!(u64::from_le_bytes(got.try_into().unwrap()), 600, "polling {poll:?}");
-            // Counted while the links are open (a closing link also ends a poll).
             let polled: u64 = (0..3).map(|i| c.node(i).stats().polled).sum();
             if poll.is_zero() {
                 assert_eq!(polled, 0, "no polling: every message woke its reader");

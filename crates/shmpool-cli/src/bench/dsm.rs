@@ -39,10 +39,10 @@
 //!
 //! Each node keeps to a CPU of its own, as on two hosts: node 0 (this thread, and the
 //! threads its region starts) to the first CPU of this process's affinity mask, node 1
-//! to the second. Left to the scheduler, the two processes share a CPU in some repetitions and
-//! not in others, and the reference round trip moved by up to 5× between them. On one
-//! CPU, or with `SHMPOOL_BENCH_NO_PIN` set (to anything), the nodes run anywhere (the reference line
-//! says which).
+//! to the second. Left to the scheduler, the two processes share a CPU in some
+//! repetitions and not in others, and the reference round trip moved by up to 5×
+//! between them. On one CPU, or with `SHMPOOL_BENCH_NO_PIN` set (to anything), the
+//! nodes run anywhere (the reference line says which).
 //!
 //! The nodes talk through control words in the region itself: node 0 posts an order
 //! in page 0, node 1 acknowledges it in page 1.
